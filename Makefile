@@ -1,0 +1,41 @@
+# One entry point per chore. `bash scripts/bootstrap.sh` (or scripts/test.sh) creates .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UNIOBS := $(VENV)/bin/uniobs
+PYTEST_ARGS ?=
+
+.PHONY: setup check lint test bench demo guests describe readme clean
+
+setup:
+	bash scripts/bootstrap.sh
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: lint test
+
+bench:
+	$(PY) bench/pipeline_bench.py
+
+guests:
+	$(MAKE) -C examples/minikernel
+
+describe:
+	$(UNIOBS) describe --format markdown
+
+demo:
+	mkdir -p out
+	$(UNIOBS) scrape-once --export console --export file:out/telemetry.jsonl > out/console.txt
+	@echo "console output: out/console.txt; every signal as OTLP JSON lines: out/telemetry.jsonl"
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache
+	$(MAKE) -C examples/minikernel clean
+
+readme:
+	$(PY) scripts/update_readme.py

@@ -1,0 +1,1 @@
+"""Built-in collectors (`uniobs.collectors` entry points)."""

@@ -1,0 +1,1 @@
+"""Built-in exporters: thin factories over the OpenTelemetry SDK exporters (`uniobs.exporters`)."""

@@ -1,0 +1,59 @@
+"""Shared fixtures: real OTLP receivers on loopback, a real child process to observe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from otlp_receiver import GrpcReceiver, HttpReceiver
+
+from uniobs.model import Kind, Workload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their endpoints explicitly; a developer's OTEL_* settings must not leak in."""
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "UNIOBS_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[GrpcReceiver]:
+    receiver = GrpcReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[HttpReceiver]:
+    receiver = HttpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def child_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A real process that allocates ~20 MiB and idles: something with real stats to read."""
+    code = "import time; b = bytearray(20 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def process_workload(child_process: subprocess.Popen[bytes]) -> Workload:
+    return Workload(
+        kind=Kind.PROCESS, runtime="test", id=f"child-{child_process.pid}", name="child", pid=child_process.pid,
+        executable="python3",
+    )  # fmt: skip

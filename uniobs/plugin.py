@@ -1,0 +1,212 @@
+"""The plugin contracts: collectors, streaming collectors, console parsers and exporters.
+
+A plugin is one small class registered under an entry-point group (see `uniobs.registry`).
+It declares what it emits in one place (`metrics`), validates its configuration at start
+(`config_class`, a dataclass), and returns data: the framework owns the loop, the timing and
+the export.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from uniobs.model import Attributes, LogEvent, MetricSpec, Sample, Severity, SpanEvent, Workload
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+
+class WorkloadGone(Exception):
+    """The workload vanished while being read (pid exited, cgroup removed): churn, not an error."""
+
+
+class SourceUnavailable(Exception):
+    """A source this collector reads does not exist here (no debugfs, TCG without KVM stats...).
+
+    The scheduler reports it once per workload and source, not at every scrape.
+    """
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """Settings every plugin has. Subclasses add their own fields (with defaults).
+
+    `validate` runs after the loader has checked names and types; raise ValueError naming the
+    key to refuse a value.
+    """
+
+    enabled: bool = True
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class CollectorConfig(PluginConfig):
+    interval: float = 10.0  # seconds between scrapes of each workload
+    timeout: float = 5.0  # seconds one collect() may take before it is abandoned
+
+    def validate(self) -> None:
+        if self.interval <= 0:
+            raise ValueError("interval: must be > 0 seconds")
+        if self.timeout <= 0:
+            raise ValueError("timeout: must be > 0 seconds")
+
+
+class Collector(abc.ABC):
+    """Samples workloads on an interval. Returns data; never pushes, never sleeps."""
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[MetricSpec, ...]]
+    config_class: ClassVar[type[CollectorConfig]] = CollectorConfig
+
+    def __init__(self, config: CollectorConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+
+    @abc.abstractmethod
+    def applies_to(self, workload: Workload) -> bool:
+        """Whether this collector has anything to read for this workload."""
+
+    @abc.abstractmethod
+    def collect(self, workload: Workload) -> Iterable[Sample]:
+        """Read the workload's sources now. Raise WorkloadGone or SourceUnavailable as they apply."""
+
+    def forget(self, workload: Workload) -> None:
+        """Drop any per-workload state: the workload is gone."""
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class EventSink(Protocol):
+    """Where streaming collectors deliver what they read. The pipeline implements it."""
+
+    def log(self, workload: Workload, event: LogEvent) -> None: ...
+
+    def span(self, workload: Workload, event: SpanEvent) -> None: ...
+
+    def record(self, workload: Workload, samples: Iterable[Sample]) -> None: ...
+
+
+class StreamingCollector(abc.ABC):
+    """Reads a stream (a serial console, a QMP event channel) for as long as a workload lives.
+
+    `start` must return promptly: the implementation reads on a shared I/O thread or selector,
+    never one thread per workload.
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+    config_class: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: PluginConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+
+    @abc.abstractmethod
+    def applies_to(self, workload: Workload) -> bool: ...
+
+    @abc.abstractmethod
+    def start(self, workload: Workload, sink: EventSink) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self, workload: Workload) -> None: ...
+
+
+# --- console parsers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleLine:
+    """One line of a guest console as the capture delivered it.
+
+    `text` is already safe: decoded with replacement characters, control bytes escaped, cut to
+    the capture's maximum length (`truncated` says so). `time_ns` is the monotonic time at which
+    the line's first byte arrived.
+    """
+
+    time_ns: int
+    text: str
+    number: int = 0
+    truncated: bool = False
+
+
+class Milestone(enum.StrEnum):
+    """The boot milestones a cold-start trace is cut at."""
+
+    BOOT = "boot"  # the guest's first sign of life (banner)
+    KERNEL_READY = "kernel_ready"
+    APP_START = "app_start"
+    READY = "ready"  # the function says it is ready (listening)
+    EXIT = "exit"
+    CRASH = "crash"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestEvent:
+    """Something a parser understood in a console line."""
+
+    time_ns: int  # host monotonic arrival time of the line
+    name: str  # e.g. "solo5.exit", "osv.bootchart.vfs_initialized"
+    milestone: Milestone | None = None
+    guest_time_s: float | None = None  # the guest's own uptime stamp, when it printed one
+    duration_s: float | None = None  # a guest-reported duration (a boot phase, a total)
+    severity: Severity = Severity.INFO
+    attributes: Attributes = ()
+
+
+class ConsoleParser(abc.ABC):
+    """Understands the console of one unikernel family. One instance per console stream."""
+
+    family: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def recognises(self, line: ConsoleLine) -> bool:
+        """Whether this line identifies the family (a banner, a characteristic prefix)."""
+
+    @abc.abstractmethod
+    def parse(self, line: ConsoleLine) -> Sequence[GuestEvent]:
+        """The events in this line; an empty sequence for ordinary output."""
+
+
+# --- exporters ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExporterSinks:
+    """The OpenTelemetry SDK exporters one uniobs exporter hands its signals to."""
+
+    metrics: MetricExporter | None = None
+    logs: LogRecordExporter | None = None
+    spans: SpanExporter | None = None
+
+
+class Exporter(abc.ABC):
+    """A thin factory over OpenTelemetry exporters, chosen with `--export NAME[:ARG]`."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: PluginConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.config.validate()
+
+    @classmethod
+    def config_from_arg(cls, arg: str, base: PluginConfig) -> PluginConfig:
+        """Apply the ARG of `--export NAME:ARG` to a configuration. Default: no ARG accepted."""
+        raise ValueError(f"exporter {cls.name!r} takes no argument (got {arg!r})")
+
+    @abc.abstractmethod
+    def sinks(self) -> ExporterSinks:
+        """Build the SDK exporters. Called once."""
+
+    def describe(self) -> str:
+        """Where the data goes, for the start-up banner."""
+        return self.name
