@@ -44,8 +44,12 @@ def http_receiver() -> Iterator[HttpReceiver]:
 @pytest.fixture
 def child_process() -> Iterator[subprocess.Popen[bytes]]:
     """A real process that allocates ~20 MiB and idles: something with real stats to read."""
-    code = "import time; b = bytearray(20 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(600)"
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    code = (
+        "import sys, time; b = bytearray(20 << 20); b[::4096] = b'x' * len(b[::4096]); "
+        "print('ready', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"  # its memory is touched
     yield proc
     proc.kill()
     proc.wait()

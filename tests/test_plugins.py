@@ -29,9 +29,8 @@ def contract_workloads(child: Workload) -> list[Workload]:
     """
     workloads = [SELF, child]
     try:
-        from uniobs.cgroupfs import detect_layout
-
         from uniobs import discovery
+        from uniobs.cgroupfs import detect_layout
 
         workloads += discovery.discover_cgroups(detect_layout("/sys/fs/cgroup"), max_cgroups=20)
     except (ImportError, OSError):

@@ -126,7 +126,7 @@ def test_counter_stays_cumulative_and_a_reset_gets_a_new_start_time() -> None:
     t.flush(5)
     [(_, p2)] = points(metrics.batches[-1], "test.work")
     assert p2.value == 3.0
-    assert p2.start_time_unix_nano == 2_000  # after the last point before the reset
+    assert p2.start_time_unix_nano == 2_001  # just after the last point before the reset
     assert p2.start_time_unix_nano > p1.start_time_unix_nano
     t.shutdown(2)
 

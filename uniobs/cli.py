@@ -183,5 +183,105 @@ def scrape_once(
         sys.exit(1)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@config_options
+@click.option("--name", "-n", help="The function's name (service.name, faas.name). Default: the image's name.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between scrapes while it runs.")
+@click.option("--quiet", "-q", is_flag=True, help="Do not copy the guest console to standard output.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, quiet: bool,
+    command: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Run COMMAND (a qemu-system-*, solo5-hvt or any command) and observe it until it exits.
+
+    uniobs adds its own QMP sockets and a lossless console capture to a QEMU command, owns the
+    hvt tender's stdout, and exits with the command's exit status.
+    """
+    import os
+
+    from uniobs.launch import LaunchError, plan_launch
+    from uniobs.pipeline import Pipeline
+    from uniobs.runner import Runner, default_rundir
+
+    settings = load_settings(config_path)
+    specs = list(export) or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
+    rundir = default_rundir()
+    try:
+        plan = plan_launch(list(command), rundir, "vm")
+        pipeline = Pipeline(settings, export=specs)
+    except (ConfigError, PluginError, LaunchError) as exc:
+        os.rmdir(rundir)
+        raise click.ClickException(str(exc)) from None
+    for note in plan.notes:
+        log.info("%s", note)
+    function = name or os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
+    runner = Runner(pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir)
+    try:
+        info = runner.run()
+    except OSError as exc:
+        pipeline.close(5)
+        raise click.ClickException(f"cannot run {command[0]}: {exc}") from None
+    pipeline.flush(10)
+    pipeline.close(5)
+    click.echo(
+        f"uniobs: {function} exited: {info.reason}"
+        + (f" (guest status {info.guest_exit_code})" if info.guest_exit_code is not None else "")
+        + f", status {info.status} -> "
+        + ", ".join(pipeline.describe_exporters()),
+        err=True,
+    )
+    sys.exit(info.status)
+
+
+@main.command()
+@config_options
+@click.option("--name", "-n", help="The function's name. Default: QEMU's -name, else the image's name.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between scrapes.")
+@click.argument("target")
+def attach(config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, target: str) -> None:
+    """Observe a running QEMU or hvt tender, given its PID or its QMP socket, until it exits."""
+    import os
+
+    from uniobs.model import Kind, Workload
+    from uniobs.pipeline import Pipeline
+    from uniobs.procscan import VmmInfo, find_by_qmp, vmm_info
+    from uniobs.runner import Attacher
+
+    info: VmmInfo | None
+    if target.isdigit():
+        info = vmm_info(int(target))
+        if info is None:
+            raise click.ClickException(f"pid {target}: not a running qemu-system-* or solo5-hvt process")
+    else:
+        if not os.path.exists(target):
+            raise click.ClickException(f"{target}: no such QMP socket")
+        info = find_by_qmp(target)
+        if info is None:
+            raise click.ClickException(f"{target}: no running QEMU uses this QMP socket")
+    if info.console is None:
+        log.warning("console: %s", info.console_note)
+    settings = load_settings(config_path)
+    specs = list(export) or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
+    try:
+        pipeline = Pipeline(settings, export=specs)
+    except (ConfigError, PluginError) as exc:
+        raise click.ClickException(str(exc)) from None
+    function = name or info.name
+    workload = Workload(
+        kind=Kind.UNIKERNEL, runtime=info.runtime, id=f"{function}-{info.pid}", name=function, pid=info.pid,
+        qmp=info.qmp, console=info.console, executable=info.executable,
+    )  # fmt: skip
+    click.echo(
+        f"uniobs: attached to {info.runtime} pid {info.pid} ({function}); qmp {info.qmp or 'none'}, "
+        f"console {info.console or 'none'} -> " + ", ".join(pipeline.describe_exporters()),
+        err=True,
+    )
+    ended = Attacher(pipeline, workload, interval=interval).run()
+    pipeline.flush(10)
+    pipeline.close(5)
+    click.echo(f"uniobs: {function}: {ended}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

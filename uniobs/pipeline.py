@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from uniobs.config import ConfigError, Settings, check_plugin_names
+from uniobs.ioloop import IoLoop
 from uniobs.model import Instrument, MetricSpec, Sample, Workload
-from uniobs.plugin import Collector, Exporter, ExporterSinks, SourceUnavailable, WorkloadGone
+from uniobs.plugin import Collector, Exporter, ExporterSinks, SourceUnavailable, StreamingCollector, WorkloadGone
 from uniobs.registry import PluginError, Registry
 from uniobs.telemetry import SELF, Telemetry
 
@@ -107,19 +108,26 @@ class Pipeline:
         self.settings = settings
         collector_infos = self.registry.collectors
         check_plugin_names(settings, set(collector_infos), set(self.registry.exporters))
+        # Every table is checked at start, used or not: a typo must not wait for the day it matters.
+        for name in settings.exporters:
+            settings.exporter_config(name, self.registry.exporters[name].plugin.config_class)
+        for name in settings.collectors:
+            settings.collector_config(name, collector_infos[name].plugin.config_class)
         specs = list(settings.core.export if export is None else export)
         self.exporters = build_exporters(specs, settings, self.registry)
         self.collectors: list[Collector] = []
+        self.streaming: list[StreamingCollector] = []
         wanted = set(collectors) if collectors is not None else None
         for name, info in collector_infos.items():
             if wanted is not None and name not in wanted:
                 continue
             cls = info.plugin
-            if not issubclass(cls, Collector):
-                continue  # streaming collectors are started per workload by their owners
             config = settings.collector_config(name, cls.config_class)
             if config.enabled:
-                self.collectors.append(cls(config))
+                plugin = cls(config)
+                (self.collectors if isinstance(plugin, Collector) else self.streaming).append(plugin)
+        self.loop = IoLoop()
+        self._streaming_on: set[tuple[str, str, str]] = set()
         sinks: list[tuple[str, ExporterSinks]] = []
         try:
             for label, exporter in self.exporters:
@@ -134,8 +142,9 @@ class Pipeline:
             strict=strict,
         )
         self.telemetry.declare(PIPELINE_METRICS, scope="uniobs")
-        for collector in self.collectors:
-            self.telemetry.declare(collector.metrics, scope=f"uniobs.collectors.{collector.name}")
+        plugins: list[Collector | StreamingCollector] = [*self.collectors, *self.streaming]
+        for plugin in plugins:
+            self.telemetry.declare(plugin.metrics, scope=f"uniobs.collectors.{plugin.name}")
         self._health = _Health()
         self._errors: dict[tuple[str, str], int] = {}
         self._samples: dict[str, int] = {}
@@ -143,6 +152,23 @@ class Pipeline:
 
     def describe_exporters(self) -> list[str]:
         return [exporter.describe() for _, exporter in self.exporters]
+
+    def start_streams(self, workload: Workload) -> list[str]:
+        """Start every streaming collector (console capture...) that applies. Returns their names."""
+        started = []
+        for plugin in self.streaming:
+            if plugin.applies_to(workload):
+                plugin.start(workload, self.telemetry, self.loop.start())
+                started.append(plugin.name)
+        if started:
+            self._streaming_on.add(workload.key)
+        return started
+
+    def stop_streams(self, workload: Workload, timeout: float = 2.0) -> None:
+        """Read what the streams already hold, deliver it, stop them (their counters stay)."""
+        for plugin in self.streaming:
+            if plugin.applies_to(workload):
+                plugin.stop(workload, timeout)
 
     def scrape(self, workloads: Iterable[Workload], collectors: Iterable[Collector] | None = None) -> int:
         """Collect every applicable (collector, workload) pair once. Returns the sample count."""
@@ -154,6 +180,10 @@ class Pipeline:
                 if collector.applies_to(workload):
                     total += self._collect_one(collector, workload)
             self._durations[collector.name] = time.perf_counter() - started
+        for plugin in self.streaming:
+            for workload in workloads:
+                if workload.key in self._streaming_on and plugin.applies_to(workload):
+                    self.telemetry.record(workload, plugin.snapshot(workload))
         self.telemetry.record(SELF, self._self_samples())
         return total
 
@@ -162,6 +192,7 @@ class Pipeline:
         try:
             samples = list(collector.collect(workload))
         except WorkloadGone:
+            self._events(collector, workload)  # e.g. the QMP SHUTDOWN seen just before the exit
             self.workload_gone(workload)
             return 0
         except SourceUnavailable as exc:
@@ -182,13 +213,26 @@ class Pipeline:
             del self._health.failing[key]
             log.info("%s: %s: collecting again", collector.name, workload.display_name)
         self.telemetry.record(workload, samples)
+        self._events(collector, workload)
         self._samples[collector.name] = self._samples.get(collector.name, 0) + len(samples)
         return len(samples)
+
+    def _events(self, collector: Collector, workload: Workload) -> None:
+        try:
+            events = list(collector.events(workload))
+        except Exception as exc:
+            log.warning("%s: %s: reading events failed: %s", collector.name, workload.display_name, exc)
+            return
+        for event in events:
+            self.telemetry.log(workload, event)
 
     def workload_gone(self, workload: Workload) -> None:
         """End a workload's series and forget its per-collector state."""
         for collector in self.collectors:
             collector.forget(workload)
+        for plugin in self.streaming:
+            plugin.forget(workload)
+        self._streaming_on.discard(workload.key)
         self.telemetry.forget(workload)
         for key in [k for k in self._health.failing if k[1] == workload.key]:
             del self._health.failing[key]
@@ -217,6 +261,7 @@ class Pipeline:
             except Exception as exc:
                 log.debug("%s: close: %s", collector.name, exc)
         self.telemetry.shutdown(timeout)
+        self.loop.stop()
 
     def exporter_failures(self) -> dict[str, dict[str, Any]]:
         """Per exporter: counts not delivered (failed or dropped), and the last error."""

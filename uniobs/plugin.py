@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from uniobs.ioloop import IoLoop
+
 
 class WorkloadGone(Exception):
     """The workload vanished while being read (pid exited, cgroup removed): churn, not an error."""
@@ -77,6 +79,13 @@ class Collector(abc.ABC):
     def collect(self, workload: Workload) -> Iterable[Sample]:
         """Read the workload's sources now. Raise WorkloadGone or SourceUnavailable as they apply."""
 
+    def events(self, workload: Workload) -> Iterable[LogEvent]:
+        """Events the sources reported since the last call (e.g. QMP events seen while querying).
+
+        Called right after `collect()`. Timestamps are monotonic, as for every LogEvent.
+        """
+        return ()
+
     def forget(self, workload: Workload) -> None:
         """Drop any per-workload state: the workload is gone."""
         return None
@@ -113,10 +122,20 @@ class StreamingCollector(abc.ABC):
     def applies_to(self, workload: Workload) -> bool: ...
 
     @abc.abstractmethod
-    def start(self, workload: Workload, sink: EventSink) -> None: ...
+    def start(self, workload: Workload, sink: EventSink, loop: IoLoop) -> None:
+        """Begin reading; register descriptors on `loop` (the shared I/O thread)."""
 
     @abc.abstractmethod
-    def stop(self, workload: Workload) -> None: ...
+    def stop(self, workload: Workload, timeout: float = 2.0) -> None:
+        """Read what is already there, deliver it, and stop."""
+
+    def snapshot(self, workload: Workload) -> Iterable[Sample]:
+        """Counters about the stream itself (bytes, drops), sampled with the scrapes."""
+        return ()
+
+    def forget(self, workload: Workload) -> None:
+        """Drop any per-workload state: the workload is gone."""
+        return None
 
 
 # --- console parsers ------------------------------------------------------------------------

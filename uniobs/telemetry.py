@@ -370,8 +370,9 @@ class Telemetry:
             state.series[key] = _Number(now, now, value)
             return
         if spec.instrument is Instrument.COUNTER and value < series.value:
-            # The source restarted: a new start time marks the reset (OTLP data model).
-            series.start_ns = series.time_ns
+            # The source restarted after the last observation: a new start time, just after
+            # it, marks the reset (OTLP data model); downstream rates never go negative.
+            series.start_ns = series.time_ns + 1
         series.value = value
         series.time_ns = now
 

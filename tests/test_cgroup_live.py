@@ -1,0 +1,187 @@
+"""The cgroup collector on a real cgroup of this host: created here (v1 memory, cpu, cpuacct,
+pids and blkio, as present), with a real process moved into it that burns ~0.3 s of CPU and
+touches 50 MiB, then read through the collector; finally removed, and read again.
+
+Needs root and v1 hierarchies (this host is a v1/v2 hybrid, see ../shared/HOST-NOTES.md);
+skips with the reason otherwise. The cgroup is created at the root of each hierarchy with a
+256 MiB memory limit, so the child cannot grow past it whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from uniobs import cgroupfs, discovery
+from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
+from uniobs.model import Kind, Workload
+from uniobs.plugin import WorkloadGone
+
+pytestmark = pytest.mark.cgroup
+
+ROOT = "/sys/fs/cgroup"
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
+MiB = 1 << 20
+
+# Waits on stdin until it is in the cgroup, then burns 0.3 s of CPU (process time, so a busy
+# host does not shorten it) and writes 50 MiB so every page is resident and charged here.
+CHILD = r"""
+import sys, time
+sys.stdin.readline()
+start = time.process_time()
+while time.process_time() - start < 0.3:
+    pass
+buf = b"\x01" * (50 << 20)
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+sys.stdin.readline()
+"""
+
+# Tolerances: the CPU burn is 0.3 s by the child's own clock; cpuacct.stat's user/system
+# ticks are 10 ms each, so >= 0.2 s leaves a third for rounding. The 50 MiB buffer is
+# charged in full once written; >= 40 MiB leaves 10 MiB for pages reclaimed or not yet
+# accounted (the per-CPU charge batches are 64 pages).
+MIN_CPU_S = 0.2
+MIN_MEMORY = 40 * MiB
+
+
+@dataclass
+class LiveCgroup:
+    layout: cgroupfs.CgroupLayout
+    path: str
+    dirs: list[str]  # one per distinct hierarchy directory
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def _rmdir(directory: str, deadline: float) -> None:
+    while True:
+        try:
+            os.rmdir(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # EBUSY while the killed child is still being reaped
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def live_cgroup() -> Iterator[LiveCgroup]:
+    if os.geteuid() != 0:
+        pytest.skip("creating cgroups needs root")
+    try:
+        layout = cgroupfs.detect_layout(ROOT)
+    except OSError as exc:
+        pytest.skip(f"no cgroup hierarchy under {ROOT}: {exc}")
+    if layout.mode is cgroupfs.CgroupMode.V2:
+        pytest.skip("pure cgroup v2 host: this test creates v1 cgroups")
+    missing = [c for c in ("memory", "cpuacct", "pids") if c not in layout.v1]
+    if missing:
+        pytest.skip(f"v1 controllers not mounted under {ROOT}: {', '.join(missing)}")
+    path = f"/uniobs-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    dirs: list[str] = []
+    try:
+        for controller in CONTROLLERS:
+            if controller not in layout.v1:
+                continue
+            directory = layout.v1[controller] + path
+            if directory in dirs:  # a combined cpu,cpuacct mount
+                continue
+            try:
+                os.mkdir(directory)
+            except OSError as exc:
+                pytest.skip(f"cannot create a cgroup in {layout.v1[controller]}: {exc}")
+            dirs.append(directory)
+        _write(f"{layout.v1['memory']}{path}/memory.limit_in_bytes", str(256 * MiB))
+        yield LiveCgroup(layout, path, dirs)
+    finally:
+        deadline = time.monotonic() + 5
+        for directory in reversed(dirs):
+            _rmdir(directory, deadline)
+
+
+def _start_child(cg: LiveCgroup) -> subprocess.Popen[str]:
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    for directory in cg.dirs:
+        _write(f"{directory}/cgroup.procs", str(child.pid))
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == "ready\n"
+    return child
+
+
+def _stop(child: subprocess.Popen[str]) -> None:
+    if child.poll() is None:
+        child.kill()
+    child.wait(timeout=10)
+    for stream in (child.stdin, child.stdout):
+        if stream is not None:
+            stream.close()
+
+
+def test_a_real_cgroup_read_through_the_collector(live_cgroup: LiveCgroup) -> None:
+    cg = live_cgroup
+    _write(f"{cg.layout.v1['pids']}{cg.path}/pids.max", "32")
+    child = _start_child(cg)
+    try:
+        assert cgroupfs.cgroup_pids(cg.layout, cg.path) == [child.pid]
+        found = [w for w in discovery.discover_cgroups(cg.layout) if w.cgroup == cg.path]
+        assert [(w.kind, w.id) for w in found] == [(Kind.CGROUP, cg.path)]
+
+        collector = CgroupCollector(CgroupConfig(root=ROOT))
+        got: dict[tuple[str, tuple[tuple[str, object], ...]], float | int] = {
+            (s.metric, s.attributes): s.value for s in collector.collect(found[0])
+        }
+        cpu = (
+            got[("container.cpu.time", (("cpu.mode", "user"),))]
+            + got[("container.cpu.time", (("cpu.mode", "system"),))]
+        )
+        assert cpu >= MIN_CPU_S, got
+        assert got[("container.memory.usage", ())] >= MIN_MEMORY, got
+        assert got[("container.memory.rss", ())] >= MIN_MEMORY, got  # anonymous: the bytes object
+        assert MIN_MEMORY <= got[("container.memory.working_set", ())] <= got[("container.memory.usage", ())]
+        assert got[("uniobs.container.memory.limit", ())] == 256 * MiB
+        assert got[("uniobs.container.pids.limit", ())] == 32
+        assert got[("uniobs.container.pids.count", ())] >= 1  # the interpreter and any threads of its own
+        assert got[("uniobs.container.memory.oom_kills", ())] == 0
+        assert ("uniobs.container.cpu.throttling.periods", ()) in got  # cpu.stat read (0: no quota set)
+        # a v1-only cgroup has no unified/<path>: no PSI, and that is not taken for a vanished cgroup
+        assert not [key for key in got if key[0] == "uniobs.container.pressure.stall"]
+
+        # the same figures straight from the backend, cross-checked against the precise total
+        stats = cgroupfs.read_stats(cg.layout, cg.path)
+        assert stats.cpu_usage_s is not None and stats.cpu_usage_s >= MIN_CPU_S
+        assert stats.cpu_user_s is not None and stats.cpu_system_s is not None
+        assert abs(stats.cpu_user_s + stats.cpu_system_s - stats.cpu_usage_s) < 0.1  # ticks vs ns
+    finally:
+        _stop(child)
+
+
+def test_a_removed_cgroup_is_workload_gone(live_cgroup: LiveCgroup) -> None:
+    cg = live_cgroup
+    child = _start_child(cg)
+    collector = CgroupCollector(CgroupConfig(root=ROOT))
+    workload = Workload(kind=Kind.CGROUP, runtime="cgroup", id=cg.path, cgroup=cg.path)
+    assert list(collector.collect(workload))  # alive: figures come
+    _stop(child)
+    deadline = time.monotonic() + 5
+    for directory in reversed(cg.dirs):
+        _rmdir(directory, deadline)
+    with pytest.raises(WorkloadGone):
+        collector.collect(workload)
+    with pytest.raises(WorkloadGone):
+        cgroupfs.cgroup_pids(cg.layout, cg.path)
+    assert cg.path not in cgroupfs.list_cgroups(cg.layout)

@@ -1,0 +1,400 @@
+"""`uniobs run -- COMMAND`: launch a VMM (or any process), observe it until it exits, exit with its status.
+
+The runner owns the process; the pipeline owns collection and export. Lifecycle events
+(spawned, QMP ready, first console byte, exited with reason) become log records on the
+workload's resource and feed the cold-start trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from uniobs.ioloop import IoLoop
+from uniobs.launch import LaunchPlan
+from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, Severity, Workload
+from uniobs.pipeline import Pipeline
+
+log = logging.getLogger("uniobs.run")
+
+LIFECYCLE_METRICS = (
+    MetricSpec(
+        "uniobs.workload.exits",
+        Instrument.COUNTER,
+        "{exit}",
+        "Workload exits by reason: guest-exit (the guest chose its status), guest-shutdown, "
+        "guest-reset, guest-panic, host-signal, signal (the VMM was killed), exit (a process ended).",
+        ("uniobs.exit.reason",),
+    ),
+)
+
+QMP_MAX_MESSAGE = 1 << 20
+
+
+def default_rundir() -> str:
+    for base in ("/run/uniobs", os.path.join(tempfile.gettempdir(), "uniobs")):
+        try:
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            return tempfile.mkdtemp(prefix="run-", dir=base)
+        except OSError:
+            continue
+    return tempfile.mkdtemp(prefix="uniobs-run-")
+
+
+@dataclass
+class ExitInfo:
+    status: int  # what `uniobs run` exits with: the VMM's status, or 128+signal
+    reason: str
+    returncode: int
+    guest_exit_code: int | None = None
+    signal_name: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class QmpEventWatcher:
+    """Reads asynchronous QMP events on the shared I/O loop (its own QMP socket: no queries here).
+
+    It connects as soon as QEMU listens, which also times "QMP ready" for the cold-start trace.
+    The only command it sends is the capabilities handshake.
+    """
+
+    def __init__(self, path: str, loop: IoLoop, on_event: Any) -> None:
+        self.path = path
+        self.ready_ns: int | None = None
+        self.events: list[tuple[str, dict[str, Any], int]] = []
+        self._loop = loop
+        self._on_event = on_event
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._done = threading.Event()
+        self._greeted = False
+        loop.every(0.002, self._try_connect)
+
+    def _try_connect(self, now_ns: int) -> bool:
+        if self._sock is not None or self._done.is_set():
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            return True  # not listening yet: try again
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._readable)
+        return False
+
+    def _readable(self, fd: int, arrival_ns: int) -> bool:
+        assert self._sock is not None
+        try:
+            chunk = self._sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close()
+            return False
+        self._buffer += chunk
+        if len(self._buffer) > QMP_MAX_MESSAGE and b"\n" not in self._buffer:
+            log.warning("qmp events %s: message over %d bytes; closing", self.path, QMP_MAX_MESSAGE)
+            self.close()
+            return False
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self._message(line, arrival_ns)
+        return True
+
+    def _message(self, line: bytes, arrival_ns: int) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("qmp events %s: not JSON; ignored", self.path)
+            return
+        if not isinstance(message, dict):
+            return
+        if "QMP" in message and not self._greeted:
+            self._greeted = True
+            self.ready_ns = arrival_ns
+            assert self._sock is not None
+            self._sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+        elif "event" in message:
+            name = str(message["event"])
+            raw = message.get("data")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            self.events.append((name, data, arrival_ns))
+            self._on_event(name, data, arrival_ns)
+
+    def close(self) -> None:
+        self._done.set()
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def shutdown_reason(self) -> str | None:
+        for name, data, _ in reversed(self.events):
+            if name == "SHUTDOWN":
+                return str(data.get("reason", "unknown"))
+        return None
+
+    def panicked(self) -> bool:
+        return any(name == "GUEST_PANICKED" for name, _, _ in self.events)
+
+
+_QMP_SEVERITY = {"GUEST_PANICKED": Severity.ERROR, "RESET": Severity.WARN, "STOP": Severity.WARN}
+# QMP event data keys we keep as attributes (bounded: the event names are QEMU's, not the guest's)
+_QMP_KEYS = ("reason", "guest", "action", "status")
+
+
+class Runner:
+    """Spawn, observe, and report one workload."""
+
+    def __init__(self, pipeline: Pipeline, plan: LaunchPlan, name: str, *, interval: float = 1.0,
+                 mirror_console: bool = True, rundir: str | None = None) -> None:  # fmt: skip
+        self.pipeline = pipeline
+        self.plan = plan
+        self.name = name
+        self.interval = interval
+        self.mirror_console = mirror_console
+        self.rundir = rundir
+        self.workload: Workload | None = None
+        self.exec_ns = 0
+        self.exit_ns = 0
+        self.events: QmpEventWatcher | None = None
+        pipeline.telemetry.declare(LIFECYCLE_METRICS, scope="uniobs.lifecycle")
+        self._exits: dict[str, int] = {}
+        self._first_byte_logged = False
+
+    def lifecycle(
+        self, name: str, time_ns: int, severity: Severity = Severity.INFO, attributes: Attributes = ()
+    ) -> None:
+        assert self.workload is not None
+        body = name.replace("_", " ")
+        self.pipeline.telemetry.log(
+            self.workload, LogEvent(time_ns, body, severity, attributes, event_name=f"uniobs.{name}")
+        )
+
+    def _on_qmp_event(self, name: str, data: dict[str, Any], arrival_ns: int) -> None:
+        attrs = tuple(
+            (f"qemu.{name.lower()}.{k}", str(data[k])[:200])
+            for k in _QMP_KEYS
+            if k in data and not isinstance(data[k], dict)
+        )
+        if self.workload is not None:
+            self.pipeline.telemetry.log(
+                self.workload,
+                LogEvent(arrival_ns, f"QMP event {name}", _QMP_SEVERITY.get(name, Severity.INFO), attrs,
+                         event_name=f"qemu.{name.lower()}"),
+            )  # fmt: skip
+
+    def run(self) -> ExitInfo:
+        plan = self.plan
+        rundir = self.rundir or default_rundir()
+        fifo_reader = fifo_keepalive = None
+        for fifo in plan.fifos:
+            os.mkfifo(fifo, 0o600)
+        if plan.fifos:
+            # Open the read end first (non-blocking), and keep a writer of our own so the reader
+            # sees no EOF before QEMU opens the FIFO; closed once QEMU has exited.
+            fifo_reader = os.open(plan.fifos[0], os.O_RDONLY | os.O_NONBLOCK)
+            fifo_keepalive = os.open(plan.fifos[0], os.O_WRONLY | os.O_NONBLOCK)
+        loop = self.pipeline.loop.start()
+        if plan.qmp_events:
+            self.events = QmpEventWatcher(plan.qmp_events, loop, self._on_qmp_event)
+
+        self.exec_ns = time.monotonic_ns()
+        proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE if plan.console_on_stdout else None)
+        console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
+        kind = Kind.UNIKERNEL if plan.runtime in ("qemu", "solo5-hvt") else Kind.PROCESS
+        self.workload = workload = Workload(
+            kind=kind, runtime=plan.runtime, id=f"{self.name}-{proc.pid}", name=self.name, pid=proc.pid,
+            qmp=plan.qmp, console=console, executable=plan.executable,
+        )  # fmt: skip
+        self.lifecycle("spawned", self.exec_ns, attributes=(("process.command", plan.executable),))
+        console_plugin = self._console_plugin()
+        if console_plugin is not None and self.mirror_console and plan.console_on_stdout:
+            console_plugin.mirror(workload, sys.stdout.buffer)
+        self.pipeline.start_streams(workload)
+
+        forwarded: list[int] = []
+
+        def forward(signum: int, _frame: Any) -> None:
+            forwarded.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            self._observe(proc)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        self.exit_ns = time.monotonic_ns()
+        if fifo_keepalive is not None:
+            os.close(fifo_keepalive)
+        self.pipeline.stop_streams(workload, timeout=5.0)
+        if not self._first_byte_logged:
+            self._log_first_byte()
+        if self.events is not None:
+            self.events.close()
+        info = self._exit_info(proc.returncode)
+        self._exits[info.reason] = self._exits.get(info.reason, 0) + 1
+        self.pipeline.telemetry.record(
+            workload, [Sample("uniobs.workload.exits", n, (("uniobs.exit.reason", r),)) for r, n in self._exits.items()]
+        )
+        severity = Severity.INFO if info.reason in ("guest-exit", "guest-shutdown", "exit") else Severity.ERROR
+        if info.reason == "guest-exit" and info.guest_exit_code:
+            severity = Severity.WARN
+        self.lifecycle("exited", self.exit_ns, severity, tuple(info.attributes.items()))
+        if fifo_reader is not None:
+            try:
+                os.close(fifo_reader)
+            except OSError:
+                pass  # the capture closed it already
+        for fifo in plan.fifos:
+            _unlink(fifo)
+        for path in (plan.qmp, plan.qmp_events):
+            if path:
+                _unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(rundir)
+        return info
+
+    def _console_plugin(self) -> Any:
+        """The console capture plugin (duck-typed: the core does not import plugins)."""
+        return next((p for p in self.pipeline.streaming if p.name == "console"), None)
+
+    def _observe(self, proc: subprocess.Popen[bytes]) -> None:
+        assert self.workload is not None
+        export_every = self.pipeline.settings.core.export_interval
+        next_export = time.monotonic() + export_every
+        first_byte_logged = False
+        wait = 0.05  # a first scrape right after the spawn: short-lived guests get VMM stats too
+        while True:
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                wait = self.interval
+            self.pipeline.scrape([self.workload])
+            if not first_byte_logged:
+                first_byte_logged = self._first_byte_logged = self._log_first_byte()
+            if time.monotonic() >= next_export:
+                self.pipeline.telemetry.flush(timeout=0.1)  # never block the watch on a backend
+                next_export = time.monotonic() + export_every
+
+    def _log_first_byte(self) -> bool:
+        plugin = self._console_plugin()
+        stream = plugin.stream(self.workload) if plugin is not None else None
+        if stream is None or stream.first_byte_ns is None:
+            return False
+        self.lifecycle("console_first_byte", stream.first_byte_ns)
+        return True
+
+    def _exit_info(self, returncode: int) -> ExitInfo:
+        attrs: dict[str, Any] = {"process.exit.code": returncode}
+        if self.events is not None and self.events.ready_ns is not None:
+            attrs["uniobs.qmp.ready_s"] = round((self.events.ready_ns - self.exec_ns) / 1e9, 6)
+        if returncode < 0:
+            name = signal.Signals(-returncode).name
+            attrs.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
+            return ExitInfo(128 - returncode, "signal", returncode, signal_name=name, attributes=attrs)
+        reason = "exit"
+        guest_code = None
+        if self.plan.runtime == "qemu":
+            shutdown = self.events.shutdown_reason() if self.events is not None else None
+            if self.events is not None and self.events.panicked():
+                reason = "guest-panic"
+            elif shutdown is not None:
+                reason = {"host-signal": "host-signal", "guest-reset": "guest-reset", "guest-panic": "guest-panic"}.get(
+                    shutdown, "guest-shutdown"
+                )
+                attrs["qemu.shutdown.reason"] = shutdown
+            elif returncode % 2 == 1 and "isa-debug-exit" in " ".join(self.plan.argv):
+                # isa-debug-exit: the guest wrote N and QEMU exited with (N << 1) | 1
+                reason, guest_code = "guest-exit", returncode >> 1
+        elif self.plan.runtime == "solo5-hvt":
+            reason, guest_code = "guest-exit", returncode  # the tender exits with solo5_exit(N)'s N
+        attrs["uniobs.exit.reason"] = reason
+        if guest_code is not None:
+            attrs["uniobs.guest.exit_code"] = guest_code
+        return ExitInfo(returncode, reason, returncode, guest_exit_code=guest_code, attributes=attrs)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class Attacher:
+    """`uniobs attach`: observe a running VMM without restarting it, until it exits or we are stopped."""
+
+    def __init__(self, pipeline: Pipeline, workload: Workload, *, interval: float = 1.0) -> None:
+        self.pipeline = pipeline
+        self.workload = workload
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> str:
+        """Returns why it ended: "exited" (the VMM is gone) or "stopped" (we were interrupted)."""
+        pipeline, workload = self.pipeline, self.workload
+        pipeline.telemetry.declare(LIFECYCLE_METRICS, scope="uniobs.lifecycle")
+        pipeline.telemetry.log(workload, LogEvent(time.monotonic_ns(), "attached", event_name="uniobs.attached"))
+        pipeline.start_streams(workload)
+        old = {s: signal.signal(s, lambda *_: self._stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        export_every = pipeline.settings.core.export_interval
+        next_export = time.monotonic() + export_every
+        try:
+            while not self._stop.is_set():
+                pipeline.scrape([workload])
+                if not _alive(workload.pid):
+                    break
+                if time.monotonic() >= next_export:
+                    pipeline.telemetry.flush(timeout=0.1)
+                    next_export = time.monotonic() + export_every
+                self._stop.wait(self.interval)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        ended = "stopped" if self._stop.is_set() and _alive(workload.pid) else "exited"
+        pipeline.stop_streams(workload, timeout=2.0)
+        pipeline.telemetry.log(
+            workload,
+            LogEvent(
+                time.monotonic_ns(),
+                f"detached: {ended}",
+                event_name=f"uniobs.{ended if ended == 'exited' else 'detached'}",
+            ),
+        )
+        return ended
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (our own exited child) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
