@@ -87,6 +87,8 @@ class ProcessCollector(Collector):
         try:
             proc = self._process(workload.pid)
             with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: its figures read 0
+                    raise psutil.ZombieProcess(workload.pid)
                 cpu = proc.cpu_times()
                 mem = proc.memory_info()
                 ctx = proc.num_ctx_switches()

@@ -727,3 +727,57 @@ __all__ = [
     "read_stats",
     "working_set",
 ]
+
+
+# --- placing a process (uniobs run --cgroup) --------------------------------------------------
+
+PLACEMENT_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
+
+
+def create_cgroup(layout: CgroupLayout, path: str) -> list[str]:
+    """Create a cgroup (in each v1 hierarchy we read, or in the unified one) for a new process.
+
+    Returns the `cgroup.procs` files to write the process into. On v2 the parent must delegate
+    the controllers (`cgroup.subtree_control`); we enable those it offers, as systemd does.
+    """
+    path = normalize_path(path)
+    if path == "/":
+        raise ValueError("a new cgroup needs a path below the root")
+    procs: list[str] = []
+    if layout.mode is CgroupMode.V2:
+        assert layout.unified is not None
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts)):
+            parent = _join(layout.unified, "/" + "/".join(parts[:depth]) if depth else "/")
+            wanted = [
+                c
+                for c in ("cpu", "memory", "pids", "io")
+                if c in _read_controllers(os.path.join(parent, "cgroup.controllers"))
+            ]
+            if wanted:
+                try:
+                    with open(os.path.join(parent, "cgroup.subtree_control"), "w") as f:
+                        f.write(" ".join(f"+{c}" for c in wanted))
+                except OSError:
+                    pass  # a parent with processes of its own cannot delegate; we measure what we can
+        directory = _join(layout.unified, path)
+        os.makedirs(directory, exist_ok=True)
+        return [os.path.join(directory, "cgroup.procs")]
+    for hierarchy in dict.fromkeys(layout.v1[c] for c in PLACEMENT_CONTROLLERS if c in layout.v1):
+        directory = _join(hierarchy, path)
+        os.makedirs(directory, exist_ok=True)
+        procs.append(os.path.join(directory, "cgroup.procs"))
+    return procs
+
+
+def remove_cgroup(layout: CgroupLayout, path: str) -> None:
+    """Remove a cgroup uniobs created, once its processes are gone. Missing parts are fine."""
+    path = normalize_path(path)
+    hierarchies = [layout.unified] if layout.mode is CgroupMode.V2 else list(dict.fromkeys(layout.v1.values()))
+    for hierarchy in hierarchies:
+        if hierarchy is None:
+            continue
+        try:
+            os.rmdir(_join(hierarchy, path))
+        except OSError:
+            pass

@@ -188,10 +188,15 @@ def scrape_once(
 @click.option("--name", "-n", help="The function's name (service.name, faas.name). Default: the image's name.")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between scrapes while it runs.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not copy the guest console to standard output.")
+@click.option(
+    "--cgroup",
+    metavar="PATH|auto",
+    help="Start the VMM in a cgroup of its own (created, then removed), so it is measured like a container.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, quiet: bool,
-    command: tuple[str, ...],
+    cgroup: str | None, command: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Run COMMAND (a qemu-system-*, solo5-hvt or any command) and observe it until it exits.
 
@@ -216,7 +221,9 @@ def run(
     for note in plan.notes:
         log.info("%s", note)
     function = name or os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
-    runner = Runner(pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir)
+    if cgroup == "auto":
+        cgroup = f"/uniobs/{function}-{os.path.basename(rundir)}"
+    runner = Runner(pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir, cgroup=cgroup)
     try:
         info = runner.run()
     except OSError as exc:

@@ -170,6 +170,13 @@ class Pipeline:
             if plugin.applies_to(workload):
                 plugin.stop(workload, timeout)
 
+    def snapshot_streams(self, workload: Workload) -> None:
+        """Record the streams' own counters now (e.g. after a final drain)."""
+        if workload.key in self._streaming_on:
+            for plugin in self.streaming:
+                if plugin.applies_to(workload):
+                    self.telemetry.record(workload, plugin.snapshot(workload))
+
     def scrape(self, workloads: Iterable[Workload], collectors: Iterable[Collector] | None = None) -> int:
         """Collect every applicable (collector, workload) pair once. Returns the sample count."""
         workloads = list(workloads)
@@ -180,10 +187,8 @@ class Pipeline:
                 if collector.applies_to(workload):
                     total += self._collect_one(collector, workload)
             self._durations[collector.name] = time.perf_counter() - started
-        for plugin in self.streaming:
-            for workload in workloads:
-                if workload.key in self._streaming_on and plugin.applies_to(workload):
-                    self.telemetry.record(workload, plugin.snapshot(workload))
+        for workload in workloads:
+            self.snapshot_streams(workload)
         self.telemetry.record(SELF, self._self_samples())
         return total
 

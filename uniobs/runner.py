@@ -160,14 +160,24 @@ _QMP_KEYS = ("reason", "guest", "action", "status")
 class Runner:
     """Spawn, observe, and report one workload."""
 
-    def __init__(self, pipeline: Pipeline, plan: LaunchPlan, name: str, *, interval: float = 1.0,
-                 mirror_console: bool = True, rundir: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        plan: LaunchPlan,
+        name: str,
+        *,
+        interval: float = 1.0,
+        mirror_console: bool = True,
+        rundir: str | None = None,
+        cgroup: str | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.plan = plan
         self.name = name
         self.interval = interval
         self.mirror_console = mirror_console
         self.rundir = rundir
+        self.cgroup = cgroup  # a cgroup path to start the VMM in, created and removed by us
         self.workload: Workload | None = None
         self.exec_ns = 0
         self.exit_ns = 0
@@ -213,13 +223,21 @@ class Runner:
         if plan.qmp_events:
             self.events = QmpEventWatcher(plan.qmp_events, loop, self._on_qmp_event)
 
+        argv = plan.argv
+        layout = None
+        if self.cgroup is not None:
+            from uniobs.cgroupfs import create_cgroup, detect_layout
+
+            layout = detect_layout()
+            procs = create_cgroup(layout, self.cgroup)
+            argv = [sys.executable, "-m", "uniobs.cgexec", *procs, "--", *argv]
         self.exec_ns = time.monotonic_ns()
-        proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE if plan.console_on_stdout else None)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE if plan.console_on_stdout else None)
         console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
         kind = Kind.UNIKERNEL if plan.runtime in ("qemu", "solo5-hvt") else Kind.PROCESS
         self.workload = workload = Workload(
             kind=kind, runtime=plan.runtime, id=f"{self.name}-{proc.pid}", name=self.name, pid=proc.pid,
-            qmp=plan.qmp, console=console, executable=plan.executable,
+            qmp=plan.qmp, console=console, executable=plan.executable, cgroup=self.cgroup,
         )  # fmt: skip
         self.lifecycle("spawned", self.exec_ns, attributes=(("process.command", plan.executable),))
         console_plugin = self._console_plugin()
@@ -244,6 +262,7 @@ class Runner:
         if fifo_keepalive is not None:
             os.close(fifo_keepalive)
         self.pipeline.stop_streams(workload, timeout=5.0)
+        self.pipeline.snapshot_streams(workload)
         if not self._first_byte_logged:
             self._log_first_byte()
         if self.events is not None:
@@ -262,6 +281,10 @@ class Runner:
                 os.close(fifo_reader)
             except OSError:
                 pass  # the capture closed it already
+        if layout is not None and self.cgroup is not None:
+            from uniobs.cgroupfs import remove_cgroup
+
+            remove_cgroup(layout, self.cgroup)
         for fifo in plan.fifos:
             _unlink(fifo)
         for path in (plan.qmp, plan.qmp_events):
@@ -372,6 +395,7 @@ class Attacher:
                 signal.signal(s, handler)
         ended = "stopped" if self._stop.is_set() and _alive(workload.pid) else "exited"
         pipeline.stop_streams(workload, timeout=2.0)
+        pipeline.snapshot_streams(workload)
         pipeline.telemetry.log(
             workload,
             LogEvent(

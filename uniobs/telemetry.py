@@ -290,6 +290,7 @@ class Telemetry:
         self._logs: deque[ReadableLogRecord] = deque()
         self._max_logs = max_log_records
         self._spans: list[ReadableSpan] = []
+        self._ending: list[_WorkloadState] = []  # forgotten, not yet exported a last time
         self._rejected: dict[str, int] = {}
         self.workers = [ExportWorker(name, sinks, queue_batches) for name, sinks in exporters]
         self._self_scope = InstrumentationScope("uniobs", __version__)
@@ -426,9 +427,11 @@ class Telemetry:
             self._spans.append(span)
 
     def forget(self, workload: Workload) -> None:
-        """The workload is gone: its series end (they are no longer exported)."""
+        """The workload is gone: its series are exported one last time, then no more."""
         with self._lock:
-            self._workloads.pop(workload.key, None)
+            state = self._workloads.pop(workload.key, None)
+            if state is not None and state.series:
+                self._ending.append(state)
 
     # -- export
 
@@ -464,7 +467,8 @@ class Telemetry:
         points = 0
         resource_metrics = []
         with self._lock:
-            for state in self._workloads.values():
+            states, self._ending = [*self._ending, *self._workloads.values()], []
+            for state in states:
                 by_scope: dict[str, tuple[InstrumentationScope, dict[str, tuple[MetricSpec, list[Any]]]]] = {}
                 for (name, attributes), series in state.series.items():
                     declared = self._declared[name]
