@@ -21,9 +21,11 @@ check: lint test
 
 bench:
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/console_bench.py
 
 guests:
 	$(MAKE) -C examples/minikernel
+	$(MAKE) -C examples/hello-node/unikernel
 
 describe:
 	$(UNIOBS) describe --format markdown
@@ -36,6 +38,7 @@ demo:
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
 	$(MAKE) -C examples/minikernel clean
+	$(MAKE) -C examples/hello-node/unikernel clean
 
 readme:
 	$(PY) scripts/update_readme.py

@@ -17,7 +17,7 @@ from typing import BinaryIO
 from uniobs.capture import ConsoleStream
 from uniobs.console import DEFAULT_MAX_LINE
 from uniobs.ioloop import IoLoop
-from uniobs.model import Instrument, LogEvent, MetricSpec, Sample, Workload
+from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Workload
 from uniobs.plugin import ConsoleLine, EventSink, PluginConfig, StreamingCollector
 
 log = logging.getLogger("uniobs.console")
@@ -76,11 +76,13 @@ class ConsoleCollector(StreamingCollector):
         source = workload.console
 
         def on_lines(lines: list[ConsoleLine]) -> None:
+            events = []
             for line in lines:
-                attributes: tuple[tuple[str, str | int | bool], ...] = (("uniobs.console.line", line.number),)
+                attributes: Attributes = (("uniobs.console.line", line.number),)
                 if line.truncated:
                     attributes += (("uniobs.console.truncated", True),)
-                sink.log(workload, LogEvent(line.time_ns, line.text, attributes=attributes, event_name=""))
+                events.append(LogEvent(line.time_ns, line.text, attributes=attributes))
+            sink.log_batch(workload, events)
 
         tee: BinaryIO | None = None
         if self.config.tee_dir:

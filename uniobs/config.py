@@ -49,12 +49,13 @@ class CoreConfig(PluginConfig):
     export_interval: float = 10.0  # seconds between exports of accumulated telemetry
     queue_batches: int = 64  # per exporter and signal: batches held while a backend is slow
     max_log_records: int = 100_000  # log records buffered between exports; oldest dropped first
+    max_log_bytes: int = 64 << 20  # and their bodies' total size, so a flood of long lines is bounded too
     service_name: str = ""  # uniobs' own resource; OTEL_SERVICE_NAME when empty, then "uniobs"
 
     def validate(self) -> None:
         if self.interval <= 0 or self.export_interval <= 0:
             raise ValueError("interval: must be > 0 seconds")
-        if self.queue_batches < 1 or self.max_log_records < 1:
+        if self.queue_batches < 1 or self.max_log_records < 1 or self.max_log_bytes < 1:
             raise ValueError("queue_batches: must be >= 1")
 
 

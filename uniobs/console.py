@@ -40,8 +40,13 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{ord(match.group()):02x}"
 
 
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def sanitize(raw: bytes, stats: ConsoleStats | None = None) -> str:
     """Bytes of one line (without its newline) to safe text."""
+    if raw.isascii() and not _CONTROL_BYTES.search(raw):
+        return raw.decode("ascii")  # the common case, at a fraction of the cost
     cleaned = _ANSI.sub(b"", raw) if b"\x1b" in raw else raw
     try:
         text = cleaned.decode("utf-8")
@@ -72,35 +77,45 @@ class LineSplitter:
     def feed(self, chunk: bytes, arrival_ns: int) -> list[ConsoleLine]:
         self.stats.bytes += len(chunk)
         lines: list[ConsoleLine] = []
-        start = 0
-        size = len(chunk)
-        while start < size:
-            newline = chunk.find(b"\n", start)
-            end = size if newline < 0 else newline
-            if not self._partial and not self._overflow:
-                self._partial_time = arrival_ns
-            if self._overflow:
-                self.stats.dropped_bytes += end - start
-            else:
-                room = self.max_line - len(self._partial)
-                piece = chunk[start:end]
-                if len(piece) > room:
-                    self._partial += piece[:room]
-                    self.stats.dropped_bytes += len(piece) - room
-                    self.stats.truncated_lines += 1
-                    # Emit the cut line now, so a newline-less flood is still seen and timed.
-                    lines.append(self._emit(truncated=True))
-                    self._overflow = True
+        pieces = chunk.split(b"\n")
+        tail = pieces.pop()  # after the last newline: the start of the next line (maybe empty)
+        for i, piece in enumerate(pieces):
+            if i == 0 and (self._partial or self._overflow):
+                self._append(piece, arrival_ns, lines)  # completes a line begun in earlier chunks
+                if self._overflow:
+                    self._overflow = False
                 else:
-                    self._partial += piece
-            if newline < 0:
-                break
-            if self._overflow:
-                self._overflow = False
+                    lines.append(self._emit(truncated=False))
+            elif len(piece) <= self.max_line:  # the common case: a whole line in this chunk
+                self._number += 1
+                if piece.endswith(b"\r"):
+                    piece = piece[:-1]  # CRLF consoles
+                lines.append(ConsoleLine(arrival_ns, sanitize(piece, self.stats), self._number, False))
             else:
-                lines.append(self._emit(truncated=False))
-            start = newline + 1
+                self._append(piece, arrival_ns, lines)
+                self._overflow = False
+        self.stats.lines += len(lines) - sum(1 for line in lines if line.truncated)
+        if tail:
+            self._append(tail, arrival_ns, lines)
         return lines
+
+    def _append(self, piece: bytes, arrival_ns: int, lines: list[ConsoleLine]) -> None:
+        """Add bytes to the partial line; cut it (once) at max_line."""
+        if not self._partial and not self._overflow:
+            self._partial_time = arrival_ns
+        if self._overflow:
+            self.stats.dropped_bytes += len(piece)
+            return
+        room = self.max_line - len(self._partial)
+        if len(piece) <= room:
+            self._partial += piece
+            return
+        self._partial += piece[:room]
+        self.stats.dropped_bytes += len(piece) - room
+        self.stats.truncated_lines += 1
+        # Emit the cut line now, so a newline-less flood is still seen and timed.
+        lines.append(self._emit(truncated=True))
+        self._overflow = True
 
     def _emit(self, truncated: bool) -> ConsoleLine:
         raw = bytes(self._partial)
@@ -108,12 +123,14 @@ class LineSplitter:
         if raw.endswith(b"\r"):
             raw = raw[:-1]  # CRLF consoles
         self._number += 1
-        self.stats.lines += 1
+        if truncated:
+            self.stats.lines += 1  # feed() counts the others in bulk
         return ConsoleLine(self._partial_time, sanitize(raw, self.stats), self._number, truncated)
 
     def flush(self) -> list[ConsoleLine]:
         """At end of stream: the last line, if it had no newline."""
         if self._partial and not self._overflow:
+            self.stats.lines += 1
             return [self._emit(truncated=False)]
         self._overflow = False
         return []

@@ -139,6 +139,7 @@ class Pipeline:
             service_name=settings.core.service_name,
             queue_batches=settings.core.queue_batches,
             max_log_records=settings.core.max_log_records,
+            max_log_bytes=settings.core.max_log_bytes,
             strict=strict,
         )
         self.telemetry.declare(PIPELINE_METRICS, scope="uniobs")

@@ -275,6 +275,7 @@ class Telemetry:
         service_name: str = "",
         queue_batches: int = 64,
         max_log_records: int = 100_000,
+        max_log_bytes: int = 64 << 20,
         strict: bool = False,
         extra_resource: Mapping[str, str] | None = None,
     ) -> None:
@@ -287,8 +288,10 @@ class Telemetry:
         self._lock = threading.Lock()
         self._declared: dict[str, _Declared] = {}
         self._workloads: dict[tuple[str, str, str], _WorkloadState] = {}
-        self._logs: deque[ReadableLogRecord] = deque()
+        self._logs: deque[tuple[Resource, LogEvent]] = deque()
         self._max_logs = max_log_records
+        self._max_log_bytes = max_log_bytes
+        self._log_bytes = 0
         self._spans: list[ReadableSpan] = []
         self._ending: list[_WorkloadState] = []  # forgotten, not yet exported a last time
         self._rejected: dict[str, int] = {}
@@ -378,16 +381,24 @@ class Telemetry:
         series.time_ns = now
 
     def log(self, workload: Workload, event: LogEvent) -> None:
-        record = self._log_record(workload, event)
-        with self._lock:
-            if len(self._logs) >= self._max_logs:
-                self._logs.popleft()
-                self._rejected["log_buffer_full"] = self._rejected.get("log_buffer_full", 0) + 1
-            self._logs.append(record)
+        """Buffer a log record. Cheap: the SDK record is built at flush, off the reading thread."""
+        self.log_batch(workload, (event,))
 
-    def _log_record(self, workload: Workload, event: LogEvent) -> ReadableLogRecord:
+    def log_batch(self, workload: Workload, events: Sequence[LogEvent]) -> None:
+        """Buffer several log records of one workload (a console chunk's lines) at once."""
+        logs = self._logs
         with self._lock:
             resource = self._state(workload).resource
+            for event in events:
+                size = len(event.body) + 128
+                while logs and (len(logs) >= self._max_logs or self._log_bytes + size > self._max_log_bytes):
+                    _, old = logs.popleft()
+                    self._log_bytes -= len(old.body) + 128
+                    self._rejected["log_buffer_full"] = self._rejected.get("log_buffer_full", 0) + 1
+                logs.append((resource, event))
+                self._log_bytes += size
+
+    def _log_record(self, resource: Resource, event: LogEvent) -> ReadableLogRecord:
         context = None
         if event.trace_id and event.span_id:
             span_context = SpanContext(event.trace_id, event.span_id, False, TraceFlags(TraceFlags.SAMPLED))
@@ -511,8 +522,9 @@ class Telemetry:
     def flush(self, timeout: float = 10.0, metrics: bool = True) -> bool:
         """Export everything accumulated; wait up to `timeout` for delivery. False if late."""
         with self._lock:
-            logs, self._logs = list(self._logs), deque()
+            pending, self._logs, self._log_bytes = self._logs, deque(), 0
             spans, self._spans = self._spans, []
+        logs = [self._log_record(resource, event) for resource, event in pending]
         if metrics:
             data, points = self.metrics_data()
             for worker in self.workers:
