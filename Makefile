@@ -22,6 +22,7 @@ check: lint test
 bench:
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/console_bench.py
+	$(PY) bench/vmm_bench.py
 
 guests:
 	$(MAKE) -C examples/minikernel

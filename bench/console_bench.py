@@ -59,7 +59,9 @@ def uniobs_capture(path: Path) -> tuple[float, float, int]:
     def on_lines(lines: list[ConsoleLine]) -> None:
         nonlocal count
         count += len(lines)
-        events = [LogEvent(line.time_ns, line.text, attributes=(("uniobs.console.line", line.number),)) for line in lines]
+        events = [
+            LogEvent(line.time_ns, line.text, attributes=(("uniobs.console.line", line.number),)) for line in lines
+        ]
         telemetry.log_batch(workload, events)
 
     cpu0, started = time.process_time(), time.perf_counter()

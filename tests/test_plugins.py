@@ -3,11 +3,15 @@ registers exactly as the built-ins do; a collector that emits undeclared telemet
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -16,18 +20,29 @@ import pytest
 from uniobs.config import Settings
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.pipeline import Pipeline
-from uniobs.plugin import Collector, ConsoleParser, Exporter, PluginConfig, StreamingCollector
+from uniobs.plugin import (
+    Collector,
+    ConsoleParser,
+    Exporter,
+    PluginConfig,
+    SourceUnavailable,
+    StreamingCollector,
+    WorkloadGone,
+)
 from uniobs.registry import PluginError, Registry, load_group
 from uniobs.telemetry import SELF, UndeclaredTelemetry
 
+ROOT = Path("/work/main")
+KVM_TREE = ROOT / "tests" / "testdata" / "kvm" / "pvm-qemu-2vcpu"
 
-def contract_workloads(child: Workload) -> list[Workload]:
+
+def contract_workloads(child: Workload, *extra: Workload) -> list[Workload]:
     """Real workloads of every kind this machine can offer, to run each collector against.
 
     A new collector adds what it needs here (its tests own the fixtures); the contract test
     fails for a collector nothing exercises.
     """
-    workloads = [SELF, child]
+    workloads = [SELF, child, *extra]
     try:
         from uniobs import discovery
         from uniobs.cgroupfs import detect_layout
@@ -55,16 +70,48 @@ def test_every_plugin_loads_and_declares_valid_unique_names() -> None:
         assert issubclass(info.plugin, Exporter)
 
 
-def test_every_collector_emits_only_what_it_declares(process_workload: Workload) -> None:
+@pytest.fixture
+def qemu_workloads() -> Iterator[list[Workload]]:
+    """A real TCG guest with QMP (qemu collector), and the recorded KVM debugfs VM (kvm collector)."""
+    kvm_pid = json.loads((KVM_TREE / "modes.json").read_text())["pid"]
+    recorded = Workload(kind=Kind.UNIKERNEL, runtime="solo5-hvt", id="recorded-kvm", pid=kvm_pid)
+    qemu, kernel = shutil.which("qemu-system-x86_64"), ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
+    if qemu is None or subprocess.run(["make", "-C", str(kernel.parents[1])], capture_output=True).returncode:
+        yield [recorded]
+        return
+    sockdir = tempfile.mkdtemp(prefix="uniobs-contract-", dir="/tmp")
+    sock = os.path.join(sockdir, "qmp.sock")
+    vm = subprocess.Popen(
+        [qemu, "-machine", "microvm", "-accel", "tcg", "-m", "64", "-nodefaults", "-nographic", "-serial", "null",
+         "-qmp", f"unix:{sock},server=on,wait=off", "-kernel", str(kernel), "-append", "mode=hang"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # the file appears at bind(), just before listen()
+    yield [recorded, Workload(kind=Kind.UNIKERNEL, runtime="qemu", id=f"qemu-{vm.pid}", pid=vm.pid, qmp=sock)]
+    vm.kill()
+    vm.wait()
+    shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_every_collector_emits_only_what_it_declares(
+    process_workload: Workload, qemu_workloads: list[Workload]
+) -> None:
     """Strict telemetry raises on an undeclared metric or attribute, so this fails for a liar."""
-    pipeline = Pipeline(Settings(), export=[], strict=True)
-    workloads = contract_workloads(process_workload)
+    settings = Settings(collectors={"kvm": {"debugfs": str(KVM_TREE / "sys" / "kernel" / "debug" / "kvm")}})
+    pipeline = Pipeline(settings, export=[], strict=True)
+    workloads = contract_workloads(process_workload, *qemu_workloads)
     for collector in pipeline.collectors:
         applicable = [w for w in workloads if collector.applies_to(w)]
         assert applicable, f"collector {collector.name} has no workload in the contract test"
         samples = 0
         for workload in applicable:
-            got = list(collector.collect(workload))
+            try:
+                got = list(collector.collect(workload))
+            except (SourceUnavailable, WorkloadGone):
+                continue  # e.g. the process collector on the recorded KVM VM's pid; samples > 0 still required
             pipeline.telemetry.record(workload, got)  # raises UndeclaredTelemetry on a lie
             samples += len(got)
         assert samples > 0, f"collector {collector.name} emitted nothing"

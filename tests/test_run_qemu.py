@@ -64,6 +64,15 @@ def test_run_exports_console_lifecycle_and_vmm_metrics_and_exits_with_the_guest_
     assert signals.last("process.memory.usage") > 10 << 20
     assert signals.last("process.thread.count") >= 2
     assert signals.last("uniobs.console.lines") == len(signals.console())
+    # hypervisor stats over QMP: per-vCPU CPU time (from the vCPU threads), memory size, status
+    vcpu = signals.points("uniobs.vm.vcpu.time")
+    assert {a["uniobs.vm.vcpu"] for _, a, _ in vcpu} == {"0"} and {a["cpu.mode"] for _, a, _ in vcpu} == {
+        "user",
+        "system",
+    }
+    assert vcpu[0][2]["unit"] == "s"
+    assert signals.last("uniobs.vm.memory.size") == 64 << 20
+    assert signals.last("uniobs.vm.status", uniobs_vm_status="running") == 1
     assert signals.last("uniobs.workload.exits", uniobs_exit_reason="guest-exit") == 1
     assert b"exited: guest-exit (guest status 5), status 11" in result.stderr
 

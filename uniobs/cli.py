@@ -92,11 +92,13 @@ def plugins() -> None:
 def declared_metrics(registry: Registry) -> list[tuple[str, MetricSpec]]:
     """Every metric any installed plugin or the core declares, with who declares it."""
     from uniobs.pipeline import PIPELINE_METRICS
+    from uniobs.runner import LIFECYCLE_METRICS
     from uniobs.telemetry import SELF_METRICS
 
     out: list[tuple[str, MetricSpec]] = []
     for name, info in sorted(registry.collectors.items()):
         out += [(f"collector {name}", spec) for spec in info.plugin.metrics]
+    out += [("uniobs run/attach", spec) for spec in LIFECYCLE_METRICS]
     out += [("uniobs (self)", spec) for spec in (*SELF_METRICS, *PIPELINE_METRICS)]
     return out
 

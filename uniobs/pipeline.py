@@ -198,8 +198,7 @@ class Pipeline:
         try:
             samples = list(collector.collect(workload))
         except WorkloadGone:
-            self._events(collector, workload)  # e.g. the QMP SHUTDOWN seen just before the exit
-            self.workload_gone(workload)
+            self.workload_gone(workload)  # which still takes the last events (a QMP SHUTDOWN...)
             return 0
         except SourceUnavailable as exc:
             marker = (collector.name, workload.key, str(exc))
@@ -233,8 +232,9 @@ class Pipeline:
             self.telemetry.log(workload, event)
 
     def workload_gone(self, workload: Workload) -> None:
-        """End a workload's series and forget its per-collector state."""
+        """End a workload's series and forget its per-collector state (after taking its last events)."""
         for collector in self.collectors:
+            self._events(collector, workload)
             collector.forget(workload)
         for plugin in self.streaming:
             plugin.forget(workload)

@@ -8,7 +8,6 @@ workload's resource and feed the cold-start trace.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,15 @@ from uniobs.ioloop import IoLoop
 from uniobs.launch import LaunchPlan
 from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, Severity, Workload
 from uniobs.pipeline import Pipeline
+from uniobs.qmp import (
+    EVENTS_WATCHED,
+    MessageFramer,
+    QmpError,
+    QmpEvent,
+    decode_message,
+    event_log,
+    parse_event,
+)
 
 log = logging.getLogger("uniobs.run")
 
@@ -38,8 +47,6 @@ LIFECYCLE_METRICS = (
         ("uniobs.exit.reason",),
     ),
 )
-
-QMP_MAX_MESSAGE = 1 << 20
 
 
 def default_rundir() -> str:
@@ -69,14 +76,14 @@ class QmpEventWatcher:
     The only command it sends is the capabilities handshake.
     """
 
-    def __init__(self, path: str, loop: IoLoop, on_event: Any) -> None:
+    def __init__(self, path: str, loop: IoLoop, on_event: Callable[[QmpEvent], None]) -> None:
         self.path = path
         self.ready_ns: int | None = None
-        self.events: list[tuple[str, dict[str, Any], int]] = []
+        self.events: list[QmpEvent] = []
         self._loop = loop
         self._on_event = on_event
         self._sock: socket.socket | None = None
-        self._buffer = b""
+        self._framer = MessageFramer()
         self._done = threading.Event()
         self._greeted = False
         loop.every(0.002, self._try_connect)
@@ -95,45 +102,37 @@ class QmpEventWatcher:
         return False
 
     def _readable(self, fd: int, arrival_ns: int) -> bool:
-        assert self._sock is not None
+        sock = self._sock
+        if sock is None:
+            return False
         try:
-            chunk = self._sock.recv(65536)
+            chunk = sock.recv(65536)
         except BlockingIOError:
             return True
         except OSError:
             chunk = b""
-        if not chunk:
+        messages = None
+        if chunk:
+            try:
+                messages = [decode_message(m) for m in self._framer.feed(chunk)]
+            except QmpError as exc:
+                log.warning("qmp events %s: %s; no more events from it", self.path, exc)
+        if messages is None:
             self.close()
             return False
-        self._buffer += chunk
-        if len(self._buffer) > QMP_MAX_MESSAGE and b"\n" not in self._buffer:
-            log.warning("qmp events %s: message over %d bytes; closing", self.path, QMP_MAX_MESSAGE)
-            self.close()
-            return False
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self._message(line, arrival_ns)
+        for message in messages:
+            if "QMP" in message and not self._greeted:
+                self._greeted = True
+                self.ready_ns = arrival_ns
+                sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+            elif "event" in message:
+                try:
+                    event = parse_event(message, arrival_ns)
+                except QmpError:
+                    continue
+                self.events.append(event)
+                self._on_event(event)
         return True
-
-    def _message(self, line: bytes, arrival_ns: int) -> None:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            log.warning("qmp events %s: not JSON; ignored", self.path)
-            return
-        if not isinstance(message, dict):
-            return
-        if "QMP" in message and not self._greeted:
-            self._greeted = True
-            self.ready_ns = arrival_ns
-            assert self._sock is not None
-            self._sock.sendall(b'{"execute": "qmp_capabilities"}\n')
-        elif "event" in message:
-            name = str(message["event"])
-            raw = message.get("data")
-            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            self.events.append((name, data, arrival_ns))
-            self._on_event(name, data, arrival_ns)
 
     def close(self) -> None:
         self._done.set()
@@ -143,18 +142,13 @@ class QmpEventWatcher:
             sock.close()
 
     def shutdown_reason(self) -> str | None:
-        for name, data, _ in reversed(self.events):
-            if name == "SHUTDOWN":
-                return str(data.get("reason", "unknown"))
+        for event in reversed(self.events):
+            if event.name == "SHUTDOWN":
+                return str(event.data.get("reason", "unknown"))
         return None
 
     def panicked(self) -> bool:
-        return any(name == "GUEST_PANICKED" for name, _, _ in self.events)
-
-
-_QMP_SEVERITY = {"GUEST_PANICKED": Severity.ERROR, "RESET": Severity.WARN, "STOP": Severity.WARN}
-# QMP event data keys we keep as attributes (bounded: the event names are QEMU's, not the guest's)
-_QMP_KEYS = ("reason", "guest", "action", "status")
+        return any(event.name == "GUEST_PANICKED" for event in self.events)
 
 
 class Runner:
@@ -195,18 +189,9 @@ class Runner:
             self.workload, LogEvent(time_ns, body, severity, attributes, event_name=f"uniobs.{name}")
         )
 
-    def _on_qmp_event(self, name: str, data: dict[str, Any], arrival_ns: int) -> None:
-        attrs = tuple(
-            (f"qemu.{name.lower()}.{k}", str(data[k])[:200])
-            for k in _QMP_KEYS
-            if k in data and not isinstance(data[k], dict)
-        )
+    def _on_qmp_event(self, event: QmpEvent) -> None:
         if self.workload is not None:
-            self.pipeline.telemetry.log(
-                self.workload,
-                LogEvent(arrival_ns, f"QMP event {name}", _QMP_SEVERITY.get(name, Severity.INFO), attrs,
-                         event_name=f"qemu.{name.lower()}"),
-            )  # fmt: skip
+            self.pipeline.telemetry.log(self.workload, event_log(event))
 
     def run(self) -> ExitInfo:
         plan = self.plan
@@ -238,6 +223,7 @@ class Runner:
         self.workload = workload = Workload(
             kind=kind, runtime=plan.runtime, id=f"{self.name}-{proc.pid}", name=self.name, pid=proc.pid,
             qmp=plan.qmp, console=console, executable=plan.executable, cgroup=self.cgroup,
+            labels={EVENTS_WATCHED: "true"} if plan.qmp_events else {},
         )  # fmt: skip
         self.lifecycle("spawned", self.exec_ns, attributes=(("process.command", plan.executable),))
         console_plugin = self._console_plugin()

@@ -1,0 +1,73 @@
+"""`uniobs run` on the network-facing guest: the hello-node microVM (Debian's kernel + Node.js)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from otlpfile import Signals
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIKERNEL = ROOT / "examples" / "hello-node" / "unikernel"
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
+    pytest.mark.skipif(not list(Path("/boot").glob("vmlinuz-*")), reason="no /boot/vmlinuz-* (linux-image-amd64)"),
+    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (nodejs)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_microvm_under_uniobs_run_answers_and_is_observed(tmp_path: Path) -> None:
+    subprocess.run(["make", "-s", "-C", str(UNIKERNEL)], check=True)
+    append = subprocess.run(
+        [sys.executable, str(UNIKERNEL / "boot_args.py")], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    port, out = free_port(), tmp_path / "t.jsonl"
+    cmd = [sys.executable, "-m", "uniobs.cli", "run", "--quiet", "--interval", "0.5", "--name", "hello-node",
+           "--export", f"file:{out}", "--",
+           "qemu-system-x86_64", "-machine", "microvm,pit=on,rtc=on", "-accel", "tcg", "-m", "1024", "-nodefaults",
+           "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", str(UNIKERNEL / "build" / "vmlinux"),
+           "-initrd", str(UNIKERNEL / "build" / "initramfs.cpio.gz"), "-append", append,
+           "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8002", "-device", "virtio-net-device,netdev=n0",
+           "-device", "virtio-rng-device"]  # fmt: skip
+    runner = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    body = b""
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and runner.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    body = response.read()
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert body == b"Hello World\n"
+        time.sleep(1.0)  # one more scrape while it serves
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        _, stderr = runner.communicate(timeout=60)
+    assert runner.returncode == 0, stderr
+    signals = Signals(out)
+    console = signals.console()
+    marks = [line.split()[2] for line in console if line.startswith("@@uniobs/1 mark")]
+    assert marks[:3] == ["kernel_ready", "app_start", "ready"]
+    assert any(line.startswith("@@uniobs/1 metric hello.requests counter 1") for line in console)
+    assert signals.events()[-1]["attributes"]["uniobs.exit.reason"] == "host-signal"
+    assert signals.events()[-1]["resource"]["service.name"] == "hello-node"
+    assert signals.last("process.memory.usage") > 100 << 20  # QEMU holding a booted Linux and Node.js
+    assert signals.last("process.cpu.time", cpu_mode="user") > 1.0  # TCG emulation is CPU work

@@ -1,0 +1,697 @@
+"""A synchronous, read-only client for QEMU's machine protocol (QMP), and pure parsers for its replies.
+
+What is read: the greeting (QEMU's version), the replies to a fixed allowlist of query commands,
+and the asynchronous events (SHUTDOWN, RESET, STOP, GUEST_PANICKED, ...) QEMU sends in between.
+Queries used by uniobs and the first QEMU that has them: `query-status`, `query-balloon`,
+`query-blockstats`, `query-version`, `query-name`, `query-kvm`, `query-uuid` (all before 2.0),
+`query-memory-size-summary` (2.11), `query-cpus-fast` (2.12), `query-stats` and
+`query-stats-schemas` (7.1; boolean stat values since 7.2). Developed against QEMU 7.2.
+
+Safety: uniobs runs as root next to the VMs, so this client can only *read*. `execute` refuses
+any command outside `ALLOWED_COMMANDS` with `QmpForbidden` before a byte is sent, and there is
+no way to widen the list from configuration. Every socket operation has a deadline (2 s by
+default); one message may be at most 1 MiB and the event buffer holds at most 256 events, so a
+broken or hostile peer costs bounded memory and time. A peer that violates the protocol gets a
+`QmpError` and the connection is closed; a VMM that goes away gets `QmpGone`, which is a
+`uniobs.plugin.WorkloadGone` (churn, not an error).
+
+QEMU serves one client at a time per `-qmp` socket: while another client (libvirt, a person with
+socat) is connected, a second connection is accepted by the kernel but gets no greeting. That
+shows up here as `QmpBusy` after the timeout. Give uniobs its own `-qmp` socket.
+
+The parsers (`MessageFramer`, `decode_message`, `parse_*`) do no I/O; `QmpClient` does the
+socket work and nothing else. Nothing here knows about metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import logging
+import socket
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NoReturn
+
+from uniobs.model import AttributeValue, LogEvent, Severity
+from uniobs.plugin import WorkloadGone
+
+log = logging.getLogger("uniobs.qmp")
+
+DEFAULT_TIMEOUT = 2.0
+# A workload label: its QMP events are already read on a socket of their own (`uniobs run` adds
+# one; QEMU sends every event to every monitor), so the qemu collector must not report them again.
+EVENTS_WATCHED = "uniobs.qmp.events_watched"
+MAX_MESSAGE = 1 << 20  # bytes; QEMU's largest usual reply (query-stats-schemas under KVM) is ~6 KiB
+MAX_EVENTS = 256  # buffered between two drains; the oldest are dropped first
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=) builds one per call
+
+# The only commands this client sends. All are read-only queries; qmp_capabilities is the
+# handshake that leaves capabilities-negotiation mode (it changes nothing in the VM).
+ALLOWED_COMMANDS = frozenset(
+    {
+        "qmp_capabilities",
+        "query-status",
+        "query-cpus-fast",
+        "query-memory-size-summary",
+        "query-balloon",
+        "query-blockstats",
+        "query-stats",
+        "query-stats-schemas",
+        "query-version",
+        "query-name",
+        "query-kvm",
+        "query-uuid",
+    }
+)
+
+# QEMU's RunState enum (qapi/run-state.json, QEMU 7.2): the values query-status may return.
+RUN_STATES = frozenset(
+    {
+        "debug", "inmigrate", "internal-error", "io-error", "paused", "postmigrate", "prelaunch",
+        "finish-migrate", "restore-vm", "running", "save-vm", "shutdown", "suspended", "watchdog",
+        "guest-panicked", "colo",
+    }
+)  # fmt: skip
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class QmpError(Exception):
+    """The QMP conversation failed: protocol violation, oversized or non-JSON message, timeout."""
+
+
+class QmpForbidden(QmpError):
+    """A command outside the read-only allowlist was requested; nothing was sent."""
+
+
+class QmpTimeout(QmpError):
+    """QEMU did not answer within the timeout. The connection is closed."""
+
+
+class QmpBusy(QmpTimeout):
+    """Connected, but no greeting arrived: another client holds this QMP socket."""
+
+
+class QmpGone(QmpError, WorkloadGone):
+    """The VMM went away: nothing listens on the socket, or it closed the connection mid-call."""
+
+
+class QmpCommandError(QmpError):
+    """QEMU answered with an error (e.g. DeviceNotActive). The connection stays usable."""
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(f"{command}: {error_class}: {desc}")
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QmpGreeting:
+    version: tuple[int, int, int]  # (major, minor, micro)
+    package: str
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QmpEvent:
+    """An asynchronous event. `qemu_timestamp_s` is QEMU's wall-clock stamp (seconds since the
+    epoch, microsecond resolution); `arrival_monotonic_ns` is when this client read it."""
+
+    name: str
+    data: Mapping[str, Any]
+    qemu_timestamp_s: float
+    arrival_monotonic_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class VmStatus:
+    status: str  # a RunState value, as QEMU spelled it
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Vcpu:
+    index: int  # cpu-index
+    thread_id: int  # host thread id, in QEMU's pid namespace
+    qom_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySummary:
+    base: int  # bytes of boot memory
+    plugged: int  # bytes hot-plugged (DIMMs, virtio-mem); 0 when absent
+
+    @property
+    def total(self) -> int:
+        return self.base + self.plugged
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStats:
+    device: str  # the BlockBackend name, else the qdev path, else the node name
+    rd_bytes: int
+    wr_bytes: int
+    rd_operations: int
+    wr_operations: int
+    flush_operations: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatSchema:
+    """One statistic's description (query-stats-schemas)."""
+
+    provider: str  # "kvm"
+    target: str  # "vm" or "vcpu"
+    name: str
+    type: str  # cumulative | instant | peak | linear-histogram | log2-histogram
+    unit: str | None  # bytes | seconds | cycles | boolean, or None for a plain count
+    base: int
+    exponent: int  # the value is in unit * base**exponent (e.g. seconds * 10**-9 for *_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsResult:
+    """The statistics of one provider for one object (the VM, or one vCPU by QOM path)."""
+
+    provider: str
+    qom_path: str | None  # None for the VM target
+    values: tuple[tuple[str, int | tuple[int, ...]], ...]  # booleans become 0/1; histograms tuples
+
+
+# --- framing and decoding (no I/O) ----------------------------------------------------------
+
+
+class MessageFramer:
+    """Splits the byte stream into messages, with a hard bound on the size of each.
+
+    QEMU writes each message as one line of compact JSON followed by CRLF (JSON strings escape
+    newlines, so a newline always ends a message). Without a newline within `max_message`
+    bytes the peer is not speaking QMP, or is sending more than we accept: QmpError.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Append bytes; return the complete messages (without the line end), in order."""
+        scanned = len(self._buf)  # no newline before here, or it would have been cut already
+        self._buf += data
+        out: list[bytes] = []
+        start = 0
+        while True:
+            end = self._buf.find(b"\n", max(start, scanned))
+            if end < 0:
+                break
+            if end - start > self.max_message:
+                raise QmpError(f"QMP message of {end - start} bytes exceeds the {self.max_message}-byte limit")
+            line = bytes(self._buf[start:end]).strip()
+            if line:
+                out.append(line)
+            start = end + 1
+        del self._buf[:start]
+        if len(self._buf) > self.max_message:
+            raise QmpError(
+                f"QMP message exceeds the {self.max_message}-byte limit ({len(self._buf)} bytes without a line end)"
+            )
+        return out
+
+
+def decode_message(line: bytes) -> dict[str, Any]:
+    """One QMP message: a JSON object. Anything else is a protocol violation."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested arrays
+        snippet = line[:60].decode("utf-8", "replace")
+        raise QmpError(f"QMP peer sent something that is not JSON ({type(exc).__name__}): {snippet!r}") from None
+    if not isinstance(obj, dict):
+        raise QmpError(f"QMP peer sent JSON that is not an object: {type(obj).__name__}")
+    return obj
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise QmpError(f"malformed QMP reply: {what} is {value!r}, not an integer")
+    return value
+
+
+def _as_dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise QmpError(f"malformed QMP reply: {what} is not an object")
+    return value
+
+
+def _as_list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise QmpError(f"malformed QMP reply: {what} is not a list")
+    return value
+
+
+def _as_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise QmpError(f"malformed QMP reply: {what} is not a string")
+    return value
+
+
+def parse_greeting(msg: Mapping[str, Any]) -> QmpGreeting:
+    """{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": ...}, ...}}"""
+    qmp = msg.get("QMP")
+    if not isinstance(qmp, dict):
+        raise QmpError("the peer's first message is not a QMP greeting")
+    version = _as_dict(qmp.get("version", {}), "QMP.version")
+    qemu = _as_dict(version.get("qemu", {}), "QMP.version.qemu")
+    numbers = tuple(_as_int(qemu.get(k, 0), f"QMP.version.qemu.{k}") for k in ("major", "minor", "micro"))
+    caps = tuple(str(c) for c in _as_list(qmp.get("capabilities", []), "QMP.capabilities"))
+    package = version.get("package", "")
+    return QmpGreeting((numbers[0], numbers[1], numbers[2]), package if isinstance(package, str) else "", caps)
+
+
+def parse_event(msg: Mapping[str, Any], arrival_monotonic_ns: int) -> QmpEvent:
+    """{"event": "SHUTDOWN", "data": {...}, "timestamp": {"seconds": s, "microseconds": us}}"""
+    name = _as_str(msg.get("event"), "event")
+    data = msg.get("data", {})
+    stamp = msg.get("timestamp", {})
+    seconds = microseconds = 0
+    if isinstance(stamp, dict):  # QEMU writes -1/-1 when it could not read its clock
+        s, us = stamp.get("seconds", 0), stamp.get("microseconds", 0)
+        seconds = s if isinstance(s, int) else 0
+        microseconds = us if isinstance(us, int) else 0
+    return QmpEvent(name, data if isinstance(data, dict) else {}, seconds + microseconds / 1e6, arrival_monotonic_ns)
+
+
+def parse_status(ret: Any) -> VmStatus:
+    """query-status: {"status": "running", "singlestep": false, "running": true}"""
+    d = _as_dict(ret, "query-status")
+    return VmStatus(_as_str(d.get("status"), "query-status.status"), d.get("running") is True)
+
+
+def parse_cpus_fast(ret: Any) -> tuple[Vcpu, ...]:
+    """query-cpus-fast: [{"cpu-index": 0, "thread-id": 8358, "qom-path": "/machine/...", ...}]"""
+    out = []
+    for i, cpu in enumerate(_as_list(ret, "query-cpus-fast")):
+        d = _as_dict(cpu, f"query-cpus-fast[{i}]")
+        out.append(
+            Vcpu(
+                _as_int(d.get("cpu-index"), "cpu-index"),
+                _as_int(d.get("thread-id"), "thread-id"),
+                str(d.get("qom-path", "")),
+            )
+        )
+    return tuple(out)
+
+
+def parse_memory_size_summary(ret: Any) -> MemorySummary:
+    """query-memory-size-summary: {"base-memory": 67108864, "plugged-memory": 0} (plugged optional)"""
+    d = _as_dict(ret, "query-memory-size-summary")
+    base = _as_int(d.get("base-memory"), "base-memory")
+    plugged = _as_int(d.get("plugged-memory", 0), "plugged-memory")
+    return MemorySummary(base, plugged)
+
+
+def parse_balloon(ret: Any) -> int:
+    """query-balloon: {"actual": 67108864}, the guest's memory after ballooning, in bytes."""
+    return _as_int(_as_dict(ret, "query-balloon").get("actual"), "query-balloon.actual")
+
+
+def parse_blockstats(ret: Any) -> tuple[BlockStats, ...]:
+    """query-blockstats: [{"device": "d0", "qdev": ..., "node-name": ..., "stats": {"rd_bytes": ...}}]
+
+    Devices attached with -blockdev have an empty "device"; they are named by their qdev path
+    (or node name) instead.
+    """
+    out = []
+    for i, entry in enumerate(_as_list(ret, "query-blockstats")):
+        d = _as_dict(entry, f"query-blockstats[{i}]")
+        stats = _as_dict(d.get("stats"), f"query-blockstats[{i}].stats")
+        name = next((v for k in ("device", "qdev", "node-name") if isinstance(v := d.get(k), str) and v), f"#{i}")
+
+        def get(key: str, stats: dict[str, Any] = stats) -> int:
+            return _as_int(stats.get(key, 0), key)
+
+        out.append(
+            BlockStats(
+                name,
+                get("rd_bytes"),
+                get("wr_bytes"),
+                get("rd_operations"),
+                get("wr_operations"),
+                get("flush_operations"),
+            )
+        )
+    return tuple(out)
+
+
+def parse_stats_schemas(ret: Any) -> tuple[StatSchema, ...]:
+    """query-stats-schemas: [{"provider": "kvm", "target": "vcpu", "stats": [{"name": ...,
+    "type": "cumulative", "unit": "seconds", "base": 10, "exponent": -9}, ...]}]. [] under TCG."""
+    out = []
+    for i, schema in enumerate(_as_list(ret, "query-stats-schemas")):
+        d = _as_dict(schema, f"query-stats-schemas[{i}]")
+        provider = _as_str(d.get("provider"), "provider")
+        target = _as_str(d.get("target"), "target")
+        for j, stat in enumerate(_as_list(d.get("stats", []), "stats")):
+            s = _as_dict(stat, f"query-stats-schemas[{i}].stats[{j}]")
+            unit = s.get("unit")
+            out.append(
+                StatSchema(
+                    provider,
+                    target,
+                    _as_str(s.get("name"), "name"),
+                    _as_str(s.get("type"), "type"),
+                    unit if isinstance(unit, str) else None,
+                    _as_int(s.get("base", 10), "base"),
+                    _as_int(s.get("exponent", 0), "exponent"),
+                )
+            )
+    return tuple(out)
+
+
+def parse_stats(ret: Any) -> tuple[StatsResult, ...]:
+    """query-stats: [{"provider": "kvm", "qom-path": "/machine/unattached/device[0]",
+    "stats": [{"name": "exits", "value": 1914}, {"name": "guest_mode", "value": false},
+    {"name": "halt_wait_hist", "value": [0, 8, ...]}]}]. "qom-path" is absent for the VM."""
+    out = []
+    for i, result in enumerate(_as_list(ret, "query-stats")):
+        d = _as_dict(result, f"query-stats[{i}]")
+        values: list[tuple[str, int | tuple[int, ...]]] = []
+        for j, stat in enumerate(_as_list(d.get("stats", []), "stats")):
+            s = _as_dict(stat, f"query-stats[{i}].stats[{j}]")
+            name = _as_str(s.get("name"), "name")
+            value = s.get("value")
+            if isinstance(value, bool):  # StatsValue 'boolean' (7.2), e.g. guest_mode
+                values.append((name, int(value)))
+            elif isinstance(value, int):
+                values.append((name, value))
+            elif isinstance(value, list):  # histogram buckets
+                values.append((name, tuple(_as_int(v, name) for v in value)))
+            else:
+                raise QmpError(f"malformed QMP reply: query-stats value of {name} is {value!r}")
+        qom = d.get("qom-path")
+        out.append(
+            StatsResult(_as_str(d.get("provider"), "provider"), qom if isinstance(qom, str) else None, tuple(values))
+        )
+    return tuple(out)
+
+
+def check_allowed(command: str) -> None:
+    if command not in ALLOWED_COMMANDS:
+        raise QmpForbidden(f"QMP command {command!r} is not in uniobs' read-only allowlist; nothing was sent")
+
+
+# --- the client -----------------------------------------------------------------------------
+
+_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN})
+
+
+class QmpClient:
+    """One QMP connection over a unix socket. Not thread-safe: one caller at a time.
+
+    Connects lazily on the first `execute`. After any failure other than a command error the
+    connection is closed, and the next `execute` reconnects.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_message: int = MAX_MESSAGE,
+        max_events: int = MAX_EVENTS,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0 seconds")
+        self.path = path
+        self.timeout = timeout
+        self.max_message = max_message
+        self._sock: socket.socket | None = None
+        self._framer = MessageFramer(max_message)
+        self._ready: collections.deque[dict[str, Any]] = collections.deque()  # framed, not yet consumed
+        self._events: collections.deque[QmpEvent] = collections.deque()
+        self._max_events = max_events
+        self.dropped_events = 0  # events dropped because the buffer was full, since creation
+        self.greeting: QmpGreeting | None = None
+        self.peer_pid: int | None = None  # the process that created the listening socket (SO_PEERCRED)
+        self._next_id = 0
+
+    # -- public API
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def connect(self) -> QmpGreeting:
+        """Connect, read the greeting, and negotiate capabilities (none are enabled)."""
+        self.close()
+        deadline = time.monotonic() + self.timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise QmpTimeout(f"{self.path}: connect timed out after {self.timeout:g} s") from None
+            if exc.errno in _GONE_ERRNOS:
+                raise QmpGone(f"{self.path}: no QMP server ({exc.strerror})") from None
+            raise QmpError(f"{self.path}: cannot connect: {exc.strerror or exc}") from exc
+        self._sock = sock
+        self._framer = MessageFramer(self.max_message)
+        self._ready.clear()
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            self.peer_pid = struct.unpack("3i", creds)[0] or None
+        except OSError:
+            self.peer_pid = None
+        try:
+            first = self._next_message(deadline, waiting_for="the greeting")
+        except QmpTimeout:
+            raise QmpBusy(
+                f"{self.path}: no QMP greeting within {self.timeout:g} s: another client is probably "
+                "connected (QEMU serves one client per -qmp socket)"
+            ) from None
+        self.greeting = parse_greeting(first)
+        self._call("qmp_capabilities", None, deadline)
+        return self.greeting
+
+    def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Run one allowlisted command; return its "return" value.
+
+        Raises QmpForbidden (nothing sent), QmpCommandError (QEMU refused; still connected),
+        QmpGone (the VMM went away), QmpTimeout or QmpError (connection closed).
+        """
+        check_allowed(command)
+        if self._sock is None:
+            self.connect()
+        return self._call(command, arguments, time.monotonic() + self.timeout)
+
+    def poll(self) -> None:
+        """Read whatever QEMU already sent (events between calls) without waiting.
+
+        Raises QmpGone if QEMU closed the connection; the events read before are kept.
+        """
+        if self._sock is None:
+            return
+        self._stash(self._ready)
+        self._ready.clear()
+        budget = 4 * self.max_message  # an event flood must not keep us here forever
+        while budget > 0:
+            try:
+                self._sock.setblocking(False)
+                try:
+                    data = self._sock.recv(65536)
+                finally:
+                    if self._sock is not None:
+                        self._sock.settimeout(self.timeout)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._fail_gone(f"{self.path}: connection lost ({exc.strerror or exc})")
+            if not data:
+                self._fail_gone(f"{self.path}: QEMU closed the QMP connection")
+            budget -= len(data)
+            self._stash(self._decode_all(data))
+
+    def drain_events(self) -> list[QmpEvent]:
+        """The events received so far, oldest first; the buffer is emptied."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> QmpClient:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- internals
+
+    def _call(self, command: str, arguments: Mapping[str, Any] | None, deadline: float) -> Any:
+        check_allowed(command)  # again: _call is reachable from connect() too
+        self._next_id += 1
+        msg_id = f"uniobs-{self._next_id}"
+        msg: dict[str, Any] = {"execute": command, "id": msg_id}
+        if arguments:
+            msg["arguments"] = dict(arguments)
+        self._send(_ENCODE(msg).encode() + b"\n", deadline)
+        while True:
+            reply = self._next_message(deadline, waiting_for=f"the reply to {command}")
+            if "event" in reply:
+                self._stash([reply])
+                continue
+            reply_id = reply.get("id")
+            if reply_id != msg_id:
+                if reply_id is None and "error" in reply:
+                    # QEMU answers input it could not parse with an id-less error.
+                    err = reply["error"] if isinstance(reply["error"], dict) else {}
+                    self._fail(QmpError(f"{command}: QEMU rejected the request: {err.get('desc', reply['error'])}"))
+                log.debug("%s: ignoring a reply for id %r", self.path, reply_id)
+                continue
+            if "error" in reply:
+                err = reply["error"] if isinstance(reply["error"], dict) else {}
+                raise QmpCommandError(command, str(err.get("class", "GenericError")), str(err.get("desc", "")))
+            if "return" not in reply:
+                self._fail(QmpError(f"{command}: a reply with neither return nor error"))
+            return reply["return"]
+
+    def _send(self, data: bytes, deadline: float) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            self._sock.sendall(data)
+        except TimeoutError:
+            self._fail(QmpTimeout(f"{self.path}: sending timed out after {self.timeout:g} s"))
+        except OSError as exc:
+            self._harvest()  # the SHUTDOWN QEMU sent before it exited is still readable
+            self._fail_gone(f"{self.path}: connection lost while sending ({exc.strerror or exc})")
+
+    def _next_message(self, deadline: float, waiting_for: str) -> dict[str, Any]:
+        while not self._ready:
+            assert self._sock is not None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(QmpTimeout(f"{self.path}: timed out after {self.timeout:g} s waiting for {waiting_for}"))
+            try:
+                self._sock.settimeout(left)
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                self._fail(QmpTimeout(f"{self.path}: timed out after {self.timeout:g} s waiting for {waiting_for}"))
+            except OSError as exc:
+                self._fail_gone(f"{self.path}: connection lost waiting for {waiting_for} ({exc.strerror or exc})")
+            if not data:
+                self._fail_gone(f"{self.path}: QEMU closed the connection while we waited for {waiting_for}")
+            self._ready.extend(self._decode_all(data))
+        return self._ready.popleft()
+
+    def _decode_all(self, data: bytes) -> list[dict[str, Any]]:
+        try:
+            return [decode_message(line) for line in self._framer.feed(data)]
+        except QmpError as exc:
+            self._fail(exc)
+
+    def _harvest(self) -> None:
+        """After the peer vanished: keep the events still readable from the socket."""
+        with contextlib.suppress(QmpError):
+            self.poll()
+
+    def _stash(self, messages: Sequence[dict[str, Any]] | collections.deque[dict[str, Any]]) -> None:
+        now = time.monotonic_ns()
+        for msg in messages:
+            if "event" not in msg:
+                continue  # a late reply for a call that timed out: nothing waits for it
+            try:
+                event = parse_event(msg, now)
+            except QmpError:
+                continue
+            if len(self._events) >= self._max_events:
+                self._events.popleft()
+                self.dropped_events += 1
+            self._events.append(event)
+
+    def _fail(self, exc: QmpError) -> NoReturn:
+        self._stash(self._ready)
+        self._ready.clear()
+        self.close()
+        raise exc
+
+    def _fail_gone(self, message: str) -> NoReturn:
+        self._stash(self._ready)
+        self._ready.clear()
+        self.close()
+        raise QmpGone(message)
+
+
+# --- events as log records (shared by the qemu collector and `uniobs run`'s event watcher) ---
+
+_ERROR_EVENTS = frozenset({"GUEST_PANICKED", "GUEST_CRASHLOADED", "BLOCK_IO_ERROR", "MEMORY_FAILURE"})
+_WARN_EVENTS = frozenset(
+    {"RESET", "STOP", "WATCHDOG", "SUSPEND", "SUSPEND_DISK", "BLOCK_JOB_ERROR", "DEVICE_UNPLUG_GUEST_ERROR"}
+)
+_MAX_EVENT_ATTRS = 16
+_MAX_TEXT = 256
+
+
+def _attr_key(text: str) -> str:
+    key = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+    return key or "_"
+
+
+def _flatten(prefix: str, data: Mapping[str, Any], out: dict[str, AttributeValue], depth: int = 0) -> None:
+    for key, value in data.items():
+        if len(out) >= _MAX_EVENT_ATTRS:
+            return
+        name = f"{prefix}.{_attr_key(str(key))}"
+        if isinstance(value, bool | int | float):
+            out[name] = value
+        elif isinstance(value, str):
+            out[name] = value[:_MAX_TEXT]
+        elif isinstance(value, dict) and depth < 2:
+            _flatten(name, value, out, depth + 1)
+        else:
+            out[name] = json.dumps(value, separators=(",", ":"))[:_MAX_TEXT]
+
+
+def event_severity(event: QmpEvent) -> Severity:
+    if event.name in _ERROR_EVENTS or (event.name == "SHUTDOWN" and event.data.get("reason") == "guest-panic"):
+        return Severity.ERROR
+    if event.name in _WARN_EVENTS:
+        return Severity.WARN
+    return Severity.INFO
+
+
+def event_log(event: QmpEvent) -> LogEvent:
+    """A QMP event as a log record: `qemu.shutdown` with `qemu.shutdown.reason`, ..."""
+    prefix = f"qemu.{_attr_key(event.name)}"
+    attributes: dict[str, AttributeValue] = {}
+    _flatten(prefix, event.data, attributes)
+    attributes["qemu.event.timestamp"] = event.qemu_timestamp_s
+    body = event.name
+    if event.data:
+        body += " " + json.dumps(event.data, separators=(",", ":"), sort_keys=True)[: 2 * _MAX_TEXT]
+    return LogEvent(
+        time_ns=event.arrival_monotonic_ns,
+        body=body,
+        severity=event_severity(event),
+        attributes=tuple(attributes.items()),
+        event_name=prefix,
+    )
