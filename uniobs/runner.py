@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from uniobs.accel import accel_of
 from uniobs.ioloop import IoLoop
 from uniobs.launch import LaunchPlan
 from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, Severity, Workload
@@ -225,7 +226,10 @@ class Runner:
             qmp=plan.qmp, console=console, executable=plan.executable, cgroup=self.cgroup,
             labels={EVENTS_WATCHED: "true"} if plan.qmp_events else {},
         )  # fmt: skip
-        self.lifecycle("spawned", self.exec_ns, attributes=(("process.command", plan.executable),))
+        spawned: Attributes = (("process.command", plan.executable),)
+        if plan.runtime == "qemu":
+            spawned += (("uniobs.vm.accelerator", accel_of(plan.argv)),)
+        self.lifecycle("spawned", self.exec_ns, attributes=spawned)
         console_plugin = self._console_plugin()
         if console_plugin is not None and self.mirror_console and plan.console_on_stdout:
             console_plugin.mirror(workload, sys.stdout.buffer)
