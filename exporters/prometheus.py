@@ -54,7 +54,11 @@ def label_name(key: str) -> str:
 
 
 def _value(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list | tuple):  # string arrays (container.image.tags): the spec joins them as JSON
+        return "[" + ",".join(f'"{x}"' for x in v) + "]"
+    return str(v)
 
 
 class _Snapshot(PromCollector):

@@ -101,7 +101,8 @@ def test_attach_by_pid_and_interrupt_leaves_the_guest_running(
         [sys.executable, "-m", "uniobs.cli", "attach", "--interval", "0.2", "--export", f"file:{out}", str(proc.pid)],
         stderr=subprocess.PIPE,
     )
-    time.sleep(2)
+    assert attach.stderr is not None and b"attached to qemu" in attach.stderr.readline()  # it is watching now
+    time.sleep(1)
     attach.send_signal(signal.SIGINT)
     _, stderr = attach.communicate(timeout=30)
     assert attach.returncode == 0 and b"attached-fn: stopped" in stderr, stderr

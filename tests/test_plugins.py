@@ -100,9 +100,16 @@ def test_every_collector_emits_only_what_it_declares(
     process_workload: Workload, qemu_workloads: list[Workload]
 ) -> None:
     """Strict telemetry raises on an undeclared metric or attribute, so this fails for a liar."""
-    settings = Settings(collectors={"kvm": {"debugfs": str(KVM_TREE / "sys" / "kernel" / "debug" / "kvm")}})
+    netns_tree = ROOT / "tests" / "testdata" / "containers" / "netns"  # a real /proc/<pid>/net/dev, recorded
+    settings = Settings(
+        collectors={
+            "kvm": {"debugfs": str(KVM_TREE / "sys" / "kernel" / "debug" / "kvm")},
+            "netns": {"proc": str(netns_tree / "proc"), "host_netns": str(netns_tree / "proc" / "1" / "ns" / "net")},
+        }
+    )
     pipeline = Pipeline(settings, export=[], strict=True)
-    workloads = contract_workloads(process_workload, *qemu_workloads)
+    recorded_container = Workload(kind=Kind.CONTAINER, runtime="runc", id="recorded-netns", pid=4242)
+    workloads = contract_workloads(process_workload, *qemu_workloads, recorded_container)
     for collector in pipeline.collectors:
         applicable = [w for w in workloads if collector.applies_to(w)]
         assert applicable, f"collector {collector.name} has no workload in the contract test"

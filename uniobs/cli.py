@@ -152,9 +152,10 @@ def describe(fmt: str) -> None:
 def scrape_once(
     config_path: str | None, export: tuple[str, ...], cgroup_root: str, max_cgroups: int, timeout: float
 ) -> None:
-    """Sample the host once (uniobs itself and every cgroup) and export: proof the pipeline works."""
+    """Sample the host once (uniobs itself, every container and cgroup) and export: proof the pipeline works."""
     from uniobs import discovery
     from uniobs.cgroupfs import detect_layout
+    from uniobs.containers import discover_containers
     from uniobs.pipeline import Pipeline
     from uniobs.telemetry import SELF
 
@@ -166,9 +167,14 @@ def scrape_once(
         raise click.ClickException(str(exc)) from None
     workloads = [SELF]
     try:
-        workloads += discovery.discover_cgroups(detect_layout(cgroup_root), max_cgroups=max_cgroups)
+        layout = detect_layout(cgroup_root)
     except OSError as exc:
         log.warning("no cgroups under %s: %s", cgroup_root, exc)
+    else:
+        containers = discover_containers(layout, max_cgroups=max_cgroups)
+        claimed = {w.cgroup for w in containers}
+        workloads += containers
+        workloads += [w for w in discovery.discover_cgroups(layout, max_cgroups=max_cgroups) if w.cgroup not in claimed]
     samples = pipeline.scrape(workloads)
     delivered = pipeline.flush(timeout)
     pipeline.close(timeout=min(timeout, 5.0))

@@ -17,6 +17,19 @@ Attributes = tuple[tuple[str, AttributeValue], ...]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
+# Labels a runtime identifier derives itself (uniobs.containers) and that become resource
+# attributes of a container. A container's other labels never do: they are tenant-controlled.
+# `container.image.tags` is a string array in the conventions; the label holds the tags
+# comma-separated (a tag cannot contain a comma).
+LABEL_RESOURCE_ATTRIBUTES = (
+    "container.image.name",
+    "container.image.tags",
+    "k8s.pod.uid",
+    "k8s.pod.name",
+    "k8s.namespace.name",
+    "k8s.container.name",
+)
+
 
 class Kind(enum.StrEnum):
     """What shrink-wrap a workload is, or what else on the host it is."""
@@ -64,12 +77,12 @@ class Workload:
     def is_function(self) -> bool:
         return self.kind in (Kind.UNIKERNEL, Kind.CONTAINER)
 
-    def resource_attributes(self) -> dict[str, AttributeValue]:
+    def resource_attributes(self) -> dict[str, AttributeValue | tuple[str, ...]]:
         """Resource attributes after the OpenTelemetry semantic conventions.
 
         Host attributes are added by the telemetry bridge, which owns the host's identity.
         """
-        attrs: dict[str, AttributeValue] = {
+        attrs: dict[str, AttributeValue | tuple[str, ...]] = {
             "service.name": self.display_name,
             "uniobs.workload.kind": self.kind.value,
             "uniobs.workload.runtime": self.runtime,
@@ -82,6 +95,10 @@ class Workload:
             attrs["container.id"] = self.id
             attrs["container.name"] = self.display_name
             attrs["container.runtime.name"] = self.runtime
+            for key in LABEL_RESOURCE_ATTRIBUTES:
+                value = self.labels.get(key)
+                if value:
+                    attrs[key] = tuple(value.split(",")) if key == "container.image.tags" else value
         if self.cgroup is not None:
             attrs["uniobs.cgroup.path"] = self.cgroup
         if self.pid is not None:

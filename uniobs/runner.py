@@ -38,6 +38,8 @@ from uniobs.qmp import (
 
 log = logging.getLogger("uniobs.run")
 
+SHUTDOWN_GRACE_S = 10.0  # after QMP SHUTDOWN, how long QEMU may take to exit before we end it
+
 LIFECYCLE_METRICS = (
     MetricSpec(
         "uniobs.workload.exits",
@@ -180,6 +182,7 @@ class Runner:
         pipeline.telemetry.declare(LIFECYCLE_METRICS, scope="uniobs.lifecycle")
         self._exits: dict[str, int] = {}
         self._first_byte_logged = False
+        self._stuck = False
 
     def lifecycle(
         self, name: str, time_ns: int, severity: Severity = Severity.INFO, attributes: Attributes = ()
@@ -218,7 +221,10 @@ class Runner:
             procs = create_cgroup(layout, self.cgroup)
             argv = [sys.executable, "-m", "uniobs.cgexec", *procs, "--", *argv]
         self.exec_ns = time.monotonic_ns()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE if plan.console_on_stdout else None)
+        # The VMM gets our terminal for an interactive console (QEMU's -nographic monitor), and
+        # /dev/null otherwise: with no stdin of our own, fd 0 would be whatever we opened first.
+        stdin = None if os.isatty(0) else subprocess.DEVNULL
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None)
         console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
         kind = Kind.UNIKERNEL if plan.runtime in ("qemu", "solo5-hvt") else Kind.PROCESS
         self.workload = workload = Workload(
@@ -306,6 +312,23 @@ class Runner:
             if time.monotonic() >= next_export:
                 self.pipeline.telemetry.flush(timeout=0.1)  # never block the watch on a backend
                 next_export = time.monotonic() + export_every
+            self._reap_if_stuck(proc)
+
+    def _reap_if_stuck(self, proc: subprocess.Popen[bytes]) -> None:
+        """QEMU announced SHUTDOWN but has not exited: do not wait for it forever."""
+        shutdown = (
+            next((e for e in reversed(self.events.events) if e.name == "SHUTDOWN"), None) if self.events else None
+        )
+        if shutdown is None:
+            return
+        waited = (time.monotonic_ns() - shutdown.arrival_monotonic_ns) / 1e9
+        if waited > SHUTDOWN_GRACE_S and not self._stuck:
+            self._stuck = True
+            log.warning("%s: QEMU announced SHUTDOWN %.0fs ago and is still running; terminating it", self.name, waited)
+            self.lifecycle("vmm_stuck", time.monotonic_ns(), Severity.ERROR, (("uniobs.waited_s", round(waited, 1)),))
+            proc.terminate()
+        elif waited > 2 * SHUTDOWN_GRACE_S:
+            proc.kill()
 
     def _log_first_byte(self) -> bool:
         plugin = self._console_plugin()

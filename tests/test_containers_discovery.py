@@ -1,0 +1,583 @@
+"""Container discovery without a daemon, and the netns collector, on recorded trees.
+
+Each tests/testdata/containers/<scenario>/ holds the runtime state files, manager metadata and
+cgroup directories of one situation, with a SOURCE naming where each file comes from (real
+files written by runc, Podman, Docker and containerd on the test host, or files written after
+the runtimes' source where the host cannot run them). The expected Workloads are spelled out
+here in full.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uniobs import cgroupfs, containers, discovery
+from uniobs.collectors.netns import NetnsCollector, NetnsConfig, parse_net_dev
+from uniobs.model import Kind, Workload
+from uniobs.plugin import SourceUnavailable, WorkloadGone
+
+DATA = Path(__file__).resolve().parent / "testdata" / "containers"
+
+PODMAN_ID = "1b4facc52b0846f30fbf4c391eecb8c25d3d6b8fa139b6566867c22b9f33af19"
+DOCKER_ID = "589e97be1dfd110a893b18a97e4e80839fc2ac455eb9870d60de99cbb8645feb"
+CRUN_POD_ID = "35e2edcfaced831da5da761d964fc911f34736e1340283604f7bff59ac6ed13b"
+WEB_ID = "4b5e57f6eb2f42b9039b3d1e13929295f231749c510cbe341cd68036d9af97e2"
+K8S_APP = "a172cedcae47474b615c54d510a5d84a8dea3032e958587430b413538be3f333"
+K8S_PAUSE = "6210c0bf05396716df932f0729df69de0533933e5ad9871fd07b61811c4c28df"
+K8S_CRIO = "c64064614423cb790e88b3e5492ff5ccf673b25ae823089f7a60c65cda24d809"
+K8S_SPOOF = "ea4e615786753f09c1b15439564f6ad0d489cd317748423d3a4512bbc31aa108"
+K8S_BE = "46599c5bb5c33101f80cea8438e2228085513dbbb19b2f5ce97bd68494d3344d"
+GUAR_POD = "/kubepods/pod66666666-7777-4888-9999-aaaaaaaaaaaa"
+K8S_GUAR = "e2253b73169d05ffd753a5885bfa10dceed8f26db48510410fd41fd24e84145b"
+POD1 = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b1a7c4e_6f43_4a8e_9d1b_2c3d4e5f6a7b.slice"
+POD2 = "/kubepods.slice/kubepods-pod5e6f7a8b_9c0d_4e1f_8a2b_3c4d5e6f7a8b.slice"
+POD3 = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod9a8b7c6d_5e4f_4a3b_8c2d_1e0f9a8b7c6d.slice"
+
+Fields = tuple[Kind, str, str, str, int | None, str | None, dict[str, str]]
+
+
+def fields(w: Workload) -> Fields:
+    return (w.kind, w.runtime, w.id, w.name, w.pid, w.cgroup, dict(w.labels))
+
+
+def roots(scenario: str | Path) -> tuple[cgroupfs.CgroupLayout, str, str]:
+    base = DATA / scenario if isinstance(scenario, str) else scenario
+    return cgroupfs.detect_layout(str(base / "sys/fs/cgroup")), str(base / "run"), str(base / "var/lib")
+
+
+def discover(scenario: str | Path, **kwargs: Any) -> list[Fields]:
+    layout, run, var_lib = roots(scenario)
+    kwargs.setdefault("proc_dir", None)
+    kwargs.setdefault("use_sockets", False)
+    return [fields(w) for w in containers.discover_containers(layout, run, var_lib, **kwargs)]
+
+
+C = Kind.CONTAINER
+
+# --- each runtime, exactly ------------------------------------------------------------------
+
+
+def test_runc_with_a_relative_cgroups_path_whose_controllers_disagree() -> None:
+    """runc put memory under the launcher's own memory cgroup: the majority path wins, once."""
+    labels = {"com.example.team": "blue", "org.opencontainers.image.title": "hello-node"}
+    assert discover("runc_hybrid") == [(C, "runc", "probe1", "probe1", 18689, "/uniobs-probe/probe1", labels)]
+    layout, run, var_lib = roots("runc_hybrid")
+    finder = containers.ContainerDiscovery(layout, run, var_lib, proc_dir=None, use_sockets=False)
+    memory_path = "/process_api/6144ffd417ca7b4fb1b610c5a05bbc7d/uniobs-probe/probe1"
+    alt, main = finder.identify(memory_path), finder.identify("/uniobs-probe/probe1")
+    assert alt is not None and main is not None and fields(alt) == fields(main)
+    # discover_cgroups sees the path in both walked hierarchies: both claimed as one container
+    claimed = [w for w in discovery.discover_cgroups(layout, identify=finder.identify) if w.kind is C]
+    assert {w.key for w in claimed} == {(C.value, "runc", "probe1")}
+    # by name alone (no state scan), an arbitrary runc path is not recognisable
+    assert containers.identify("/uniobs-probe/probe1", run_dir=run, var_lib=var_lib, use_sockets=False) is None
+
+
+def test_podman_with_runc_and_cgroupfs() -> None:
+    labels = {
+        "org.opencontainers.image.stopSignal": "15",
+        "container.image.name": "localhost/uniobs-probe/hello-node",
+        "container.image.tags": "v1",
+        "uniobs.container.oci_runtime": "runc",
+    }
+    cgroup = f"/libpod_parent/libpod-{PODMAN_ID}"
+    assert discover("podman_cgroupfs") == [(C, "podman", PODMAN_ID, "probe-pod", 18956, cgroup, labels)]
+    # as the discover_cgroups seam, by name: conmon's shared cgroup stays a plain cgroup
+    layout, run, var_lib = roots("podman_cgroupfs")
+    by_name = functools.partial(containers.identify, run_dir=run, var_lib=var_lib, proc_dir=None, use_sockets=False)
+    found = discovery.discover_cgroups(layout, identify=by_name)
+    assert [(w.kind, w.cgroup) for w in found] == [(Kind.CGROUP, "/libpod_parent/conmon"), (C, cgroup)]
+    assert fields(found[1]) == (C, "podman", PODMAN_ID, "probe-pod", 18956, cgroup, labels)
+
+
+def test_docker_with_its_own_containerd_and_cgroupfs() -> None:
+    labels = {
+        "com.example.tier": "silver",
+        "container.image.name": "uniobs-probe/hello-node",
+        "container.image.tags": "v2",
+        "uniobs.container.oci_runtime": "runc",
+    }
+    assert discover("docker_cgroupfs") == [(C, "docker", DOCKER_ID, "probe-dk", 21186, f"/docker/{DOCKER_ID}", labels)]
+
+
+def test_docker_on_systemd_from_its_cgroup_name_and_config_alone() -> None:
+    """No runtime state visible; the hostile labels that name derived keys are dropped."""
+    labels = {"com.example.team": "web", "container.image.name": "nginx", "container.image.tags": "1.25"}
+    cgroup = f"/system.slice/docker-{WEB_ID}.scope"
+    assert discover("docker_systemd") == [(C, "docker", WEB_ID, "web", 7000, cgroup, labels)]
+
+
+def test_containerd_default_namespace_path() -> None:
+    labels = {"com.example.tier": "bronze", "uniobs.container.oci_runtime": "runc"}
+    expected = (C, "containerd", "probe-ctr", "probe-ctr", 21683, "/default/probe-ctr", labels)
+    assert discover("containerd_cgroupfs") == [expected]
+    _, run, var_lib = roots("containerd_cgroupfs")
+    found = containers.identify("/default/probe-ctr", run_dir=run, var_lib=var_lib, proc_dir=None, use_sockets=False)
+    assert found is not None and fields(found) == expected  # targeted lookup, no scan
+    assert containers.identify("/default/other", run_dir=run, var_lib=var_lib, use_sockets=False) is None
+
+
+def test_crun_status_files_podman_and_plain() -> None:
+    podman_labels = {
+        "org.opencontainers.image.stopSignal": "15",
+        "container.image.name": "quay.io/team/app",
+        "container.image.tags": "2.1",
+        "uniobs.container.oci_runtime": "crun",
+    }
+    assert discover("crun_systemd") == [
+        (C, "podman", CRUN_POD_ID, "crun-pod", 4242, f"/machine.slice/libpod-{CRUN_POD_ID}.scope", podman_labels),
+        (C, "crun", "plain", "plain", 5000, "/system.slice/crun-plain.scope", {"com.example.owner": "ops"}),
+    ]
+
+
+def test_kubernetes_systemd_driver() -> None:
+    pod1 = {
+        "k8s.pod.uid": "0b1a7c4e-6f43-4a8e-9d1b-2c3d4e5f6a7b",
+        "k8s.pod.name": "shop-7d9f",
+        "k8s.namespace.name": "prod",
+        "uniobs.k8s.pod.qos_class": "burstable",
+        "uniobs.container.oci_runtime": "runc",
+    }
+    app = {
+        **pod1,
+        "com.example.git": "4f2a9c1",
+        "k8s.container.name": "web",
+        "container.image.name": "registry.example:5000/shop/web",
+        "container.image.tags": "3.4",
+    }
+    spoof = {  # annotations claiming another pod: only what the cgroup path proves is kept
+        "k8s.pod.uid": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+        "uniobs.k8s.pod.qos_class": "besteffort",
+        "uniobs.container.oci_runtime": "runc",
+    }
+    crio = {"k8s.pod.uid": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b", "uniobs.k8s.pod.qos_class": "guaranteed"}
+    assert discover("kubepods_systemd") == [
+        (C, "containerd", K8S_SPOOF, K8S_SPOOF[:12], 8101, f"{POD3}/cri-containerd-{K8S_SPOOF}.scope", spoof),
+        (C, "containerd", K8S_PAUSE, K8S_PAUSE[:12], 8000, f"{POD1}/cri-containerd-{K8S_PAUSE}.scope", pod1),
+        (C, "containerd", K8S_APP, "web", 8001, f"{POD1}/cri-containerd-{K8S_APP}.scope", app),
+        (C, "cri-o", K8S_CRIO, K8S_CRIO[:12], None, f"{POD2}/crio-{K8S_CRIO}.scope", crio),
+    ]
+
+
+def test_kubernetes_cgroupfs_driver() -> None:
+    worker = {
+        "k8s.pod.uid": "11111111-2222-4333-8444-555555555555",
+        "k8s.pod.name": "batch-x1",
+        "k8s.namespace.name": "jobs",
+        "k8s.container.name": "worker",
+        "uniobs.k8s.pod.qos_class": "besteffort",
+        "container.image.name": "docker.io/library/busybox",
+        "container.image.tags": "1.36",
+        "uniobs.container.oci_runtime": "runc",
+    }
+    guaranteed = {"k8s.pod.uid": "66666666-7777-4888-9999-aaaaaaaaaaaa", "uniobs.k8s.pod.qos_class": "guaranteed"}
+    assert discover("kubepods_cgroupfs") == [
+        (
+            C,
+            "containerd",
+            K8S_BE,
+            "worker",
+            8500,
+            f"/kubepods/besteffort/pod11111111-2222-4333-8444-555555555555/{K8S_BE}",
+            worker,
+        ),
+        (C, "cri", K8S_GUAR, K8S_GUAR[:12], None, f"{GUAR_POD}/{K8S_GUAR}", guaranteed),
+    ]
+
+
+def test_resource_attributes_take_only_derived_labels() -> None:
+    layout, run, var_lib = roots("kubepods_systemd")
+    app = containers.ContainerDiscovery(layout, run, var_lib, proc_dir=None, use_sockets=False).identify(
+        f"{POD1}/cri-containerd-{K8S_APP}.scope"
+    )
+    assert app is not None
+    attrs = app.resource_attributes()
+    assert {k: v for k, v in attrs.items() if k.startswith(("k8s.", "container."))} == {
+        "container.id": K8S_APP,
+        "container.name": "web",
+        "container.runtime.name": "containerd",
+        "container.image.name": "registry.example:5000/shop/web",
+        "container.image.tags": ("3.4",),
+        "k8s.pod.uid": "0b1a7c4e-6f43-4a8e-9d1b-2c3d4e5f6a7b",
+        "k8s.pod.name": "shop-7d9f",
+        "k8s.namespace.name": "prod",
+        "k8s.container.name": "web",
+    }
+    assert "com.example.git" not in attrs and "uniobs.k8s.pod.qos_class" not in attrs
+
+
+# --- pure parsers ---------------------------------------------------------------------------
+
+
+def test_cgroup_names() -> None:
+    hexid = "0123456789abcdef" * 4
+    assert containers.match_cgroup(f"/docker/{hexid}") == containers.CgroupMatch("docker", hexid)
+    assert containers.match_cgroup(f"/docker/{hexid}/docker/{hexid[::-1]}") == containers.CgroupMatch(
+        "docker", hexid[::-1]
+    )  # Docker in Docker: the innermost
+    assert containers.match_cgroup(f"/system.slice/docker-{hexid}.scope") == containers.CgroupMatch("docker", hexid)
+    assert containers.match_cgroup(f"/machine.slice/libpod-{hexid}.scope") == containers.CgroupMatch("podman", hexid)
+    assert containers.match_cgroup(f"/libpod_parent/libpod-{hexid}") == containers.CgroupMatch("podman", hexid)
+    uid = f"{'1' * 8}_{'2' * 4}_{'3' * 4}_{'4' * 4}_{'5' * 12}"
+    kind = (  # kind's nodes root the kubelet's cgroups at /kubelet.slice
+        "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/"
+        f"kubelet-kubepods-besteffort-pod{uid}.slice/cri-containerd-{hexid}.scope"
+    )
+    assert containers.match_cgroup(kind) == containers.CgroupMatch(
+        "containerd", hexid, "11111111-2222-3333-4444-555555555555", "besteffort"
+    )
+    for not_a_container in (
+        f"/machine.slice/libpod-conmon-{hexid}.scope",
+        "/libpod_parent/conmon",
+        f"{POD2}/crio-conmon-{hexid}.scope",
+        "/system.slice/docker.service",
+        f"/docker/{hexid[:12]}",
+        f"/system.slice/docker-{hexid.upper()}.scope",
+        POD1,
+        "/",
+    ):
+        assert containers.match_cgroup(not_a_container) is None, not_a_container
+
+
+def test_image_references_and_systemd_paths() -> None:
+    assert containers.split_image("nginx") == ("nginx", None)
+    assert containers.split_image("nginx:1.25") == ("nginx", "1.25")
+    assert containers.split_image("registry:5000/team/app") == ("registry:5000/team/app", None)
+    assert containers.split_image("registry:5000/team/app:1.2@sha256:" + "a" * 64) == ("registry:5000/team/app", "1.2")
+    assert containers.split_image("app@sha256:" + "a" * 64) == ("app", None)
+    assert containers.expand_slice("kubepods-besteffort-pod1.slice") == (
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice"
+    )
+    assert containers.expand_slice("-.slice") == "/"
+    with pytest.raises(ValueError):
+        containers.expand_slice("a--b.slice")
+    assert containers.cgroups_path_to_cgroup("system.slice:crun:plain") == "/system.slice/crun-plain.scope"
+    assert containers.cgroups_path_to_cgroup(":docker:ab") == "/system.slice/docker-ab.scope"
+    assert containers.cgroups_path_to_cgroup("/docker/ab") == "/docker/ab"
+    assert containers.cgroups_path_to_cgroup("uniobs/x") is None  # relative: the runtime says where it landed
+    assert containers.cgroups_path_to_cgroup("/a/../../etc") is None
+    assert containers.relative_cgroup("memory", "/sys/fs/cgroup/memory/a/b", False) == "/a/b"
+    assert containers.relative_cgroup("", "/sys/fs/cgroup/unified/a", False) == "/a"
+    assert containers.relative_cgroup("", "/sys/fs/cgroup/a", True) == "/a"
+    assert containers.relative_cgroup("cpu", "/elsewhere/cpu/a", False) is None
+
+
+def test_malformed_files_are_skipped(tmp_path: Path) -> None:
+    base = tmp_path / "t"
+    shutil.copytree(DATA / "podman_cgroupfs", base)
+    (base / f"run/runc/{PODMAN_ID}/state.json").write_text('{"id": ' + "[" * 100_000)  # and deep
+    (base / "var/lib/containers/storage/overlay-containers/containers.json").write_text("not json")
+    cgroup = f"/libpod_parent/libpod-{PODMAN_ID}"
+    # still found by its cgroup name, with what is left
+    assert discover(base) == [(C, "podman", PODMAN_ID, PODMAN_ID[:12], None, cgroup, {})]
+
+
+# --- hostile containers ---------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def _hostile_runc_tree(tmp_path: Path, labels: list[str]) -> Path:
+    base = tmp_path / "hostile"
+    shutil.copytree(DATA / "runc_hybrid", base)
+    state_path = base / "run/runc/probe1/state.json"
+    state = json.loads(state_path.read_text())
+    state["config"]["labels"] = labels
+    state_path.write_text(json.dumps(state))
+    return base
+
+
+def test_hostile_labels_are_capped(tmp_path: Path) -> None:
+    labels = [f"k{i:05d}=v" for i in range(10_000)]
+    labels += ["a-huge-value=" + "x" * MiB, "b-huge-value=" + "y" * MiB, "c" * MiB + "=huge-key"]
+    labels += ["k8s.pod.name=spoofed", "container.image.name=spoofed", "uniobs.container.oci_runtime=spoofed"]
+    base = _hostile_runc_tree(tmp_path, labels)
+    assert (base / "run/runc/probe1/state.json").stat().st_size > 3 * MiB
+    started = time.process_time()
+    [found] = discover(base)
+    assert time.process_time() - started < 2.0
+    kept = found[6]
+    limits = containers.Limits()
+    assert len(kept) == limits.max_labels
+    assert all(len(k) <= limits.max_key_chars and len(v) <= limits.max_value_chars for k, v in kept.items())
+    assert kept["a-huge-value"] == "x" * limits.max_value_chars  # cut, not dropped
+    assert list(kept)[:3] == ["a-huge-value", "b-huge-value", "k00000"]  # smallest keys first: a stable choice
+    assert not {"k8s.pod.name", "container.image.name", "uniobs.container.oci_runtime"} & set(kept)
+
+
+def test_a_state_file_past_the_size_limit_is_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base = _hostile_runc_tree(tmp_path, ["big=" + "z" * (5 * MiB), "zz=last", "org.opencontainers.image.title=hello"])
+    with caplog.at_level(logging.WARNING, logger="uniobs.containers"):
+        layout, run, var_lib = roots(base)
+        finder = containers.ContainerDiscovery(layout, run, var_lib, proc_dir=None, use_sockets=False)
+        assert finder.discover() == [] and finder.discover() == []  # its cgroup name says nothing either
+    assert [r.getMessage() for r in caplog.records].count(
+        f"{run}/runc/probe1/state.json: larger than {4 * MiB} bytes, not read"
+    ) == 1  # said once
+    small = containers.Limits(max_labels=2, max_value_chars=3, max_file_bytes=16 * MiB)
+    [found] = discover(base, limits=small)
+    assert found[6] == {"big": "zzz", "org.opencontainers.image.title": "hel"}
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"^max_labels"):
+        containers.Limits(max_labels=0).validate()
+
+
+# --- pids and files -------------------------------------------------------------------------
+
+
+def test_a_reused_pid_is_not_the_container(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "18689").mkdir(parents=True)
+    stat = "18689 (node) S 1 18689 18689 0 -1 4194560 " + " ".join(["0"] * 8) + " 20 0 7 0 {start} 1 2 3\n"
+    # init_process_start in the recorded state.json is 190882
+    (proc / "18689/stat").write_text(stat.format(start=190882))
+    assert discover("runc_hybrid", proc_dir=str(proc))[0][4] == 18689
+    (proc / "18689/stat").write_text(stat.format(start=999999))
+    assert discover("runc_hybrid", proc_dir=str(proc))[0][4] is None
+    shutil.rmtree(proc / "18689")
+    assert discover("runc_hybrid", proc_dir=str(proc))[0][4] is None
+
+
+def test_unchanged_files_are_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = containers.parse_runc_state
+
+    def counting(data: bytes | str, limits: containers.Limits, root: str = "") -> containers.RuntimeState:
+        calls.append(1)
+        return real(data, limits, root)
+
+    monkeypatch.setattr(containers, "parse_runc_state", counting)
+    base = tmp_path / "t"
+    shutil.copytree(DATA / "docker_cgroupfs", base)
+    layout, run, var_lib = roots(base)
+    finder = containers.ContainerDiscovery(layout, run, var_lib, proc_dir=None, use_sockets=False)
+    assert len(finder.discover()) == 1 and len(finder.discover()) == 1
+    assert len(calls) == 1
+    state = base / f"run/docker/runtime-runc/moby/{DOCKER_ID}/state.json"
+    state.write_text(state.read_text().replace('"init_process_pid":21186', '"init_process_pid":21187'))
+    assert finder.discover()[0].pid == 21187 and len(calls) == 2
+
+
+# --- the optional daemon socket -------------------------------------------------------------
+
+
+class _FakeDocker(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A Docker API answering GET /containers/<id>/json on a unix socket, counting requests."""
+    requests: list[str] = []
+    answer = {
+        "Name": "/from-socket",
+        "Config": {"Image": "ghcr.io/acme/api:7", "Labels": {"team": "api"}},
+        "State": {"Running": True, "Pid": 7000},
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            body = json.dumps(answer).encode()
+            self.send_response(200 if self.path == f"/containers/{WEB_ID}/json" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    path = str(tmp_path / "docker.sock")
+    server = _FakeDocker(path, Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield path, requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_docker_socket_fills_in_when_the_files_are_missing(
+    tmp_path: Path, fake_docker: tuple[str, list[str]]
+) -> None:
+    socket_path, requests = fake_docker
+    base = tmp_path / "t"
+    shutil.copytree(DATA / "docker_systemd", base)
+    shutil.rmtree(base / "var/lib/docker")  # config.v2.json not readable from here
+    layout, run, var_lib = roots(base)
+    finder = containers.ContainerDiscovery(layout, run, var_lib, proc_dir=None, docker_socket=socket_path)
+    labels = {"team": "api", "container.image.name": "ghcr.io/acme/api", "container.image.tags": "7"}
+    cgroup = f"/system.slice/docker-{WEB_ID}.scope"
+    for _ in range(3):
+        assert [fields(w) for w in finder.discover()] == [(C, "docker", WEB_ID, "from-socket", 7000, cgroup, labels)]
+    assert requests == [f"/containers/{WEB_ID}/json"]  # asked once, then remembered
+
+
+def test_a_silent_docker_socket_costs_one_short_timeout(tmp_path: Path) -> None:
+    import socket
+
+    path = str(tmp_path / "docker.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)  # accepts connections (backlog) but never answers
+    try:
+        base = tmp_path / "t"
+        shutil.copytree(DATA / "docker_systemd", base)
+        shutil.rmtree(base / "var/lib/docker")
+        layout, run, var_lib = roots(base)
+        finder = containers.ContainerDiscovery(
+            layout, run, var_lib, proc_dir=None, docker_socket=path, socket_timeout=0.2
+        )
+        started = time.monotonic()
+        for _ in range(3):
+            [found] = finder.discover()
+            assert (found.runtime, found.name, dict(found.labels)) == ("docker", WEB_ID[:12], {})
+        assert time.monotonic() - started < 1.0  # one timeout, then the socket rests
+    finally:
+        listener.close()
+
+
+# --- the netns collector on recorded /proc ----------------------------------------------------
+
+NETNS = DATA / "netns"
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> Path:
+    """A writable copy of the recorded /proc, where pid 5151 is in the host's namespace."""
+    root = tmp_path / "proc"
+    shutil.copytree(NETNS / "proc", root)
+    (root / "5151/ns").mkdir()
+    os.link(root / "1/ns/net", root / "5151/ns/net")  # same inode: the host's namespace
+    return root
+
+
+def netns_collector(proc: Path, **kwargs: Any) -> NetnsCollector:
+    config = NetnsConfig(proc=str(proc), host_netns=str(proc / "1/ns/net"), root=str(proc / "none"), **kwargs)
+    config.validate()
+    return NetnsCollector(config)
+
+
+def container(pid: int | None, cid: str = "c1", cgroup: str | None = None) -> Workload:
+    return Workload(kind=C, runtime="runc", id=cid, pid=pid, cgroup=cgroup)
+
+
+def test_net_dev_parsing() -> None:
+    text = (NETNS / "proc/4242/net/dev").read_text()
+    assert [(i.name, i.rx_bytes, i.rx_packets, i.tx_bytes, i.tx_packets) for i in parse_net_dev(text)] == [
+        ("lo", 0, 0, 0, 0),
+        ("uprobe-c", 2007, 25, 1956, 19),
+    ]
+    header = text.splitlines(keepends=True)[:2]
+    tight = "".join(header) + "verylongname0:123 1 2 3 0 0 0 0 456 4 5 6 0 0 0 0\n"  # name touching the figures
+    [i] = parse_net_dev(tight)
+    assert (i.name, i.rx_bytes, i.rx_errors, i.rx_dropped, i.tx_bytes, i.tx_errors, i.tx_dropped) == (
+        "verylongname0",
+        123,
+        2,
+        3,
+        456,
+        5,
+        6,
+    )
+
+
+def test_a_container_in_its_own_namespace(proc: Path) -> None:
+    got = {(s.metric, s.attributes): s.value for s in netns_collector(proc).collect(container(4242))}
+    rx = (("network.io.direction", "receive"), ("network.interface.name", "uprobe-c"))
+    tx = (("network.io.direction", "transmit"), ("network.interface.name", "uprobe-c"))
+    assert got == {
+        ("container.network.io", rx): 2007,
+        ("container.network.io", tx): 1956,
+        ("uniobs.container.network.packets", rx): 25,
+        ("uniobs.container.network.packets", tx): 19,
+        ("uniobs.container.network.errors", rx): 0,
+        ("uniobs.container.network.errors", tx): 0,
+        ("uniobs.container.network.dropped", rx): 0,
+        ("uniobs.container.network.dropped", tx): 0,
+    }  # lo excluded
+
+
+def test_a_host_network_container_is_skipped(proc: Path) -> None:
+    with pytest.raises(SourceUnavailable, match="host's network namespace"):
+        netns_collector(proc).collect(container(5151))
+
+
+def test_the_host_reference_falls_back_to_our_own_namespace(proc: Path) -> None:
+    (proc / "self/ns").mkdir(parents=True)
+    os.link(proc / "1/ns/net", proc / "self/ns/net")
+    collector = netns_collector(proc)
+    denied = str(proc / "1/ns/net")
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path) == denied:
+            raise PermissionError(13, "Permission denied", denied)
+        return real_stat(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "stat", stat)
+        with pytest.raises(SourceUnavailable, match="host's network namespace"):
+            collector.collect(container(5151))
+
+
+def test_a_gone_pid_without_a_cgroup_is_workload_gone(proc: Path) -> None:
+    with pytest.raises(WorkloadGone):
+        netns_collector(proc).collect(container(999_999))
+
+
+def test_interfaces_past_the_cap_add_up_as_other(proc: Path) -> None:
+    header = "".join((NETNS / "proc/4242/net/dev").read_text().splitlines(keepends=True)[:2])
+    rows = [f"eth{i}: {100 + i} 1 0 0 0 0 0 0 {10 * i} 1 0 0 0 0 0 0\n" for i in range(40)]
+    (proc / "4242/net/dev").write_text(header + "    lo: 5 5 0 0 0 0 0 0 5 5 0 0 0 0 0 0\n" + "".join(rows))
+    collector = netns_collector(proc, max_interfaces=3)
+    got = {(s.metric, s.attributes): s.value for s in collector.collect(container(4242))}
+    names = {dict(attrs)["network.interface.name"] for _, attrs in got}
+    assert names == {"eth39", "eth38", "eth37", ":other"}  # busiest first
+    other_rx = (("network.io.direction", "receive"), ("network.interface.name", ":other"))
+    assert got[("container.network.io", other_rx)] == sum(100 + i for i in range(37))
+    # admission is sticky: a later burst on eth0 does not take eth37's series
+    rows[0] = "eth0: 999999 1 0 0 0 0 0 0 999999 1 0 0 0 0 0 0\n"
+    (proc / "4242/net/dev").write_text(header + "".join(rows))
+    again = {dict(s.attributes)["network.interface.name"] for s in collector.collect(container(4242))}
+    assert again == names
+
+
+def test_containers_sharing_a_namespace_report_it_once(proc: Path) -> None:
+    (proc / "4343/ns").mkdir(parents=True)
+    (proc / "4343/net").mkdir()
+    os.link(proc / "4242/ns/net", proc / "4343/ns/net")  # a pod: two containers, one namespace
+    shutil.copy(proc / "4242/net/dev", proc / "4343/net/dev")
+    collector = netns_collector(proc)
+    first, second = container(4242, "app"), container(4343, "sidecar")
+    assert list(collector.collect(first))
+    with pytest.raises(SourceUnavailable, match="shares the network namespace of runc app"):
+        collector.collect(second)
+    assert list(collector.collect(first))  # still the reporter
+    collector.forget(first)
+    assert list(collector.collect(second))  # takes over once the first is gone
+
+
+def test_netns_applies_to_containers_only_and_validates() -> None:
+    collector = NetnsCollector()
+    assert collector.applies_to(container(1)) and collector.applies_to(container(None, cgroup="/x"))
+    assert not collector.applies_to(Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="q", pid=1))
+    assert not collector.applies_to(container(None))
+    with pytest.raises(ValueError, match=r"^max_interfaces"):
+        NetnsConfig(max_interfaces=0).validate()
+    with pytest.raises(ValueError, match=r"^proc"):
+        NetnsConfig(proc="proc").validate()
