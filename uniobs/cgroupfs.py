@@ -781,3 +781,80 @@ def remove_cgroup(layout: CgroupLayout, path: str) -> None:
             os.rmdir(_join(hierarchy, path))
         except OSError:
             pass
+
+
+# --- OOM kills as they happen (uniobs run of a container) ------------------------------------
+
+
+class OomWatch:
+    """Counts OOM kills in one cgroup as they happen, before the runtime removes the cgroup.
+
+    v1: an eventfd registered through `cgroup.event_control` on `memory.oom_control` wakes on
+    every OOM (and once when the cgroup is removed); the wake-up reads the `oom_kill` counter
+    while the cgroup still exists. v2 (and v1 without `oom_kill`, before Linux 4.13): the caller
+    polls `check()`; `memory.events` keeps `oom_kill`.
+    """
+
+    def __init__(self, layout: CgroupLayout, path: str) -> None:
+        self.path = normalize_path(path)
+        self.kills = 0  # from the oom_kill counter
+        self.ooms = 0  # OOM notifications seen (v1 eventfd), which may precede the counter
+        self._eventfd: int | None = None
+        if "memory" in layout.v1:
+            directory = _join(layout.v1["memory"], self.path)
+            self._file, self._key = os.path.join(directory, "memory.oom_control"), "oom_kill"
+        elif layout.unified is not None:
+            directory = _join(layout.unified, self.path)
+            self._file, self._key = os.path.join(directory, "memory.events"), "oom_kill"
+        else:
+            raise FileNotFoundError(errno.ENOENT, "no memory controller", layout.root)
+        self._baseline = self._read()
+        if "memory" in layout.v1:
+            try:
+                efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                ofd = os.open(self._file, os.O_RDONLY | os.O_CLOEXEC)
+                with open(os.path.join(directory, "cgroup.event_control"), "w") as control:
+                    control.write(f"{efd} {ofd}")
+                os.close(ofd)  # the kernel holds its own reference now
+                self._eventfd = efd
+            except OSError:
+                self._eventfd = None  # fall back to polling
+
+    def fileno(self) -> int | None:
+        """The eventfd to wait on (v1), or None: poll `check()`."""
+        return self._eventfd
+
+    def _read(self) -> int | None:
+        try:
+            with open(self._file, encoding="ascii") as f:
+                return _get(parse_flat_keyed_raw(f.read()), self._key)
+        except OSError:
+            return None
+
+    def check(self) -> int:
+        """Read the counter now; returns the OOM kills seen since the watch began."""
+        if self._eventfd is not None:
+            try:
+                os.eventfd_read(self._eventfd)
+                # Woken while the cgroup still exists: an OOM began (the removal wake-up comes
+                # after the files are gone). The kernel counts oom_kill a moment later, when
+                # the victim is chosen, often after the runtime has already removed the cgroup.
+                if os.path.exists(self._file):
+                    self.ooms += 1
+            except (BlockingIOError, OSError):
+                pass
+        now = self._read()
+        if now is not None and self._baseline is not None:
+            self.kills = max(self.kills, now - self._baseline)
+        elif now is not None and self._baseline is None:
+            self._baseline = 0
+            self.kills = max(self.kills, now)
+        return self.kills
+
+    def close(self) -> None:
+        if self._eventfd is not None:
+            try:
+                os.close(self._eventfd)
+            except OSError:
+                pass
+            self._eventfd = None

@@ -206,10 +206,12 @@ def run(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, quiet: bool,
     cgroup: str | None, command: tuple[str, ...],
 ) -> None:  # fmt: skip
-    """Run COMMAND (a qemu-system-*, solo5-hvt or any command) and observe it until it exits.
+    """Run COMMAND and observe it until it exits: a unikernel (qemu-system-*, solo5-hvt), a container
+    (runc run, crun run, podman run, docker run) or any command.
 
     uniobs adds its own QMP sockets and a lossless console capture to a QEMU command, owns the
-    hvt tender's stdout, and exits with the command's exit status.
+    hvt tender's and the container runtime's stdout and stderr, and exits with the command's
+    exit status.
     """
     import os
 
@@ -228,7 +230,13 @@ def run(
         raise click.ClickException(str(exc)) from None
     for note in plan.notes:
         log.info("%s", note)
-    function = name or os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
+    if plan.container_id is not None:
+        default = plan.container_id
+    elif plan.cidfile is not None and plan.kernel:  # podman/docker: the image's name, without registry or tag
+        default = plan.kernel.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+    else:
+        default = os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
+    function = name or default
     if cgroup == "auto":
         cgroup = f"/uniobs/{function}-{os.path.basename(rundir)}"
     runner = Runner(pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir, cgroup=cgroup)
@@ -255,7 +263,9 @@ def run(
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between scrapes.")
 @click.argument("target")
 def attach(config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, target: str) -> None:
-    """Observe a running QEMU or hvt tender, given its PID or its QMP socket, until it exits."""
+    """Observe a running workload until it exits: a QEMU or hvt tender (its PID or QMP socket), or a
+    container (its id, an id prefix, or its name)."""
+    import dataclasses
     import os
 
     from uniobs.model import Kind, Workload
@@ -263,39 +273,72 @@ def attach(config_path: str | None, export: tuple[str, ...], name: str | None, i
     from uniobs.procscan import VmmInfo, find_by_qmp, vmm_info
     from uniobs.runner import Attacher
 
-    info: VmmInfo | None
+    info: VmmInfo | None = None
+    container: Workload | None = None
     if target.isdigit():
         info = vmm_info(int(target))
         if info is None:
             raise click.ClickException(f"pid {target}: not a running qemu-system-* or solo5-hvt process")
-    else:
+    elif "/" in target or os.path.exists(target):
         if not os.path.exists(target):
             raise click.ClickException(f"{target}: no such QMP socket")
         info = find_by_qmp(target)
         if info is None:
             raise click.ClickException(f"{target}: no running QEMU uses this QMP socket")
-    if info.console is None:
-        log.warning("console: %s", info.console_note)
+    else:
+        container = _find_container(target)
     settings = load_settings(config_path)
     specs = list(export) or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
     try:
         pipeline = Pipeline(settings, export=specs)
     except (ConfigError, PluginError) as exc:
         raise click.ClickException(str(exc)) from None
-    function = name or info.name
-    workload = Workload(
-        kind=Kind.UNIKERNEL, runtime=info.runtime, id=f"{function}-{info.pid}", name=function, pid=info.pid,
-        qmp=info.qmp, console=info.console, executable=info.executable,
-    )  # fmt: skip
-    click.echo(
-        f"uniobs: attached to {info.runtime} pid {info.pid} ({function}); qmp {info.qmp or 'none'}, "
-        f"console {info.console or 'none'} -> " + ", ".join(pipeline.describe_exporters()),
-        err=True,
-    )
+    if container is not None:
+        workload = dataclasses.replace(container, name=name or container.name)
+        function = workload.display_name
+        click.echo(
+            f"uniobs: attached to {workload.runtime} container {workload.id[:12]} ({function}); pid {workload.pid}, "
+            f"cgroup {workload.cgroup} -> " + ", ".join(pipeline.describe_exporters()),
+            err=True,
+        )
+    else:
+        assert info is not None
+        if info.console is None:
+            log.warning("console: %s", info.console_note)
+        function = name or info.name
+        workload = Workload(
+            kind=Kind.UNIKERNEL, runtime=info.runtime, id=f"{function}-{info.pid}", name=function, pid=info.pid,
+            qmp=info.qmp, console=info.console, executable=info.executable,
+        )  # fmt: skip
+        click.echo(
+            f"uniobs: attached to {info.runtime} pid {info.pid} ({function}); qmp {info.qmp or 'none'}, "
+            f"console {info.console or 'none'} -> " + ", ".join(pipeline.describe_exporters()),
+            err=True,
+        )
     ended = Attacher(pipeline, workload, interval=interval).run()
     pipeline.flush(10)
     pipeline.close(5)
     click.echo(f"uniobs: {function}: {ended}", err=True)
+
+
+def _find_container(target: str) -> Any:
+    """A running container by full id, unique id prefix, or name (from state files; no daemon)."""
+    from uniobs.cgroupfs import detect_layout
+    from uniobs.containers import discover_containers
+
+    try:
+        layout = detect_layout()
+    except OSError:
+        layout = None
+    found = discover_containers(layout)
+    exact = [w for w in found if target in (w.id, w.name)]
+    matches = exact or [w for w in found if w.id.startswith(target)]
+    if not matches:
+        raise click.ClickException(f"{target}: not a running QEMU or hvt pid, QMP socket, or container")
+    if len(matches) > 1:
+        ids = ", ".join(w.id[:12] for w in matches[:5])
+        raise click.ClickException(f"{target}: matches several containers ({ids}); give more of the id")
+    return matches[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1017,6 +1017,10 @@ class ContainerDiscovery:
             dirs = [self.layout.unified]
         return any(os.path.isdir(d if path == "/" else d + path) for d in dirs)
 
+    def lookup(self, cid: str) -> Workload | None:
+        """One container by id, from the runtimes' state files (what `uniobs run`/`attach` need)."""
+        return self._describe(cid, None, None)
+
     def discover(self, max_cgroups: int = cgroupfs.DEFAULT_MAX_CGROUPS) -> list[Workload]:
         """Every container: those the state files name (with a live cgroup or pid), then those
         recognised in the cgroup tree. One Workload per container, sorted by cgroup path."""

@@ -52,6 +52,9 @@ class LaunchPlan:
     kernel: str | None = None  # the guest image, when the command names one
     notes: list[str] = field(default_factory=list)  # what was changed, for --verbose output
     append_index: int | None = None  # position of the QEMU -append value, for traceparent
+    container_id: str | None = None  # runc/crun: the id given on the command line
+    runtime_root: str | None = None  # runc/crun --root
+    cidfile: str | None = None  # podman/docker: where the engine writes the container id
 
 
 def _split_opts(value: str) -> list[str]:
@@ -180,6 +183,68 @@ def plan_hvt(argv: list[str]) -> LaunchPlan:
     )  # fmt: skip
 
 
+OCI_RUNTIMES = frozenset({"runc", "crun"})
+ENGINES = frozenset({"podman", "docker"})
+# options of `runc run`/`crun run` that take a value (global ones come before "run")
+_OCI_VALUE_OPTS = frozenset({"-b", "--bundle", "--console-socket", "--pid-file", "--preserve-fds", "--root",
+                             "--log", "--log-format", "--criu", "--rootless", "--cgroup-manager",
+                             # podman/docker global options that take a value
+                             "--runtime", "--runroot", "--events-backend", "--log-level", "--storage-driver",
+                             "--url", "--connection", "--identity", "--tmpdir", "-H", "--host", "--config",
+                             "--context", "-c", "-l"})  # fmt: skip
+
+
+def plan_container(argv: list[str], rundir: str | os.PathLike[str], tag: str) -> LaunchPlan:
+    """`runc|crun [global opts] run [opts] ID` or `podman|docker run [opts] IMAGE [ARGS]`.
+
+    The container runs in the foreground (the runtime's stdout and stderr are the function's),
+    so its exit status is the command's. Detached runs are refused: use `uniobs attach` then.
+    """
+    exe = os.path.basename(argv[0])
+    try:
+        sub = next(i for i, a in enumerate(argv[1:], 1) if not a.startswith("-") and argv[i - 1] not in _OCI_VALUE_OPTS)
+    except StopIteration:
+        raise LaunchError(f"{exe}: no subcommand") from None
+    if argv[sub] != "run":
+        raise LaunchError(f"{exe} {argv[sub]}: uniobs run wraps `{exe} run ...` (in the foreground)")
+    rest = argv[sub + 1 :]
+    if any(a in ("-d", "--detach") or a.startswith("--detach=") for a in rest):
+        raise LaunchError(f"{exe} run -d: a detached container is not watched to its end; run it in the "
+                          "foreground under uniobs run, or use `uniobs attach CONTAINER-ID`")  # fmt: skip
+    plan = LaunchPlan(list(argv), exe, exe, console="fd:stdout", console_on_stdout=True)
+    if exe in OCI_RUNTIMES:
+        root = next((argv[i + 1] for i in range(1, sub) if argv[i] == "--root" and i + 1 < sub), None)
+        positional = [
+            a for i, a in enumerate(rest) if not a.startswith("-") and (i == 0 or rest[i - 1] not in _OCI_VALUE_OPTS)
+        ]
+        if not positional:
+            raise LaunchError(f"{exe} run: no container id")
+        plan.container_id = positional[-1]
+        plan.runtime_root = root
+        bundle = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-b", "--bundle")), ".")
+        plan.kernel = bundle
+        plan.notes.append(f"container {plan.container_id}: the runtime's stdout and stderr are the function's")
+    else:
+        cidfile = str(Path(rundir) / f"{tag}.cid")
+        plan.argv = [*argv[: sub + 1], "--cidfile", cidfile, *rest]
+        plan.cidfile = cidfile
+        image = next(
+            (a for i, a in enumerate(rest) if not a.startswith("-") and (i == 0 or not _engine_value(rest[i - 1]))),
+            None,
+        )
+        plan.kernel = image
+        plan.notes.append(f"{exe}: the container id is read from --cidfile {cidfile}")
+    return plan
+
+
+def _engine_value(opt: str) -> bool:
+    """Whether a podman/docker run option takes the next word as its value (most long ones do)."""
+    flags = {"-i", "-t", "-it", "-ti", "--rm", "--init", "--privileged", "--read-only", "-P", "--publish-all",
+             "--interactive", "--tty", "--quiet", "-q", "--no-healthcheck", "--oom-kill-disable",
+             "--replace"}  # fmt: skip
+    return opt.startswith("-") and "=" not in opt and opt not in flags
+
+
 def plan_process(argv: list[str]) -> LaunchPlan:
     return LaunchPlan(
         list(argv), "process", os.path.basename(argv[0]), console="fd:stdout", console_on_stdout=True,
@@ -195,4 +260,6 @@ def plan_launch(argv: list[str], rundir: str | os.PathLike[str], tag: str) -> La
         return plan_qemu(argv, rundir, tag)
     if HVT_EXE.match(exe):
         return plan_hvt(argv)
+    if exe in OCI_RUNTIMES or exe in ENGINES:
+        return plan_container(argv, rundir, tag)
     return plan_process(argv)

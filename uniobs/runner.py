@@ -8,6 +8,7 @@ workload's resource and feed the cold-start trace.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -19,13 +20,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from uniobs.accel import accel_of
+from uniobs.capture import ConsoleStream
 from uniobs.ioloop import IoLoop
 from uniobs.launch import LaunchPlan
 from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, Severity, Workload
 from uniobs.pipeline import Pipeline
+from uniobs.plugin import ConsoleLine
 from uniobs.qmp import (
     EVENTS_WATCHED,
     MessageFramer,
@@ -38,6 +42,8 @@ from uniobs.qmp import (
 
 log = logging.getLogger("uniobs.run")
 
+CONTAINER_RUNTIMES = frozenset({"runc", "crun", "podman", "docker"})
+CONTAINER_START_TIMEOUT_S = 60.0  # how long the runtime may take to create the container
 SHUTDOWN_GRACE_S = 10.0  # after QMP SHUTDOWN, how long QEMU may take to exit before we end it
 
 LIFECYCLE_METRICS = (
@@ -183,6 +189,8 @@ class Runner:
         self._exits: dict[str, int] = {}
         self._first_byte_logged = False
         self._stuck = False
+        self._oom: Any = None  # an OomWatch on the container's memory cgroup
+        self._runtime_parent = False  # self.cgroup holds the container runtime, not the workload
 
     def lifecycle(
         self, name: str, time_ns: int, severity: Severity = Severity.INFO, attributes: Attributes = ()
@@ -214,6 +222,11 @@ class Runner:
 
         argv = plan.argv
         layout = None
+        if self.cgroup is None and plan.runtime in ("runc", "crun") and os.geteuid() == 0:
+            # runc/crun place a relative cgroupsPath under their own cgroup, in each hierarchy:
+            # starting them in a cgroup of ours makes that one path in every controller.
+            self.cgroup = f"/uniobs/{os.path.basename(rundir)}"
+            self._runtime_parent = True
         if self.cgroup is not None:
             from uniobs.cgroupfs import create_cgroup, detect_layout
 
@@ -224,14 +237,22 @@ class Runner:
         # The VMM gets our terminal for an interactive console (QEMU's -nographic monitor), and
         # /dev/null otherwise: with no stdin of our own, fd 0 would be whatever we opened first.
         stdin = None if os.isatty(0) else subprocess.DEVNULL
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None)
-        console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
-        kind = Kind.UNIKERNEL if plan.runtime in ("qemu", "solo5-hvt") else Kind.PROCESS
-        self.workload = workload = Workload(
-            kind=kind, runtime=plan.runtime, id=f"{self.name}-{proc.pid}", name=self.name, pid=proc.pid,
-            qmp=plan.qmp, console=console, executable=plan.executable, cgroup=self.cgroup,
-            labels={EVENTS_WATCHED: "true"} if plan.qmp_events else {},
+        is_container = plan.runtime in CONTAINER_RUNTIMES
+        proc = subprocess.Popen(
+            argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None,
+            stderr=subprocess.PIPE if is_container else None,
         )  # fmt: skip
+        console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
+        if is_container:
+            workload = self._identify_container(proc, console)
+        else:
+            kind = Kind.UNIKERNEL if plan.runtime in ("qemu", "solo5-hvt") else Kind.PROCESS
+            workload = Workload(
+                kind=kind, runtime=plan.runtime, id=f"{self.name}-{proc.pid}", name=self.name, pid=proc.pid,
+                qmp=plan.qmp, console=console, executable=plan.executable, cgroup=self.cgroup,
+                labels={EVENTS_WATCHED: "true"} if plan.qmp_events else {},
+            )  # fmt: skip
+        self.workload = workload
         spawned: Attributes = (("process.command", plan.executable),)
         if plan.runtime == "qemu":
             spawned += (("uniobs.vm.accelerator", accel_of(plan.argv)),)
@@ -240,6 +261,13 @@ class Runner:
         if console_plugin is not None and self.mirror_console and plan.console_on_stdout:
             console_plugin.mirror(workload, sys.stdout.buffer)
         self.pipeline.start_streams(workload)
+        stderr_stream = self._capture_stderr(proc, workload) if is_container else None
+        if self._oom is not None:
+            oom_fd = self._oom.fileno()
+            if oom_fd is not None:
+                loop.add_reader(oom_fd, lambda _fd, _t: self._oom is not None and self._oom.check() >= 0)
+            else:
+                loop.every(0.02, lambda _t: self._oom is not None and self._oom.check() >= 0)
 
         forwarded: list[int] = []
 
@@ -258,6 +286,8 @@ class Runner:
         if fifo_keepalive is not None:
             os.close(fifo_keepalive)
         self.pipeline.stop_streams(workload, timeout=5.0)
+        if stderr_stream is not None:
+            stderr_stream.stop(5.0)
         self.pipeline.snapshot_streams(workload)
         if not self._first_byte_logged:
             self._log_first_byte()
@@ -338,8 +368,96 @@ class Runner:
         self.lifecycle("console_first_byte", stream.first_byte_ns)
         return True
 
+    def _identify_container(self, proc: subprocess.Popen[bytes], console: str) -> Workload:
+        """Find the container the runtime is creating: its id, init pid and cgroup, from the
+        runtime's own state files (no daemon). The output pipes hold what it prints meanwhile.
+        Logs `created` (state written: cgroup and init process exist) and `started` (the init
+        process has exec'd the function)."""
+        from uniobs.cgroupfs import OomWatch, detect_layout
+        from uniobs.containers import ContainerDiscovery
+
+        plan = self.plan
+        deadline = time.monotonic() + CONTAINER_START_TIMEOUT_S
+        cid = plan.container_id
+        while cid is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                cid = Path(plan.cidfile or "").read_text().strip() or None
+            except OSError:
+                time.sleep(0.002)
+        try:
+            layout = detect_layout()
+        except OSError:
+            layout = None
+        found = None
+        created_ns = None
+        if cid is not None:
+            finder = ContainerDiscovery(layout, scan=False, use_sockets=False)
+            while proc.poll() is None and time.monotonic() < deadline:
+                found = finder.lookup(cid)
+                if found is not None and found.pid is not None:
+                    created_ns = time.monotonic_ns()
+                    break
+                time.sleep(0.002)
+        if found is None:
+            name = self.name
+            found = Workload(kind=Kind.CONTAINER, runtime=plan.runtime, id=cid or f"{name}-{proc.pid}", name=name)
+            log.warning("%s: the container's state was not found; measuring its runtime's output only", name)
+        workload = dataclasses.replace(found, name=self.name or found.name, console=console, executable=plan.executable)
+        self.workload = workload
+        if created_ns is not None and workload.pid is not None:
+            self.lifecycle("created", created_ns, attributes=(("container.id", workload.id),))
+            started_ns = _wait_exec(workload.pid, deadline)
+            if started_ns is not None:
+                self.lifecycle("started", started_ns)
+        if layout is not None and workload.cgroup is not None:
+            try:
+                self._oom = OomWatch(layout, workload.cgroup)
+            except OSError as exc:
+                log.info("%s: OOM kills cannot be watched: %s", self.name, exc)
+        return workload
+
+    def _container_exit(self, returncode: int, attrs: dict[str, Any]) -> ExitInfo:
+        """runc/crun/podman/docker run exit with the container's status (128+N when a signal ended it)."""
+        kills = self._oom.check() if self._oom is not None else 0
+        if self._oom is not None:
+            # an OOM notification followed by a SIGKILL exit is an OOM kill, even when the cgroup
+            # was removed before the kernel's counter moved
+            if not kills and self._oom.ooms and returncode == 128 + signal.SIGKILL:
+                kills = self._oom.ooms
+            self._oom.close()
+        if returncode < 0:  # the runtime's CLI itself was killed
+            name = _signal_name(-returncode)
+            attrs.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
+            return ExitInfo(128 - returncode, "signal", returncode, signal_name=name, attributes=attrs)
+        if kills:
+            attrs.update({"uniobs.exit.reason": "oom-killed", "uniobs.container.oom_kills": kills})
+            return ExitInfo(returncode, "oom-killed", returncode, attributes=attrs)
+        if returncode > 128:
+            name = _signal_name(returncode - 128)
+            attrs.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
+            return ExitInfo(returncode, "signal", returncode, signal_name=name, attributes=attrs)
+        attrs["uniobs.exit.reason"] = "exit"
+        return ExitInfo(returncode, "exit", returncode, attributes=attrs)
+
+    def _capture_stderr(self, proc: subprocess.Popen[bytes], workload: Workload) -> ConsoleStream | None:
+        """The function's stderr, as log records with log.iostream=stderr (and copied to ours)."""
+        if proc.stderr is None:
+            return None
+        telemetry = self.pipeline.telemetry
+
+        def on_lines(lines: list[ConsoleLine]) -> None:
+            telemetry.log_batch(
+                workload,
+                [LogEvent(line.time_ns, line.text, attributes=(("log.iostream", "stderr"),)) for line in lines],
+            )
+
+        mirror = sys.stderr.buffer if self.mirror_console else None
+        return ConsoleStream(f"fd:{proc.stderr.fileno()}", on_lines, mirror=mirror).start(self.pipeline.loop)
+
     def _exit_info(self, returncode: int) -> ExitInfo:
         attrs: dict[str, Any] = {"process.exit.code": returncode}
+        if self.plan.runtime in CONTAINER_RUNTIMES:
+            return self._container_exit(returncode, attrs)
         if self.events is not None and self.events.ready_ns is not None:
             attrs["uniobs.qmp.ready_s"] = round((self.events.ready_ns - self.exec_ns) / 1e9, 6)
         if returncode < 0:
@@ -366,6 +484,28 @@ class Runner:
         if guest_code is not None:
             attrs["uniobs.guest.exit_code"] = guest_code
         return ExitInfo(returncode, reason, returncode, guest_exit_code=guest_code, attributes=attrs)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def _wait_exec(pid: int, deadline: float) -> int | None:
+    """When the container's init process has exec'd the function (its comm is no longer the
+    runtime's init: runc shows `runc:[2:INIT]`, crun `crun`, ...). Polled every millisecond."""
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                comm = f.read().strip()
+        except OSError:
+            return None
+        if not comm.startswith((b"runc", b"crun", b"exe", b"conmon")):
+            return time.monotonic_ns()
+        time.sleep(0.001)
+    return None
 
 
 def _unlink(path: str) -> None:
