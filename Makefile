@@ -23,6 +23,7 @@ bench:
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/console_bench.py
 	$(PY) bench/vmm_bench.py
+	$(PY) bench/cgroup_bench.py
 
 guests:
 	$(MAKE) -C examples/minikernel
