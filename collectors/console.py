@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from uniobs.capture import ConsoleStream
+from uniobs.coldstart import new_trace_id
 from uniobs.console import DEFAULT_MAX_LINE
+from uniobs.guest import GUEST_STATS_METRICS, GuestTelemetry
 from uniobs.ioloop import IoLoop
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Workload
-from uniobs.plugin import ConsoleLine, EventSink, PluginConfig, StreamingCollector
+from uniobs.parsers.detect import DETECT_LINES, StreamParser
+from uniobs.plugin import ConsoleLine, ConsoleParser, EventSink, GuestEvent, PluginConfig, StreamingCollector
+from uniobs.registry import PluginError, load_group
+
+# A workload label: the W3C traceparent the host passed to this function (`uniobs run`), so the
+# spans the guest reports join the host's cold-start trace.
+TRACEPARENT_LABEL = "uniobs.traceparent"
+
+EventListener = Callable[[GuestEvent], None]
+LineListener = Callable[[ConsoleLine], None]
 
 log = logging.getLogger("uniobs.console")
 
@@ -30,6 +42,8 @@ class ConsoleConfig(PluginConfig):
     max_line: int = DEFAULT_MAX_LINE  # bytes; longer lines are cut and counted
     tee_dir: str = ""  # when set, a raw copy of each console is written there (<workload id>.log)
     tee_max_bytes: int = 64 << 20  # per console
+    parsers: bool = True  # recognise the unikernel family and its boot milestones
+    line_protocol: bool = True  # read the guest's structured records (@@uniobs/1 ...)
 
     def validate(self) -> None:
         if self.max_line < 64:
@@ -55,13 +69,22 @@ class ConsoleCollector(StreamingCollector):
         _counter(
             "uniobs.console.escaped_lines", "{line}", "Lines whose control bytes or ANSI sequences were neutralised."
         ),
+        *GUEST_STATS_METRICS,
     )
 
     def __init__(self, config: PluginConfig | None = None) -> None:
         super().__init__(config)
         self._streams: dict[tuple[str, str, str], ConsoleStream] = {}
         self._mirrors: dict[tuple[str, str, str], BinaryIO] = {}
+        self._listeners: dict[tuple[str, str, str], tuple[EventListener | None, LineListener | None]] = {}
+        self._analyzers: dict[tuple[str, str, str], _Analyzer] = {}
         self._lock = threading.Lock()
+        self._parsers: dict[str, type[ConsoleParser]] = {}
+        if self.config.parsers:
+            try:
+                self._parsers = {name: info.plugin for name, info in load_group("uniobs.parsers").items()}
+            except PluginError as exc:
+                log.error("console parsers unavailable: %s", exc)
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.console is not None
@@ -71,9 +94,20 @@ class ConsoleCollector(StreamingCollector):
         with self._lock:
             self._mirrors[workload.key] = out
 
+    def listen(self, workload: Workload, on_event: EventListener | None, on_line: LineListener | None = None) -> None:
+        """Be told of the guest's events (boot milestones, crashes) and lines (set before start).
+        Callbacks run on the I/O thread: keep them short."""
+        with self._lock:
+            self._listeners[workload.key] = (on_event, on_line)
+
     def start(self, workload: Workload, sink: EventSink, loop: IoLoop) -> None:
         assert workload.console is not None
         source = workload.console
+        with self._lock:
+            on_event, on_line = self._listeners.pop(workload.key, (None, None))
+        analyzer = _Analyzer(workload, sink, self._parsers, self.config.line_protocol, on_event)
+        with self._lock:
+            self._analyzers[workload.key] = analyzer
 
         def on_lines(lines: list[ConsoleLine]) -> None:
             events = []
@@ -82,7 +116,10 @@ class ConsoleCollector(StreamingCollector):
                 if line.truncated:
                     attributes += (("uniobs.console.truncated", True),)
                 events.append(LogEvent(line.time_ns, line.text, attributes=attributes))
+                if on_line is not None:
+                    on_line(line)
             sink.log_batch(workload, events)
+            analyzer.feed(lines)
 
         tee: BinaryIO | None = None
         if self.config.tee_dir:
@@ -106,6 +143,16 @@ class ConsoleCollector(StreamingCollector):
         stream = self.stream(workload)
         if stream is not None and not stream.stop(timeout):
             log.warning("console %s: did not stop within %.1fs", workload.display_name, timeout)
+        with self._lock:
+            analyzer = self._analyzers.get(workload.key)
+        if analyzer is not None:
+            analyzer.close()
+
+    def family(self, workload: Workload) -> str | None:
+        """The unikernel family recognised on this console, if any."""
+        with self._lock:
+            analyzer = self._analyzers.get(workload.key)
+        return analyzer.family if analyzer is not None else None
 
     def snapshot(self, workload: Workload) -> Iterable[Sample]:
         stream = self.stream(workload)
@@ -119,10 +166,104 @@ class ConsoleCollector(StreamingCollector):
             Sample("uniobs.console.dropped_bytes", s.dropped_bytes),
             Sample("uniobs.console.invalid_utf8_lines", s.invalid_utf8_lines),
             Sample("uniobs.console.escaped_lines", s.escaped_lines),
+            *self._guest_stats(workload),
         )
+
+    def _guest_stats(self, workload: Workload) -> list[Sample]:
+        with self._lock:
+            analyzer = self._analyzers.get(workload.key)
+        return analyzer.guest.stats_samples() if analyzer is not None and analyzer.guest is not None else []
 
     def forget(self, workload: Workload) -> None:
         with self._lock:
             stream = self._streams.pop(workload.key, None)
+            self._analyzers.pop(workload.key, None)
+            self._listeners.pop(workload.key, None)
         if stream is not None and not stream.ended:
             stream.stop(0.5)
+
+
+def _parse_traceparent(value: str) -> tuple[int, int] | None:
+    parts = value.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
+    except ValueError:
+        return None
+    return (trace_id, span_id) if trace_id and span_id else None
+
+
+class _Analyzer:
+    """What one console's lines mean: the family's boot milestones and the guest's own records.
+
+    Until a family parser recognises a line (among the first DETECT_LINES), every parser is
+    asked; then only that family's. Lines of the line protocol go to the guest telemetry, whose
+    spans join the host's trace when the workload carries a traceparent.
+    """
+
+    def __init__(
+        self,
+        workload: Workload,
+        sink: EventSink,
+        parsers: dict[str, type[ConsoleParser]],
+        line_protocol: bool,
+        on_event: EventListener | None,
+    ) -> None:
+        self.workload = workload
+        self.sink = sink
+        self.on_event = on_event
+        self._families = StreamParser(parsers, limit=DETECT_LINES) if parsers else None
+        self.guest: GuestTelemetry | None = None
+        if line_protocol:
+            context = _parse_traceparent(workload.labels.get(TRACEPARENT_LABEL, ""))
+            trace_id, parent = context if context is not None else (new_trace_id(), None)
+            self.guest = GuestTelemetry(trace_id, parent, lambda specs: sink.declare(specs, "uniobs.guest"))
+
+    def feed(self, lines: list[ConsoleLine]) -> None:
+        events: list[GuestEvent] = []
+        if self._families is not None:
+            for line in lines:
+                events.extend(self._families.feed(line))  # a failing parser is switched off inside
+        if self.guest is not None:
+            out = self.guest.feed_lines(lines)
+            if out.samples:
+                self.sink.record(self.workload, out.samples)
+            for span in out.spans:
+                self.sink.span(self.workload, span)
+            if out.logs:
+                self.sink.log_batch(self.workload, out.logs)
+            events.extend(out.events)
+        self._deliver(events)
+
+    @property
+    def family(self) -> str | None:
+        return self._families.family if self._families is not None else None
+
+    def _deliver(self, events: list[GuestEvent]) -> None:
+        if not events:
+            return
+        records = []
+        for event in events:
+            attributes = event.attributes
+            if event.milestone is not None:
+                attributes = (*attributes, ("uniobs.milestone", event.milestone.value))
+            if event.guest_time_s is not None:
+                attributes = (*attributes, ("uniobs.guest.time_s", event.guest_time_s))
+            if event.duration_s is not None:
+                attributes = (*attributes, ("uniobs.guest.duration_s", event.duration_s))
+            records.append(LogEvent(event.time_ns, event.name, event.severity, attributes, event_name=event.name))
+            if self.on_event is not None:
+                try:
+                    self.on_event(event)
+                except Exception as exc:
+                    log.warning("console %s: event listener failed: %s", self.workload.display_name, exc)
+        self.sink.log_batch(self.workload, records)
+
+    def close(self) -> None:
+        if self.guest is not None:
+            out = self.guest.close(time.monotonic_ns())
+            for span in out.spans:
+                self.sink.span(self.workload, span)
+            if out.logs:
+                self.sink.log_batch(self.workload, out.logs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -91,6 +92,7 @@ def plugins() -> None:
 
 def declared_metrics(registry: Registry) -> list[tuple[str, MetricSpec]]:
     """Every metric any installed plugin or the core declares, with who declares it."""
+    from uniobs.coldstart import COLDSTART_METRICS
     from uniobs.pipeline import PIPELINE_METRICS
     from uniobs.runner import LIFECYCLE_METRICS
     from uniobs.telemetry import SELF_METRICS
@@ -98,7 +100,7 @@ def declared_metrics(registry: Registry) -> list[tuple[str, MetricSpec]]:
     out: list[tuple[str, MetricSpec]] = []
     for name, info in sorted(registry.collectors.items()):
         out += [(f"collector {name}", spec) for spec in info.plugin.metrics]
-    out += [("uniobs run/attach", spec) for spec in LIFECYCLE_METRICS]
+    out += [("uniobs run/attach", spec) for spec in (*LIFECYCLE_METRICS, *COLDSTART_METRICS)]
     out += [("uniobs (self)", spec) for spec in (*SELF_METRICS, *PIPELINE_METRICS)]
     return out
 
@@ -201,10 +203,17 @@ def scrape_once(
     metavar="PATH|auto",
     help="Start the VMM in a cgroup of its own (created, then removed), so it is measured like a container.",
 )
+@click.option(
+    "--ready",
+    metavar="PROBE",
+    help="When the function is ready: tcp:HOST:PORT, http://HOST:PORT/PATH[=STATUS] or console:REGEX "
+    "(default: its `ready` milestone).",
+)
+@click.option("--request", metavar="URL", help="Send this HTTP GET once ready and time it (the first request).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, quiet: bool,
-    cgroup: str | None, command: tuple[str, ...],
+    cgroup: str | None, ready: str | None, request: str | None, command: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Run COMMAND and observe it until it exits: a unikernel (qemu-system-*, solo5-hvt), a container
     (runc run, crun run, podman run, docker run) or any command.
@@ -239,7 +248,16 @@ def run(
     function = name or default
     if cgroup == "auto":
         cgroup = f"/uniobs/{function}-{os.path.basename(rundir)}"
-    runner = Runner(pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir, cgroup=cgroup)
+    from uniobs.probes import ProbeError
+
+    try:
+        runner = Runner(
+            pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir, cgroup=cgroup,
+            ready=ready, request=request,
+        )  # fmt: skip
+    except ProbeError as exc:
+        pipeline.close(1)
+        raise click.ClickException(str(exc)) from None
     try:
         info = runner.run()
     except OSError as exc:
@@ -319,6 +337,74 @@ def attach(config_path: str | None, export: tuple[str, ...], name: str | None, i
     pipeline.flush(10)
     pipeline.close(5)
     click.echo(f"uniobs: {function}: {ended}", err=True)
+
+
+@main.command()
+@config_options
+@click.option("--family", help="Skip detection: parse as this family (see `uniobs plugins`).")
+@click.option("--name", "-n", help="The function's name on the exported records. Default: the file's name.")
+@click.argument("console", type=click.Path(dir_okay=False, allow_dash=True))
+def parse(config_path: str | None, export: tuple[str, ...], family: str | None, name: str | None, console: str) -> None:
+    """Replay a recorded console (a file, or - for stdin) through the parsers: the family, the boot
+    milestones and the boot-phase breakdown; with --export, the same records are exported."""
+    import os
+    import time
+
+    from uniobs.console import LineSplitter
+    from uniobs.model import Kind, LogEvent, Workload
+    from uniobs.parsers.detect import replay
+    from uniobs.pipeline import Pipeline
+
+    registry = _registry()
+    raw = sys.stdin.buffer.read() if console == "-" else _read_bytes(console)
+    splitter = LineSplitter()
+    # no arrival times in a file: one millisecond per line keeps the order and a usable scale
+    lines = [
+        dataclasses.replace(line, time_ns=i * 1_000_000)
+        for i, line in enumerate([*splitter.feed(raw, 0), *splitter.flush()])
+    ]
+    try:
+        result = replay(lines, registry.parsers, family=family)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"family: {result.family or 'unknown (no parser recognised this console)'}")
+    click.echo(f"lines: {len(lines)}")
+    for milestone, event in result.milestones.items():
+        guest = f", guest {event.guest_time_s:.6f} s" if event.guest_time_s is not None else ""
+        click.echo(f"milestone {milestone.value:<13} line {event.time_ns // 1_000_000 + 1:>5}{guest}: {event.name}")
+    if result.phases:
+        click.echo(f"boot phases ({'as the guest timed them' if result.clock == 'guest' else 'by line position'}):")
+        for phase in result.phases:
+            click.echo(f"  {phase.name:<32} {phase.start_s * 1000:>10.2f} ms  +{phase.duration_s * 1000:.2f} ms")
+    crashes = [e for e in result.events if e.milestone is not None and e.milestone.value == "crash"]
+    for event in crashes:
+        click.echo(f"crash: {event.name} " + " ".join(f"{k}={v}" for k, v in event.attributes))
+    if not export:
+        return
+    settings = load_settings(config_path)
+    try:
+        pipeline = Pipeline(settings, export=list(export))
+    except (ConfigError, PluginError) as exc:
+        raise click.ClickException(str(exc)) from None
+    function = name or os.path.splitext(os.path.basename(console))[0] if console != "-" else (name or "stdin")
+    workload = Workload(kind=Kind.UNIKERNEL, runtime="replay", id=f"{function}-replay", name=function)
+    base = time.monotonic_ns() - len(lines) * 1_000_000  # the replayed console ends now
+    pipeline.telemetry.log_batch(workload, [LogEvent(base + line.time_ns, line.text) for line in lines])
+    pipeline.telemetry.log_batch(
+        workload,
+        [LogEvent(base + e.time_ns, e.name, e.severity, e.attributes, event_name=e.name) for e in result.events],
+    )
+    pipeline.flush(10)
+    pipeline.close(5)
+    click.echo("exported -> " + ", ".join(pipeline.describe_exporters()))
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
 
 
 def _find_container(target: str) -> Any:

@@ -105,6 +105,8 @@ class EventSink(Protocol):
 
     def record(self, workload: Workload, samples: Iterable[Sample]) -> None: ...
 
+    def declare(self, specs: Iterable[MetricSpec], scope: str) -> None: ...
+
 
 class StreamingCollector(abc.ABC):
     """Reads a stream (a serial console, a QMP event channel) for as long as a workload lives.

@@ -25,11 +25,13 @@ from typing import Any
 
 from uniobs.accel import accel_of
 from uniobs.capture import ConsoleStream
+from uniobs.coldstart import COLDSTART_METRICS, ColdStart
 from uniobs.ioloop import IoLoop
 from uniobs.launch import LaunchPlan
 from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, Severity, Workload
 from uniobs.pipeline import Pipeline
-from uniobs.plugin import ConsoleLine
+from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
+from uniobs.probes import ProbeRunner, parse_probe
 from uniobs.qmp import (
     EVENTS_WATCHED,
     MessageFramer,
@@ -42,6 +44,7 @@ from uniobs.qmp import (
 
 log = logging.getLogger("uniobs.run")
 
+TRACEPARENT_LABEL = "uniobs.traceparent"  # read by the console capture (collectors/console.py)
 CONTAINER_RUNTIMES = frozenset({"runc", "crun", "podman", "docker"})
 CONTAINER_START_TIMEOUT_S = 60.0  # how long the runtime may take to create the container
 SHUTDOWN_GRACE_S = 10.0  # after QMP SHUTDOWN, how long QEMU may take to exit before we end it
@@ -173,6 +176,8 @@ class Runner:
         mirror_console: bool = True,
         rundir: str | None = None,
         cgroup: str | None = None,
+        ready: str | None = None,
+        request: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.plan = plan
@@ -186,17 +191,30 @@ class Runner:
         self.exit_ns = 0
         self.events: QmpEventWatcher | None = None
         pipeline.telemetry.declare(LIFECYCLE_METRICS, scope="uniobs.lifecycle")
+        pipeline.telemetry.declare(COLDSTART_METRICS, scope="uniobs.coldstart")
         self._exits: dict[str, int] = {}
         self._first_byte_logged = False
         self._stuck = False
         self._oom: Any = None  # an OomWatch on the container's memory cgroup
         self._runtime_parent = False  # self.cgroup holds the container runtime, not the workload
+        shrinkwrap = "container" if plan.runtime in CONTAINER_RUNTIMES else "unikernel"
+        if plan.runtime == "process":
+            shrinkwrap = "process"
+        self.coldstart = ColdStart(shrinkwrap, plan.runtime)
+        self.probe = parse_probe(ready) if ready else None
+        self.request = request
+        if request is not None:
+            parse_probe(request)  # checked now: a bad URL is a usage error, not a silent miss
+        self._probe_runner: ProbeRunner | None = None
+        self._coldstart_done = False
+        self._env: dict[str, str] | None = None
 
     def lifecycle(
-        self, name: str, time_ns: int, severity: Severity = Severity.INFO, attributes: Attributes = ()
-    ) -> None:
+        self, name: str, time_ns: int, severity: Severity = Severity.INFO, attributes: Attributes = (),
+        body: str | None = None,
+    ) -> None:  # fmt: skip
         assert self.workload is not None
-        body = name.replace("_", " ")
+        body = body or name.replace("_", " ")
         self.pipeline.telemetry.log(
             self.workload, LogEvent(time_ns, body, severity, attributes, event_name=f"uniobs.{name}")
         )
@@ -220,7 +238,7 @@ class Runner:
         if plan.qmp_events:
             self.events = QmpEventWatcher(plan.qmp_events, loop, self._on_qmp_event)
 
-        argv = plan.argv
+        argv = self._with_traceparent(plan, rundir)
         layout = None
         if self.cgroup is None and plan.runtime in ("runc", "crun") and os.geteuid() == 0:
             # runc/crun place a relative cgroupsPath under their own cgroup, in each hierarchy:
@@ -240,8 +258,9 @@ class Runner:
         is_container = plan.runtime in CONTAINER_RUNTIMES
         proc = subprocess.Popen(
             argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None,
-            stderr=subprocess.PIPE if is_container else None,
+            stderr=subprocess.PIPE if is_container else None, env=self._env,
         )  # fmt: skip
+        self.coldstart.mark("exec", self.exec_ns)
         console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
         if is_container:
             workload = self._identify_container(proc, console)
@@ -252,6 +271,9 @@ class Runner:
                 qmp=plan.qmp, console=console, executable=plan.executable, cgroup=self.cgroup,
                 labels={EVENTS_WATCHED: "true"} if plan.qmp_events else {},
             )  # fmt: skip
+        workload = dataclasses.replace(
+            workload, labels={**workload.labels, TRACEPARENT_LABEL: self.coldstart.traceparent}
+        )
         self.workload = workload
         spawned: Attributes = (("process.command", plan.executable),)
         if plan.runtime == "qemu":
@@ -260,7 +282,13 @@ class Runner:
         console_plugin = self._console_plugin()
         if console_plugin is not None and self.mirror_console and plan.console_on_stdout:
             console_plugin.mirror(workload, sys.stdout.buffer)
+        if console_plugin is not None:
+            console_plugin.listen(
+                workload, self._on_guest_event, self._on_console_line if self._console_probe() else None
+            )
         self.pipeline.start_streams(workload)
+        if self.probe is not None:
+            self._probe_runner = ProbeRunner(self.probe, self.coldstart.mark, request=self.request).start()
         stderr_stream = self._capture_stderr(proc, workload) if is_container else None
         if self._oom is not None:
             oom_fd = self._oom.fileno()
@@ -283,6 +311,8 @@ class Runner:
             for s, handler in old.items():
                 signal.signal(s, handler)
         self.exit_ns = time.monotonic_ns()
+        if self._probe_runner is not None:
+            self._probe_runner.stop()
         if fifo_keepalive is not None:
             os.close(fifo_keepalive)
         self.pipeline.stop_streams(workload, timeout=5.0)
@@ -301,6 +331,9 @@ class Runner:
         severity = Severity.INFO if info.reason in ("guest-exit", "guest-shutdown", "exit") else Severity.ERROR
         if info.reason == "guest-exit" and info.guest_exit_code:
             severity = Severity.WARN
+        if not self._coldstart_done:
+            self.coldstart.fail(f"exited before ready: {info.reason} (status {info.status})")
+            self._finish_coldstart(self.exit_ns)
         self.lifecycle("exited", self.exit_ns, severity, tuple(info.attributes.items()))
         if fifo_reader is not None:
             try:
@@ -343,6 +376,85 @@ class Runner:
                 self.pipeline.telemetry.flush(timeout=0.1)  # never block the watch on a backend
                 next_export = time.monotonic() + export_every
             self._reap_if_stuck(proc)
+            if not self._coldstart_done and self._coldstart_complete():
+                self._finish_coldstart(time.monotonic_ns())
+
+    # -- the cold-start trace
+
+    def _with_traceparent(self, plan: LaunchPlan, rundir: str) -> list[str]:
+        """The command with the W3C traceparent passed to the function: on the kernel command line
+        for unikernels (QEMU -append, hvt guest arguments), as TRACEPARENT for containers."""
+        tp = self.coldstart.traceparent
+        argv = list(plan.argv)
+        if plan.runtime == "qemu":
+            if plan.append_index is not None:
+                argv[plan.append_index] = f"{argv[plan.append_index]} traceparent={tp}".strip()
+            elif plan.kernel is not None:
+                argv += ["-append", f"traceparent={tp}"]
+        elif plan.runtime == "solo5-hvt":
+            argv.append(f"traceparent={tp}")
+        elif plan.runtime in ("podman", "docker"):
+            at = argv.index("run") + 1
+            argv[at:at] = ["-e", f"TRACEPARENT={tp}"]
+        elif plan.runtime in ("runc", "crun"):
+            argv = _bundle_with_env(argv, plan, rundir, {"TRACEPARENT": tp})
+        else:
+            self._env = {**os.environ, "TRACEPARENT": tp}
+        return argv
+
+    def _console_probe(self) -> bool:
+        return self.probe is not None and self.probe.kind == "console"
+
+    def _on_console_line(self, line: ConsoleLine) -> None:
+        runner, pattern = self._probe_runner, self.probe.pattern if self.probe is not None else None
+        if runner is not None and pattern is not None and not runner.ok and pattern.search(line.text):
+            runner.console_matched(line.time_ns)
+
+    def _on_guest_event(self, event: GuestEvent) -> None:
+        if event.milestone is None:
+            return
+        if event.milestone is Milestone.CRASH:
+            self.coldstart.fail(f"guest crashed: {event.name}")
+            return
+        self.coldstart.mark(event.milestone.value, event.time_ns)
+        if event.guest_time_s is not None:
+            self.coldstart.guest_times.setdefault(event.milestone.value, event.guest_time_s)
+
+    def _coldstart_complete(self) -> bool:
+        cs = self.coldstart
+        ready = "probe_ok" in cs.marks if self.probe is not None else "ready" in cs.marks
+        if not ready:
+            return False
+        if self.request is not None and "request_done" not in cs.marks:
+            sent = cs.marks.get("request_sent")
+            return sent is not None and time.monotonic_ns() - sent > 5e9  # it failed: do not wait more
+        return True
+
+    def _finish_coldstart(self, now_ns: int) -> None:
+        """Export the cold-start trace and metrics (once): at readiness, or at exit."""
+        self._coldstart_done = True
+        cs = self.coldstart
+        workload = self.workload
+        assert workload is not None
+        if self.events is not None and self.events.ready_ns is not None:
+            cs.mark("qmp_ready", self.events.ready_ns)
+        plugin = self._console_plugin()
+        stream = plugin.stream(workload) if plugin is not None else None
+        if stream is not None and stream.first_byte_ns is not None:
+            cs.mark("first_byte", stream.first_byte_ns)
+        telemetry = self.pipeline.telemetry
+        spans = cs.spans(now_ns)
+        for span in spans:
+            telemetry.span(workload, span)
+        telemetry.record(workload, cs.samples())
+        ready = cs.ready_ns()
+        summary = ", ".join(f"{p} {(e - s) / 1e6:.1f} ms" for p, s, e in cs.phases())
+        if ready is not None:
+            body = f"cold start {(ready - cs.marks['exec']) / 1e6:.1f} ms" + (f": {summary}" if summary else "")
+            self.lifecycle("coldstart", ready, attributes=(("faas.coldstart", True),), body=body)
+        else:
+            self.lifecycle("coldstart", now_ns, Severity.ERROR, (("faas.coldstart", True),),
+                           body=f"cold start failed: {cs.failure}")  # fmt: skip
 
     def _reap_if_stuck(self, proc: subprocess.Popen[bytes]) -> None:
         """QEMU announced SHUTDOWN but has not exited: do not wait for it forever."""
@@ -406,9 +518,11 @@ class Runner:
         self.workload = workload
         if created_ns is not None and workload.pid is not None:
             self.lifecycle("created", created_ns, attributes=(("container.id", workload.id),))
+            self.coldstart.mark("created", created_ns)
             started_ns = _wait_exec(workload.pid, deadline)
             if started_ns is not None:
                 self.lifecycle("started", started_ns)
+                self.coldstart.mark("started", started_ns)
         if layout is not None and workload.cgroup is not None:
             try:
                 self._oom = OomWatch(layout, workload.cgroup)
@@ -484,6 +598,36 @@ class Runner:
         if guest_code is not None:
             attrs["uniobs.guest.exit_code"] = guest_code
         return ExitInfo(returncode, reason, returncode, guest_exit_code=guest_code, attributes=attrs)
+
+
+def _bundle_with_env(argv: list[str], plan: LaunchPlan, rundir: str, env: dict[str, str]) -> list[str]:
+    """runc/crun read the environment from the bundle's config.json: run a copy of the bundle's
+    config (root file system still the original's) with the variables added."""
+    import json
+
+    bundle = plan.kernel or "."
+    try:
+        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        root = config["root"]["path"]
+        config["root"]["path"] = root if os.path.isabs(root) else os.path.abspath(os.path.join(bundle, root))
+        process_env = [e for e in config["process"].get("env", []) if e.split("=", 1)[0] not in env]
+        config["process"]["env"] = process_env + [f"{k}={v}" for k, v in env.items()]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("cannot pass the trace context into %s's bundle: %s", plan.executable, exc)
+        return argv
+    copy = os.path.join(rundir, "bundle")
+    os.makedirs(copy, exist_ok=True)
+    with open(os.path.join(copy, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg in ("-b", "--bundle"):
+            out[i + 1] = copy
+            return out
+    run = out.index("run")
+    out[run + 1 : run + 1] = ["--bundle", copy]
+    return out
 
 
 def _signal_name(number: int) -> str:
