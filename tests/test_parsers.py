@@ -764,3 +764,25 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def test_uniobs_parse_replays_a_recorded_console(tmp_path: Path) -> None:
+    """`uniobs parse` on the OSv transcript (tests/testdata/consoles/osv-1.txt, OSv's --bootchart)."""
+    import sys
+
+    out = tmp_path / "t.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "uniobs.cli", "parse", "--export", f"file:{out}", str(CONSOLES / "osv-1.txt")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "family: osv"
+    assert any(line.startswith("milestone kernel_ready") for line in lines)
+    assert "boot phases (as the guest timed them):" in lines
+    assert any("osv.bootchart.vfs_initialized" in line for line in lines)
+    assert '"eventName":"osv.boot"' in out.read_text()
+    unknown = subprocess.run(
+        [sys.executable, "-m", "uniobs.cli", "parse", "-"], input="just\nsome text\n", capture_output=True, text=True
+    )
+    assert unknown.returncode == 0 and unknown.stdout.startswith("family: unknown")

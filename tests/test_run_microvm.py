@@ -39,7 +39,8 @@ def test_microvm_under_uniobs_run_answers_and_is_observed(tmp_path: Path) -> Non
     ).stdout.strip()
     port, out = free_port(), tmp_path / "t.jsonl"
     cmd = [sys.executable, "-m", "uniobs.cli", "run", "--quiet", "--interval", "0.5", "--name", "hello-node",
-           "--export", f"file:{out}", "--",
+           "--export", f"file:{out}", "--ready", f"http://127.0.0.1:{port}/=200",
+           "--request", f"http://127.0.0.1:{port}/", "--",
            "qemu-system-x86_64", "-machine", "microvm,pit=on,rtc=on", "-accel", "tcg", "-m", "1024", "-nodefaults",
            "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", str(UNIKERNEL / "build" / "vmlinux"),
            "-initrd", str(UNIKERNEL / "build" / "initramfs.cpio.gz"), "-append", append,
@@ -71,3 +72,13 @@ def test_microvm_under_uniobs_run_answers_and_is_observed(tmp_path: Path) -> Non
     assert signals.events()[-1]["resource"]["service.name"] == "hello-node"
     assert signals.last("process.memory.usage") > 100 << 20  # QEMU holding a booted Linux and Node.js
     assert signals.last("process.cpu.time", cpu_mode="user") > 1.0  # TCG emulation is CPU work
+    # the cold-start trace, continued inside the guest (traceparent on the kernel command line)
+    spans = signals.spans()
+    [root] = [s for s in spans if s["name"] == "coldstart"]
+    assert "status" not in root or root["status"].get("code") != 2
+    ordered = sorted(spans, key=lambda s: int(s["startTimeUnixNano"]))
+    phases = [s["name"] for s in ordered if s["name"].startswith("coldstart.")]
+    assert phases[:3] == ["coldstart.vmm_spawn", "coldstart.guest_boot", "coldstart.app_init"]
+    assert "coldstart.readiness" in phases and "coldstart.first_request" in phases
+    [listen] = [s for s in spans if s["name"] == "app.listen"]
+    assert listen["traceId"] == root["traceId"] and listen["parentSpanId"] == root["spanId"]

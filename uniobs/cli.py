@@ -210,29 +210,86 @@ def scrape_once(
     "(default: its `ready` milestone).",
 )
 @click.option("--request", metavar="URL", help="Send this HTTP GET once ready and time it (the first request).")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option(
+    "--function", "definition", type=click.Path(dir_okay=False), help="A function definition (TOML) to launch."
+)
+@click.option(
+    "--as", "shrinkwrap", type=click.Choice(["unikernel", "container"]), help="With --function: which shrink-wrap."
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, quiet: bool,
-    cgroup: str | None, ready: str | None, request: str | None, command: tuple[str, ...],
+    cgroup: str | None, ready: str | None, request: str | None, definition: str | None, shrinkwrap: str | None,
+    command: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Run COMMAND and observe it until it exits: a unikernel (qemu-system-*, solo5-hvt), a container
-    (runc run, crun run, podman run, docker run) or any command.
+    (runc run, crun run, podman run, docker run) or any command; or `--function F.toml --as KIND`.
 
     uniobs adds its own QMP sockets and a lossless console capture to a QEMU command, owns the
     hvt tender's and the container runtime's stdout and stderr, and exits with the command's
     exit status.
     """
+    env: dict[str, str] = {}
+    cwd = None
+    if definition is not None:
+        from uniobs import function as fn
+        from uniobs.accel import probe
+
+        if command:
+            raise click.UsageError("give either --function or a COMMAND, not both")
+        try:
+            fdef = fn.load_definition(definition)
+            kind = shrinkwrap or next(iter(fdef.wraps))
+            if kind not in fdef.wraps:
+                raise fn.DefinitionError(f"{fdef.path}: no [{kind}] table (it has: {', '.join(fdef.wraps)})")
+            wrap = fdef.wraps[kind]
+            fn.ensure_built(fdef, wrap)
+            accel = probe().accel if kind == "unikernel" else "tcg"
+            inst = fn.instance(fdef, wrap, accel)
+        except (fn.DefinitionError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        command = tuple(fn.command_for(fdef, wrap, inst))
+        env = {k: inst.fill(v, fdef) for k, v in wrap.env.items()}
+        ready = ready or (inst.fill(fdef.ready, fdef) if fdef.ready else None)
+        request = request or (inst.fill(fdef.request, fdef) if fdef.request else None)
+        name = name or fdef.name
+        cwd = str(fdef.dir)
+    elif shrinkwrap is not None:
+        raise click.UsageError("--as goes with --function")
+    if not command:
+        raise click.UsageError("a COMMAND to run, or --function")
+    settings = load_settings(config_path)
+    info, described, function = launch(
+        settings, list(export), list(command), name=name, interval=interval, quiet=quiet, cgroup=cgroup,
+        ready=ready, request=request, env=env, cwd=cwd,
+    )  # fmt: skip
+    click.echo(
+        f"uniobs: {function} exited: {info.reason}"
+        + (f" (guest status {info.guest_exit_code})" if info.guest_exit_code is not None else "")
+        + f", status {info.status} -> "
+        + described,
+        err=True,
+    )
+    sys.exit(info.status)
+
+
+def launch(
+    settings: Settings, export: list[str], command: list[str], *, name: str | None = None, interval: float = 1.0,
+    quiet: bool = False, cgroup: str | None = None, ready: str | None = None, request: str | None = None,
+    env: dict[str, str] | None = None, cwd: str | None = None,
+) -> tuple[Any, str, str]:  # fmt: skip
+    """One observed launch; returns (exit info, where telemetry went, the function's name)."""
     import os
 
     from uniobs.launch import LaunchError, plan_launch
     from uniobs.pipeline import Pipeline
+    from uniobs.probes import ProbeError
     from uniobs.runner import Runner, default_rundir
 
-    settings = load_settings(config_path)
-    specs = list(export) or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
+    specs = export or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
     rundir = default_rundir()
     try:
-        plan = plan_launch(list(command), rundir, "vm")
+        plan = plan_launch(command, rundir, "vm")
         pipeline = Pipeline(settings, export=specs)
     except (ConfigError, PluginError, LaunchError) as exc:
         os.rmdir(rundir)
@@ -241,19 +298,17 @@ def run(
         log.info("%s", note)
     if plan.container_id is not None:
         default = plan.container_id
-    elif plan.cidfile is not None and plan.kernel:  # podman/docker: the image's name, without registry or tag
+    elif plan.cidfile is not None and plan.kernel:  # podman/docker: the image's name, no registry or tag
         default = plan.kernel.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
     else:
         default = os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
     function = name or default
     if cgroup == "auto":
         cgroup = f"/uniobs/{function}-{os.path.basename(rundir)}"
-    from uniobs.probes import ProbeError
-
     try:
         runner = Runner(
-            pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir, cgroup=cgroup,
-            ready=ready, request=request,
+            pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir,
+            cgroup=cgroup, ready=ready, request=request, env=env, cwd=cwd,
         )  # fmt: skip
     except ProbeError as exc:
         pipeline.close(1)
@@ -265,14 +320,7 @@ def run(
         raise click.ClickException(f"cannot run {command[0]}: {exc}") from None
     pipeline.flush(10)
     pipeline.close(5)
-    click.echo(
-        f"uniobs: {function} exited: {info.reason}"
-        + (f" (guest status {info.guest_exit_code})" if info.guest_exit_code is not None else "")
-        + f", status {info.status} -> "
-        + ", ".join(pipeline.describe_exporters()),
-        err=True,
-    )
-    sys.exit(info.status)
+    return info, ", ".join(pipeline.describe_exporters()), function
 
 
 @main.command()

@@ -178,6 +178,8 @@ class Runner:
         cgroup: str | None = None,
         ready: str | None = None,
         request: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.plan = plan
@@ -208,6 +210,8 @@ class Runner:
         self._probe_runner: ProbeRunner | None = None
         self._coldstart_done = False
         self._env: dict[str, str] | None = None
+        self.extra_env = dict(env or {})  # for the function (containers, processes)
+        self.cwd = cwd  # where the command runs (a function definition's folder)
 
     def lifecycle(
         self, name: str, time_ns: int, severity: Severity = Severity.INFO, attributes: Attributes = (),
@@ -258,7 +262,7 @@ class Runner:
         is_container = plan.runtime in CONTAINER_RUNTIMES
         proc = subprocess.Popen(
             argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None,
-            stderr=subprocess.PIPE if is_container else None, env=self._env,
+            stderr=subprocess.PIPE if is_container else None, env=self._env, cwd=self.cwd,
         )  # fmt: skip
         self.coldstart.mark("exec", self.exec_ns)
         console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
@@ -393,13 +397,14 @@ class Runner:
                 argv += ["-append", f"traceparent={tp}"]
         elif plan.runtime == "solo5-hvt":
             argv.append(f"traceparent={tp}")
-        elif plan.runtime in ("podman", "docker"):
+        env = {**self.extra_env, "TRACEPARENT": tp}
+        if plan.runtime in ("podman", "docker"):
             at = argv.index("run") + 1
-            argv[at:at] = ["-e", f"TRACEPARENT={tp}"]
+            argv[at:at] = [word for k, v in env.items() for word in ("-e", f"{k}={v}")]
         elif plan.runtime in ("runc", "crun"):
-            argv = _bundle_with_env(argv, plan, rundir, {"TRACEPARENT": tp})
-        else:
-            self._env = {**os.environ, "TRACEPARENT": tp}
+            argv = _bundle_with_env(argv, plan, rundir, env, self.cwd)
+        elif plan.runtime not in ("qemu", "solo5-hvt"):
+            self._env = {**os.environ, **env}
         return argv
 
     def _console_probe(self) -> bool:
@@ -600,12 +605,14 @@ class Runner:
         return ExitInfo(returncode, reason, returncode, guest_exit_code=guest_code, attributes=attrs)
 
 
-def _bundle_with_env(argv: list[str], plan: LaunchPlan, rundir: str, env: dict[str, str]) -> list[str]:
+def _bundle_with_env(
+    argv: list[str], plan: LaunchPlan, rundir: str, env: dict[str, str], cwd: str | None = None
+) -> list[str]:
     """runc/crun read the environment from the bundle's config.json: run a copy of the bundle's
     config (root file system still the original's) with the variables added."""
     import json
 
-    bundle = plan.kernel or "."
+    bundle = os.path.join(cwd or os.getcwd(), plan.kernel or ".")
     try:
         with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
             config = json.load(f)

@@ -1,0 +1,204 @@
+"""Function definitions: one function, and how to launch it in each shrink-wrap it is compared in.
+
+    name = "hello-node"
+    ready = "http://127.0.0.1:{port}/=200"      # probe: tcp:, http://, console:
+    request = "http://127.0.0.1:{port}/"        # optional: the first request, timed
+
+    [load]                                       # optional: requests sent once ready
+    url = "http://127.0.0.1:{port}/"
+    requests = 200
+    concurrency = 4
+
+    [unikernel]
+    build = ["make", "-C", "unikernel"]          # run when an image file is missing
+    image = ["unikernel/build/vmlinux", "unikernel/build/initramfs.cpio.gz"]
+    boot_args = ["python3", "unikernel/boot_args.py"]   # stdout fills {boot_args}
+    command = ["qemu-system-x86_64", "-accel", "{accel}", ..., "-append", "{boot_args}"]
+
+    [container]
+    build = ["make", "-C", "container"]
+    image = ["container/build/bundle/rootfs"]
+    command = ["runc", "run", "--bundle", "container/build/bundle-hostnet", "{id}"]
+    env = { PORT = "{port}" }                    # passed to the function (bundle copy, -e)
+
+Placeholders: `{port}` (a free loopback port, new for each launch), `{accel}` (KVM or TCG, by a
+real probe boot), `{id}` (a unique instance id), `{boot_args}`, `{dir}` (the definition's
+folder). Relative paths in `image`, `build` and `command` are relative to the definition's
+folder, which is also the working directory of the commands. Commands are argument lists, never
+shell strings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SHRINKWRAPS = ("unikernel", "container")
+
+
+class DefinitionError(ValueError):
+    """A function definition that cannot be used; str() names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Wrap:
+    """One shrink-wrap of the function."""
+
+    shrinkwrap: str
+    command: tuple[str, ...]
+    image: tuple[str, ...] = ()
+    build: tuple[str, ...] = ()
+    boot_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Load:
+    url: str
+    requests: int = 100
+    concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class FunctionDef:
+    name: str
+    path: Path
+    wraps: dict[str, Wrap]
+    ready: str | None = None
+    request: str | None = None
+    load: Load | None = None
+    description: str = ""
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DefinitionError(f"{where}: expected a list of strings")
+    return tuple(value)
+
+
+def load_definition(path: str | os.PathLike[str]) -> FunctionDef:
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DefinitionError(f"{path}: no such file") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DefinitionError(f"{path}: {exc}") from None
+    known = {"name", "description", "ready", "request", "load", *SHRINKWRAPS}
+    for key in raw:
+        if key not in known:
+            raise DefinitionError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(f"{path}: name: required, a string")
+    wraps = {}
+    for kind in SHRINKWRAPS:
+        table = raw.get(kind)
+        if table is None:
+            continue
+        where = f"{path}: [{kind}]"
+        if not isinstance(table, dict):
+            raise DefinitionError(f"{where}: must be a table")
+        for key in table:
+            if key not in ("command", "image", "build", "boot_args", "env", "label"):
+                raise DefinitionError(f"{where}: unknown key {key!r}")
+        if "command" not in table:
+            raise DefinitionError(f"{where}: command: required")
+        env = table.get("env", {})
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise DefinitionError(f"{where} env: expected a table of strings")
+        wraps[kind] = Wrap(
+            kind,
+            _strings(table["command"], f"{where} command"),
+            _strings(table.get("image", []), f"{where} image"),
+            _strings(table.get("build", []), f"{where} build"),
+            _strings(table.get("boot_args", []), f"{where} boot_args"),
+            dict(env),
+            str(table.get("label", "")),
+        )
+    if not wraps:
+        raise DefinitionError(f"{path}: no [unikernel] or [container] table: nothing to run")
+    load = None
+    if "load" in raw:
+        table = raw["load"]
+        if not isinstance(table, dict) or not isinstance(table.get("url"), str):
+            raise DefinitionError(f"{path}: [load] url: required, a string")
+        requests, concurrency = table.get("requests", 100), table.get("concurrency", 4)
+        if not (isinstance(requests, int) and requests > 0 and isinstance(concurrency, int) and 0 < concurrency <= 64):
+            raise DefinitionError(f"{path}: [load] requests > 0 and 1 <= concurrency <= 64")
+        load = Load(table["url"], requests, concurrency)
+    for key in ("ready", "request"):
+        if key in raw and not isinstance(raw[key], str):
+            raise DefinitionError(f"{path}: {key}: expected a string")
+    return FunctionDef(name, path, wraps, raw.get("ready"), raw.get("request"), load, str(raw.get("description", "")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Instance:
+    """One launch's concrete values."""
+
+    port: int
+    id: str
+    accel: str
+    boot_args: str = ""
+
+    def fill(self, text: str, definition: FunctionDef) -> str:
+        return (
+            text.replace("{port}", str(self.port))
+            .replace("{id}", self.id)
+            .replace("{accel}", self.accel)
+            .replace("{boot_args}", self.boot_args)
+            .replace("{dir}", str(definition.dir))
+        )
+
+
+def ensure_built(definition: FunctionDef, wrap: Wrap) -> None:
+    """Run the wrap's build command when any image file is missing."""
+    missing = [p for p in wrap.image if not (definition.dir / p).exists()]
+    if not missing or not wrap.build:
+        if missing:
+            raise DefinitionError(f"{definition.path}: [{wrap.shrinkwrap}] image missing and no build: {missing}")
+        return
+    result = subprocess.run(list(wrap.build), cwd=definition.dir, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        raise DefinitionError(f"[{wrap.shrinkwrap}] build failed ({' '.join(wrap.build)}): " + " | ".join(tail))
+
+
+def instance(definition: FunctionDef, wrap: Wrap, accel: str) -> Instance:
+    inst = Instance(free_port(), f"{definition.name}-{secrets.token_hex(4)}", accel)
+    if wrap.boot_args:
+        args = [inst.fill(a, definition) for a in wrap.boot_args]
+        if args and args[0] == "python3":
+            args[0] = sys.executable
+        out = subprocess.run(args, cwd=definition.dir, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise DefinitionError(f"[{wrap.shrinkwrap}] boot_args failed: {out.stderr.strip()[-300:]}")
+        inst.boot_args = out.stdout.strip()
+    return inst
+
+
+def command_for(definition: FunctionDef, wrap: Wrap, inst: Instance) -> list[str]:
+    return [inst.fill(a, definition) for a in wrap.command]
+
+
+def image_paths(definition: FunctionDef, wrap: Wrap) -> list[str]:
+    return [str(definition.dir / p) for p in wrap.image]
