@@ -24,6 +24,7 @@ bench:
 	$(PY) bench/console_bench.py
 	$(PY) bench/vmm_bench.py
 	$(PY) bench/cgroup_bench.py
+	$(PY) bench/coldstart_bench.py
 
 guests:
 	$(MAKE) -C examples/minikernel
@@ -34,8 +35,9 @@ describe:
 
 demo:
 	mkdir -p out
-	$(UNIOBS) scrape-once --export console --export file:out/telemetry.jsonl > out/console.txt
-	@echo "console output: out/console.txt; every signal as OTLP JSON lines: out/telemetry.jsonl"
+	$(UNIOBS) compare examples/hello-node/function.toml --runs 3 --out out/compare
+	@echo "the comparison: out/compare/report.html (open it in a browser), report.md, results.json;"
+	@echo "every signal of every run as OTLP JSON lines: out/compare/telemetry.jsonl"
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: no backend needed. Telemetry goes to the console and to
-# out/telemetry.jsonl (OTLP JSON lines).
+# The main job on the embedded default, no backend needed: the seed function (Node.js "Hello
+# World") as a unikernel and as a container, compared on this host. Builds the example images
+# first if they are missing. Prints the table; writes out/compare/report.html, report.md,
+# results.json and every signal as OTLP JSON lines (out/compare/telemetry.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

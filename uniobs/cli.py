@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -445,6 +447,65 @@ def parse(config_path: str | None, export: tuple[str, ...], family: str | None, 
     pipeline.flush(10)
     pipeline.close(5)
     click.echo("exported -> " + ", ".join(pipeline.describe_exporters()))
+
+
+@main.command()
+@config_options
+@click.argument("definition", required=False, type=click.Path(dir_okay=False))
+@click.option("--runs", "-N", default=3, show_default=True, help="Cold starts per shrink-wrap (interleaved).")
+@click.option("--out", "out_dir", default="uniobs-compare", show_default=True, type=click.Path(file_okay=False),
+              help="Where report.md, report.html and results.json go.")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results here.")
+@click.option("--from", "from_path", type=click.Path(dir_okay=False, exists=True),
+              help="Render a results file again instead of measuring.")  # fmt: skip
+@click.option("--diff", "diff_paths", nargs=2, type=click.Path(dir_okay=False, exists=True),
+              help="Compare two results files (before, after).")  # fmt: skip
+@click.option("--idle", "idle_s", default=2.0, show_default=True, help="Seconds of idle measurement per run.")
+@click.option("--color/--no-color", default=None, help="Colour the table (default: when stdout is a terminal).")
+def compare(
+    config_path: str | None, export: tuple[str, ...], definition: str | None, runs: int, out_dir: str,
+    json_path: str | None, from_path: str | None, diff_paths: tuple[str, str] | None, idle_s: float,
+    color: bool | None,
+) -> None:  # fmt: skip
+    """Measure one function as a unikernel and as a container on this host, side by side: image size,
+    cold start, memory and CPU at idle and under load, attack surface, observability coverage."""
+    from uniobs import report
+    from uniobs.results import ResultsError, dump, load
+
+    use_color = sys.stdout.isatty() if color is None else color
+    try:
+        if diff_paths:
+            click.echo(report.diff(load(diff_paths[0]), load(diff_paths[1])))
+            return
+        if from_path:
+            results = load(from_path)
+        else:
+            if definition is None:
+                raise click.UsageError("a FUNCTION.toml to compare, or --from / --diff")
+            if runs < 1:
+                raise click.UsageError("--runs: at least 1")
+            from uniobs import compare as cmp
+            from uniobs import function as fn
+
+            try:
+                fdef = fn.load_definition(definition)
+            except fn.DefinitionError as exc:
+                raise click.ClickException(str(exc)) from None
+            settings = load_settings(config_path)
+            specs = list(export) or list(settings.core.export) or [f"file:{out_dir}/telemetry.jsonl"]
+            os.makedirs(out_dir, exist_ok=True)
+            try:
+                results = cmp.Comparison(fdef, runs, specs, settings, cmp.progress_printer(), idle_s).run()
+            except (fn.DefinitionError, ConfigError, PluginError) as exc:
+                raise click.ClickException(str(exc)) from None
+    except ResultsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.terminal_table(results, use_color), color=use_color)
+    paths = report.write_reports(results, out_dir)
+    if json_path:
+        dump(results, json_path)
+        paths["json"] = Path(json_path)
+    click.echo("reports: " + ", ".join(str(p) for p in paths.values()), err=True)
 
 
 def _read_bytes(path: str) -> bytes:

@@ -308,7 +308,10 @@ class Runner:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
 
-        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        self.proc = proc
+        main_thread = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
+        old = {s: signal.signal(s, forward) for s in signals}
         try:
             self._observe(proc)
         finally:
@@ -382,6 +385,17 @@ class Runner:
             self._reap_if_stuck(proc)
             if not self._coldstart_done and self._coldstart_complete():
                 self._finish_coldstart(time.monotonic_ns())
+
+    def stop(self) -> None:
+        """Ask the launched command to end (SIGTERM): what `uniobs compare` does after measuring."""
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+
+    @property
+    def coldstart_done(self) -> bool:
+        return self._coldstart_done
 
     # -- the cold-start trace
 
