@@ -89,9 +89,12 @@ def lookup(side: Mapping[str, Any], path: str) -> Any:
     return node
 
 
-def coverage(side: Mapping[str, Any]) -> int:
-    """How many kinds of signal uniobs obtained: metrics, logs, each trace phase, guest spans/metrics."""
-    obs = side.get("observability") or {}
+def coverage(side: Mapping[str, Any]) -> int | None:
+    """How many kinds of signal uniobs obtained: metrics, logs, each trace phase, guest spans/metrics
+    (None when the side has no observability figures at all)."""
+    obs = side.get("observability")
+    if not obs:
+        return None
     return (
         (1 if obs.get("metrics") else 0)
         + (1 if obs.get("logs") else 0)
