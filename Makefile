@@ -25,6 +25,7 @@ bench:
 	$(PY) bench/vmm_bench.py
 	$(PY) bench/cgroup_bench.py
 	$(PY) bench/coldstart_bench.py
+	$(PY) bench/agent_bench.py
 
 guests:
 	$(MAKE) -C examples/minikernel

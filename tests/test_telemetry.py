@@ -203,7 +203,7 @@ def test_log_buffer_is_bounded_and_drops_are_counted() -> None:
 def test_a_failing_exporter_does_not_stop_the_others_and_its_loss_is_counted() -> None:
     good = MemoryMetrics()
     bad = Failing()
-    t = Telemetry([("bad", ExporterSinks(metrics=bad)), ("good", ExporterSinks(metrics=good))])
+    t = Telemetry([("bad", ExporterSinks(metrics=bad)), ("good", ExporterSinks(metrics=good))], retry_initial=0)
     t.declare([GAUGE], scope="test")
     t.record(VM, [Sample("test.level", 3)])
     t.flush(5)
@@ -247,3 +247,54 @@ def test_queue_is_bounded_and_drops_oldest() -> None:
     assert delivered[-1] == 5  # the newest data survives
     assert len(slow.batches) <= 4
     t.shutdown(2)
+
+
+def test_a_failed_export_is_retried_with_back_off_and_nothing_is_lost() -> None:
+    class Flaky(MemoryMetrics):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attempts = 0
+
+        def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> MetricExportResult:
+            self.attempts += 1
+            if self.attempts <= 2:
+                return MetricExportResult.FAILURE
+            return super().export(metrics_data)
+
+    flaky = Flaky()
+    t = Telemetry([("flaky", ExporterSinks(metrics=flaky))], retry_initial=0.05, retry_max=0.1)
+    t.declare([GAUGE], scope="test")
+    t.record(VM, [Sample("test.level", 1)])
+    assert t.flush(5)
+    stats = t.stats()["flaky"]
+    assert flaky.attempts == 3 and len(flaky.batches) == 1  # the same batch, delivered on the third try
+    assert stats.dropped["metrics"] == 0 and stats.failed["metrics"] == 2 * stats.sent["metrics"]
+    assert stats.healthy
+    t.shutdown(2)
+
+
+def test_the_queue_is_bounded_by_items_and_the_loss_is_exact() -> None:
+    class Down(MemoryMetrics):
+        def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> MetricExportResult:
+            return MetricExportResult.FAILURE
+
+    t = Telemetry([("down", ExporterSinks(metrics=Down()))], queue_max_items=50, retry_initial=0.05)
+    t.declare([GAUGE], scope="test")
+    worker = t.workers[0]
+    submitted = 0
+    submit = worker.submit
+
+    def counting(signal: str, payload: Any, items: int) -> None:
+        nonlocal submitted
+        submitted += items
+        submit(signal, payload, items)
+
+    worker.submit = counting  # type: ignore[method-assign]
+    for i in range(20):
+        t.record(VM, [Sample("test.level", i)])
+        t.flush(0)
+        assert worker.queued_items() <= 50  # bounded memory
+    t.shutdown(0.2)
+    stats = t.stats()["down"]
+    assert stats.sent["metrics"] == 0 and submitted > 50
+    assert stats.dropped["metrics"] == submitted  # the backend never answered: exactly everything is lost

@@ -508,6 +508,22 @@ def compare(
     click.echo("reports: " + ", ".join(str(p) for p in paths.values()), err=True)
 
 
+@main.command()
+@config_options
+def agent(config_path: str | None, export: tuple[str, ...]) -> None:
+    """Run the long-running host collector: discover every workload (QEMU, hvt, containers), scrape
+    them, stream their consoles, export; a health endpoint on loopback; SIGTERM flushes, SIGHUP reloads."""
+    from uniobs.agent import Agent
+
+    try:
+        runner = Agent(config_path, list(export) or None)
+    except (ConfigError, PluginError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    where = f"health http://{runner.config.health}/healthz" if runner.health is not None else "no health endpoint"
+    click.echo(f"uniobs agent: exporting to {', '.join(runner.pipeline.describe_exporters())}; {where}", err=True)
+    sys.exit(runner.run())
+
+
 def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:

@@ -47,7 +47,10 @@ class CoreConfig(PluginConfig):
     interval: float = 10.0  # default scrape interval, seconds, for collectors that set none
     export: tuple[str, ...] = ()  # exporter specs, as for --export
     export_interval: float = 10.0  # seconds between exports of accumulated telemetry
-    queue_batches: int = 64  # per exporter and signal: batches held while a backend is slow
+    queue_batches: int = 64  # per exporter: batches held while a backend is slow or down
+    queue_max_items: int = 200_000  # per exporter: data points + log records + spans held (memory bound)
+    retry_initial: float = 1.0  # seconds before retrying a failed export; doubles each time (0: no retry)
+    retry_max: float = 30.0  # the longest back-off between retries
     max_log_records: int = 100_000  # log records buffered between exports; oldest dropped first
     max_log_bytes: int = 64 << 20  # and their bodies' total size, so a flood of long lines is bounded too
     service_name: str = ""  # uniobs' own resource; OTEL_SERVICE_NAME when empty, then "uniobs"
@@ -55,8 +58,10 @@ class CoreConfig(PluginConfig):
     def validate(self) -> None:
         if self.interval <= 0 or self.export_interval <= 0:
             raise ValueError("interval: must be > 0 seconds")
-        if self.queue_batches < 1 or self.max_log_records < 1 or self.max_log_bytes < 1:
-            raise ValueError("queue_batches: must be >= 1")
+        if self.queue_batches < 1 or self.max_log_records < 1 or self.max_log_bytes < 1 or self.queue_max_items < 1:
+            raise ValueError("queue_batches, queue_max_items, max_log_records, max_log_bytes: must be >= 1")
+        if self.retry_initial < 0 or self.retry_max < 0:
+            raise ValueError("retry_initial, retry_max: must be >= 0 seconds")
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Settings:
     core: CoreConfig = field(default_factory=CoreConfig)
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw tables, checked later
     exporters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # tables a command owns, e.g. [agent]
 
     def collector_config(self, name: str, cls: type[C]) -> C:
         return build(cls, self.collectors.get(name, {}), f"{self.source}: [collectors.{name}]")
@@ -179,6 +185,7 @@ def load(
     path: str | os.PathLike[str] | None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    extra_tables: tuple[str, ...] = (),
 ) -> Settings:
     """Read the TOML file (if any), apply environment and flag overrides, check the core table.
 
@@ -199,12 +206,14 @@ def load(
     raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
     if overrides:
         raw = _merge(raw, {"uniobs": dict(overrides)})
+    known = ("uniobs", "collectors", "exporters", *extra_tables)
     for key, value in raw.items():
-        if key not in ("uniobs", "collectors", "exporters"):
-            raise ConfigError(f"{source}: unknown table [{key}] (known: uniobs, collectors, exporters)")
+        if key not in known:
+            raise ConfigError(f"{source}: unknown table [{key}] (known: {', '.join(known)})")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: [{key}] must be a table")
     settings = Settings(source=source)
+    settings.extra = {key: dict(raw[key]) for key in extra_tables if key in raw}
     settings.core = build(CoreConfig, raw.get("uniobs", {}), f"{source}: [uniobs]")
     for section in ("collectors", "exporters"):
         tables = raw.get(section, {})

@@ -170,16 +170,28 @@ _OK = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResu
 class ExportWorker:
     """Delivers batches to one exporter on its own thread, through a bounded queue.
 
-    When the queue is full the oldest batch is dropped and its items counted as dropped: the
-    newest data is the most useful after an outage, and memory stays bounded.
+    A failed delivery is retried, the batch kept at the head of the queue, after a back-off that
+    doubles from `retry_initial` to `retry_max` seconds (0 disables retries: the batch is lost).
+    The queue is bounded by batches and by items (data points, log records, spans): when full,
+    the oldest batch is dropped — the newest data is the most useful after an outage — and its
+    items counted. `dropped` is exactly what never reached the backend; `failed` counts items of
+    failed attempts (a retried batch counts again).
     """
 
-    def __init__(self, name: str, sinks: ExporterSinks, max_batches: int) -> None:
+    def __init__(
+        self, name: str, sinks: ExporterSinks, max_batches: int, max_items: int = 200_000,
+        retry_initial: float = 1.0, retry_max: float = 30.0,
+    ) -> None:  # fmt: skip
         self.name = name
         self.sinks = sinks
         self.stats = ExporterStats()
         self._queue: deque[tuple[str, Any, int]] = deque()
+        self._items = 0
         self._max = max_batches
+        self._max_items = max_items
+        self._retry_initial = retry_initial
+        self._retry_max = max(retry_max, retry_initial)
+        self._backoff = 0.0
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
@@ -193,15 +205,24 @@ class ExportWorker:
             if self._closed:
                 self.stats.dropped[signal] += items
                 return
-            while len(self._queue) >= self._max:
-                old_signal, _, old_items = self._queue.popleft()
-                self.stats.dropped[old_signal] += old_items
+            while self._queue and (len(self._queue) >= self._max or self._items + items > self._max_items):
+                self._drop_oldest()
             self._queue.append((signal, payload, items))
+            self._items += items
             self._cond.notify_all()
+
+    def _drop_oldest(self) -> None:
+        old_signal, _, old_items = self._queue.popleft()
+        self._items -= old_items
+        self.stats.dropped[old_signal] += old_items
 
     def depth(self) -> int:
         with self._cond:
             return len(self._queue)
+
+    def queued_items(self) -> int:
+        with self._cond:
+            return self._items
 
     def _sink(self, signal: str) -> Any:
         return {"metrics": self.sinks.metrics, "logs": self.sinks.logs, "traces": self.sinks.spans}[signal]
@@ -213,7 +234,7 @@ class ExportWorker:
                     self._cond.wait()
                 if not self._queue:
                     return
-                signal, payload, items = self._queue.popleft()
+                signal, payload, items = self._queue[0]  # stays queued until delivered or given up
                 self._busy = True
             try:
                 result = self._sink(signal).export(payload)
@@ -222,36 +243,55 @@ class ExportWorker:
                 error = f"{type(exc).__name__}: {exc}"
             with self._cond:
                 self._busy = False
+                head = self._queue[0] if self._queue else None
+                still_head = head is not None and head[1] is payload
                 if error:
                     self.stats.failed[signal] += items
+                    retry = self._retry_initial > 0 and not self._closed
                     if self.stats.healthy or error != self.stats.last_error:
-                        log.error("exporter %s: %s lost (%d items): %s", self.name, signal, items, error)
+                        what = "retrying with back-off" if retry else f"lost ({items} items)"
+                        log.error("exporter %s: %s export failed, %s: %s", self.name, signal, what, error)
                     self.stats.healthy = False
                     self.stats.last_error = error
+                    if not retry and still_head:
+                        self._queue.popleft()
+                        self._items -= items
+                        self.stats.dropped[signal] += items
+                    elif retry:
+                        self._backoff = min(self._retry_max, self._backoff * 2 or self._retry_initial)
+                        self._cond.notify_all()
+                        self._cond.wait(self._backoff)  # woken early by close()
                 else:
+                    if still_head:
+                        self._queue.popleft()
+                        self._items -= items
                     self.stats.sent[signal] += items
                     if not self.stats.healthy:
                         log.warning("exporter %s: delivering again", self.name)
                     self.stats.healthy = True
+                    self._backoff = 0.0
                 self._cond.notify_all()
 
     def drain(self, deadline: float) -> bool:
-        """Wait until everything submitted so far is delivered or failed; False on timeout."""
+        """Wait until everything submitted so far is delivered (or lost); False on timeout."""
         with self._cond:
             while self._queue or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._cond.wait(min(left, 0.1))
             return True
 
     def close(self, deadline: float) -> None:
         self.drain(deadline)
         with self._cond:
             self._closed = True
+            while self._busy and time.monotonic() < deadline + 1:
+                self._cond.wait(0.1)
             for signal, _, items in self._queue:
                 self.stats.dropped[signal] += items
             self._queue.clear()
+            self._items = 0
             self._cond.notify_all()
         for sink in (self.sinks.metrics, self.sinks.logs, self.sinks.spans):
             if sink is None:
@@ -274,6 +314,9 @@ class Telemetry:
         *,
         service_name: str = "",
         queue_batches: int = 64,
+        queue_max_items: int = 200_000,
+        retry_initial: float = 1.0,
+        retry_max: float = 30.0,
         max_log_records: int = 100_000,
         max_log_bytes: int = 64 << 20,
         strict: bool = False,
@@ -295,7 +338,10 @@ class Telemetry:
         self._spans: list[ReadableSpan] = []
         self._ending: list[_WorkloadState] = []  # forgotten, not yet exported a last time
         self._rejected: dict[str, int] = {}
-        self.workers = [ExportWorker(name, sinks, queue_batches) for name, sinks in exporters]
+        self.workers = [
+            ExportWorker(name, sinks, queue_batches, queue_max_items, retry_initial, retry_max)
+            for name, sinks in exporters
+        ]
         self._self_scope = InstrumentationScope("uniobs", __version__)
         self.declare(SELF_METRICS, scope="uniobs")
 
