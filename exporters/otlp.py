@@ -27,6 +27,7 @@ class OtlpConfig(PluginConfig):
     client_certificate: str | None = None
     timeout: float | None = None  # seconds per export, retries included
     compression: str | None = None  # gzip, deflate or none
+    max_export_batch_size: int = 5000  # data points per request: many workloads exceed a receiver's 4 MiB
 
     def validate(self) -> None:
         if self.endpoint is not None:
@@ -50,6 +51,8 @@ class OtlpConfig(PluginConfig):
             raise ValueError(f"compression: must be one of {', '.join(_COMPRESSIONS)}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError("timeout: must be > 0 seconds")
+        if self.max_export_batch_size < 1:
+            raise ValueError("max_export_batch_size: must be >= 1")
 
 
 def _read(path: str | None) -> bytes | None:
@@ -104,7 +107,7 @@ class OtlpGrpcExporter(_OtlpBase):
             "compression": self._compression(),
         }
         return ExporterSinks(
-            metrics=OTLPMetricExporter(**kwargs),
+            metrics=OTLPMetricExporter(**kwargs, max_export_batch_size=c.max_export_batch_size),
             logs=OTLPLogExporter(**kwargs),
             spans=OTLPSpanExporter(**kwargs),
         )
@@ -147,7 +150,7 @@ class OtlpHttpExporter(_OtlpBase):
             }
 
         return ExporterSinks(
-            metrics=OTLPMetricExporter(**kwargs("metrics")),
+            metrics=OTLPMetricExporter(**kwargs("metrics"), max_export_batch_size=c.max_export_batch_size),
             logs=OTLPLogExporter(**kwargs("logs")),
             spans=OTLPSpanExporter(**kwargs("traces")),
         )

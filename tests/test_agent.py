@@ -205,3 +205,29 @@ def test_backend_outage_bounded_memory_exact_loss_and_resumed_export(tmp_path: P
     assert received_points == final["sent"]["metrics"]
     # so what did not arrive is exactly what the agent reports dropped:
     # produced = sent + dropped (nothing is queued after the SIGTERM flush)
+
+
+def test_sighup_reloads_the_configuration_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    first, second, port = tmp_path / "first.jsonl", tmp_path / "second.jsonl", free_port()
+    prom = free_port()
+    agent = start_agent(tmp_path, f"file:{first}", port)
+    config = tmp_path / "agent.toml"
+    text = config.read_text()
+    # the new file exports elsewhere, and opens a Prometheus endpoint the reload must rebind
+    config.write_text(
+        text.replace(f'export = ["file:{first}"]', f'export = ["file:{second}", "prometheus:127.0.0.1:{prom}"]')
+    )
+    agent.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (second.exists() and second.stat().st_size > 0):
+        time.sleep(0.2)
+    assert second.exists() and second.stat().st_size > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{prom}/metrics", timeout=5) as response:
+        assert b"uniobs_exporter_items_total" in response.read()
+    config.write_text("[uniobs]\nintervall = 3\n")  # a typo: refused, the running configuration stays
+    agent.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert agent.poll() is None and health(port)[0] == 200
+    agent.send_signal(signal.SIGHUP)  # and again: a second reload of a bad file changes nothing
+    final = stop_agent(agent)
+    assert "file" in final and "prometheus" in final

@@ -267,15 +267,21 @@ class Agent:
     def reload(self) -> None:
         try:
             settings, config = load_agent(self.config_path)
-            pipeline = self._pipeline(settings)
-        except (ConfigError, PluginError, OSError) as exc:
+        except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        # The old pipeline goes first: its listeners (a Prometheus port) must be free for the new.
         old = self.pipeline
         for workload in self.workloads.values():
             old.stop_streams(workload, timeout=0.5)
         old.flush(2.0)
         old.close(2.0)
+        try:
+            pipeline = self._pipeline(settings)
+        except (ConfigError, PluginError, OSError) as exc:
+            log.error("reload failed, back to the previous configuration: %s", exc)
+            settings, config = self.settings, self.config
+            pipeline = self._pipeline(settings)
         self.pipeline, self.settings = pipeline, settings
         if config.health != self.config.health:
             log.warning("health: a new address takes a restart; still serving %s", self.config.health)
