@@ -60,7 +60,9 @@ try:
 except ImportError:  # not a dependency: the structural checks still run
     yaml = None
 
-needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML is not importable (not a uniobs dependency)")
+needs_yaml = pytest.mark.skipif(
+    yaml is None, reason="PyYAML is not importable (install the test extra: pip install -e '.[test]')"
+)
 
 
 def yaml_files() -> list[Path]:
