@@ -265,7 +265,12 @@ class Runner:
             stderr=subprocess.PIPE if is_container else None, env=self._env, cwd=self.cwd,
         )  # fmt: skip
         self.coldstart.mark("exec", self.exec_ns)
-        console = f"fd:{proc.stdout.fileno()}" if proc.stdout is not None else f"fd:{fifo_reader}"
+        # The console capture owns (and closes) the descriptor it reads: give it its own copy and
+        # let go of Popen's file object now, or a later close of that object would close
+        # whatever file then has the same number (another launch's console).
+        console = f"fd:{_take_fd(proc, 'stdout')}" if proc.stdout is not None else f"fd:{fifo_reader}"
+        if self._console_plugin() is not None:
+            fifo_reader = None  # the capture owns it from here
         if is_container:
             workload = self._identify_container(proc, console)
         else:
@@ -585,7 +590,7 @@ class Runner:
             )
 
         mirror = sys.stderr.buffer if self.mirror_console else None
-        return ConsoleStream(f"fd:{proc.stderr.fileno()}", on_lines, mirror=mirror).start(self.pipeline.loop)
+        return ConsoleStream(f"fd:{_take_fd(proc, 'stderr')}", on_lines, mirror=mirror).start(self.pipeline.loop)
 
     def _exit_info(self, returncode: int) -> ExitInfo:
         attrs: dict[str, Any] = {"process.exit.code": returncode}
@@ -649,6 +654,15 @@ def _bundle_with_env(
     run = out.index("run")
     out[run + 1 : run + 1] = ["--bundle", copy]
     return out
+
+
+def _take_fd(proc: subprocess.Popen[bytes], stream: str) -> int:
+    """A duplicate of the child's stdout/stderr pipe for the capture, Popen's own copy closed."""
+    pipe = getattr(proc, stream)
+    fd = os.dup(pipe.fileno())
+    pipe.close()
+    setattr(proc, stream, None)
+    return fd
 
 
 def _signal_name(number: int) -> str:
