@@ -116,7 +116,11 @@ def fmt_value(value: Any, unit: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return f"{len(value)}: {', '.join(str(v) for v in value)}" if value else "0"
+        if not value:
+            return "0"
+        names = ", ".join(str(v) for v in value)
+        # a table cell stays narrow: the full list is in results.json
+        return f"{len(value)}: {names if len(names) <= 40 else names[:39] + '…'}"
     if not isinstance(value, int | float) or not math.isfinite(value):
         return str(value)
     if unit == "bytes":
