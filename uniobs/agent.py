@@ -109,7 +109,6 @@ class Agent:
         self._failing_since: dict[str, float] = {}
         self._containers: Any = None
         self.health = Health(self.config.health, self.status) if self.config.health else None
-        self.discoveries = 0
         self._stream_retries: dict[tuple[str, str, str], int] = {}  # consoles not reachable yet
 
     def _pipeline(self, settings: Settings) -> Pipeline:
@@ -168,7 +167,6 @@ class Agent:
         return list(unique.values())[: self.config.max_workloads]
 
     def reconcile(self) -> None:
-        self.discoveries += 1
         current = {w.key: w for w in self.discover()}
         now = time.monotonic_ns()
         for key in [k for k in self.workloads if k not in current]:

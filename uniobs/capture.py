@@ -120,51 +120,43 @@ class ConsoleStream:
         if lines:
             self._on_lines(lines)
 
-    def _readable(self, fd: int, arrival_ns: int) -> bool:
-        for _ in range(READS_PER_WAKEUP):
+    def _read(self, fd: int, arrival_ns: int, limit: int) -> str:
+        """Read and deliver up to `limit` chunks: "more" (limit reached), "again" (nothing more to
+        read now), "eof", or "error". Later reads in one call arrived later: restamped."""
+        for _ in range(limit):
             try:
                 chunk = os.read(fd, READ_SIZE)
             except BlockingIOError:
-                return True
+                return "again"
             except OSError as exc:
                 if exc.errno == errno.EIO:  # a pty whose other side closed
-                    chunk = b""
-                else:
-                    log.warning("console %s: read failed: %s", self.source, exc)
-                    chunk = b""
+                    return "eof"
+                log.warning("console %s: read failed: %s", self.source, exc)
+                return "error"
             if not chunk:
-                self._end()
-                return False
+                return "eof"
             self._deliver(chunk, arrival_ns)
-            arrival_ns = time.monotonic_ns()  # later reads in this wakeup arrived later
-        return True
+            arrival_ns = time.monotonic_ns()
+        return "more"
+
+    def _readable(self, fd: int, arrival_ns: int) -> bool:
+        if self._read(fd, arrival_ns, READS_PER_WAKEUP) in ("more", "again"):
+            return True
+        self._end()
+        return False
 
     def _poll_file(self, now_ns: int) -> bool:
         if self._fd is None:
             return False
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                chunk = os.read(self._fd, READ_SIZE)
-            except OSError as exc:
-                log.warning("console %s: read failed: %s", self.source, exc)
-                self._end()
-                return False
-            if not chunk:
-                return not self.ended
-            self._deliver(chunk, now_ns)
-            now_ns = time.monotonic_ns()
-        return True
+        if self._read(self._fd, now_ns, READS_PER_WAKEUP) == "error":
+            self._end()
+            return False
+        return not self.ended  # end of a regular file: nothing new yet, not the end of the console
 
     def _drain(self) -> None:
         """Read what is left without waiting: the writer has exited or we are stopping."""
-        while self._fd is not None:
-            try:
-                chunk = os.read(self._fd, READ_SIZE)
-            except OSError:
-                break
-            if not chunk:
-                break
-            self._deliver(chunk, time.monotonic_ns())
+        while self._fd is not None and self._read(self._fd, time.monotonic_ns(), READS_PER_WAKEUP) == "more":
+            pass
         self._end()
 
     def _end(self) -> None:

@@ -198,7 +198,6 @@ class Runner:
         self._first_byte_logged = False
         self._stuck = False
         self._oom: Any = None  # an OomWatch on the container's memory cgroup
-        self._runtime_parent = False  # self.cgroup holds the container runtime, not the workload
         shrinkwrap = "container" if plan.runtime in CONTAINER_RUNTIMES else "unikernel"
         if plan.runtime == "process":
             shrinkwrap = "process"
@@ -248,7 +247,6 @@ class Runner:
             # runc/crun place a relative cgroupsPath under their own cgroup, in each hierarchy:
             # starting them in a cgroup of ours makes that one path in every controller.
             self.cgroup = f"/uniobs/{os.path.basename(rundir)}"
-            self._runtime_parent = True
         if self.cgroup is not None:
             from uniobs.cgroupfs import create_cgroup, detect_layout
 
@@ -373,7 +371,6 @@ class Runner:
         assert self.workload is not None
         export_every = self.pipeline.settings.core.export_interval
         next_export = time.monotonic() + export_every
-        first_byte_logged = False
         wait = 0.05  # a first scrape right after the spawn: short-lived guests get VMM stats too
         while True:
             try:
@@ -382,8 +379,8 @@ class Runner:
             except subprocess.TimeoutExpired:
                 wait = self.interval
             self.pipeline.scrape([self.workload])
-            if not first_byte_logged:
-                first_byte_logged = self._first_byte_logged = self._log_first_byte()
+            if not self._first_byte_logged:
+                self._first_byte_logged = self._log_first_byte()
             if time.monotonic() >= next_export:
                 self.pipeline.telemetry.flush(timeout=0.1)  # never block the watch on a backend
                 next_export = time.monotonic() + export_every
