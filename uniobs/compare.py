@@ -46,6 +46,7 @@ log = logging.getLogger("uniobs.compare")
 READY_TIMEOUT_S = 180.0
 IDLE_S = 2.0
 SAMPLE_S = 0.2
+LOAD_REQUEST_TIMEOUT_S = 30.0
 
 
 # --- what the telemetry covered ---------------------------------------------------------------
@@ -227,7 +228,9 @@ def _send_load(load: fn.Load, url: str) -> dict[str, Any]:
     started = time.monotonic()
 
     def one(_: int) -> bool:
-        return http_get(target.host, target.port, target.path) is not None
+        # a request of the load is not a probe: a slow answer (an emulated guest under load)
+        # is still an answer, so it gets far longer than a probe attempt before it counts as an error
+        return http_get(target.host, target.port, target.path, timeout=LOAD_REQUEST_TIMEOUT_S) is not None
 
     with concurrent.futures.ThreadPoolExecutor(load.concurrency) as pool:
         for ok in pool.map(one, range(load.requests)):

@@ -82,9 +82,11 @@ def attempt(probe: Probe) -> bool:
     return False
 
 
-def http_get(host: str, port: int, path: str, status: int | None = None) -> int | None:
+def http_get(
+    host: str, port: int, path: str, status: int | None = None, timeout: float = ATTEMPT_TIMEOUT_S
+) -> int | None:
     """GET once; the status if it is the expected one (any 2xx/3xx when none), else None."""
-    conn = http.client.HTTPConnection(host, port, timeout=ATTEMPT_TIMEOUT_S)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"User-Agent": "uniobs-probe"})
         response = conn.getresponse()
