@@ -26,7 +26,8 @@ from pathlib import Path
 from uniobs.config import Settings
 from uniobs.launch import plan_launch
 from uniobs.pipeline import Pipeline
-from uniobs.runner import Runner, default_rundir
+from uniobs.rundir import RunDir
+from uniobs.runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
@@ -64,12 +65,12 @@ def bare(append: str) -> float:
 
 def observed(append: str) -> tuple[float, float, float] | None:
     """(exec -> ready as uniobs saw it, host boot->ready, guest boot->ready)."""
-    rundir = default_rundir()
-    plan = plan_launch(qemu_argv(append), rundir, "vm")
-    pipeline = Pipeline(Settings(), export=[])
-    runner = Runner(pipeline, plan, "bench", rundir=rundir, mirror_console=False, interval=0.2)
-    runner.run()
-    pipeline.close(1)
+    with RunDir.create() as rundir:
+        plan = plan_launch(qemu_argv(append), rundir, "vm")
+        pipeline = Pipeline(Settings(), export=[])
+        runner = Runner(pipeline, plan, "bench", rundir=rundir, mirror_console=False, interval=0.2)
+        runner.run()
+        pipeline.close(1)
     cs = runner.coldstart
     guest = cs.guest_times
     if not {"ready", "boot", "exec"} <= set(cs.marks) or not {"ready", "boot"} <= set(guest):

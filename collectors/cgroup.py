@@ -17,6 +17,14 @@ Choices worth knowing:
 - Block I/O keeps at most `max_devices` devices per cgroup, admitted in the order first seen
   and kept for the cgroup's life (so series never swap devices); the rest add up into
   `system.device="other"`.
+- Each hierarchy is read at the workload's own path there (`Workload.cgroups`: a container's
+  memory cgroup may sit elsewhere than its cpu one). For a container or a VMM's cgroup, a mounted
+  v1 hierarchy with no directory at that path is reported as a gap (`gaps()`: logged once,
+  counted), since its figures should be there, but only while the cgroup holds a process: a
+  runtime deleting a container removes its hierarchies one at a time, which is churn, and a
+  directory can only be removed once its cgroup is empty. A plain host cgroup (`Kind.CGROUP`) is
+  often in some hierarchies only (systemd creates memory cgroups only for units with memory
+  accounting): no gap is reported for it.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from uniobs import cgroupfs
-from uniobs.model import AttributeValue, Instrument, MetricSpec, Sample, Workload
+from uniobs.model import AttributeValue, Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable
 
 CPU_MODE = "cpu.mode"
@@ -37,6 +45,15 @@ PRESSURE_RESOURCE = "uniobs.pressure.resource"
 PRESSURE_SCOPE = "uniobs.pressure.scope"
 
 OTHER_DEVICE = "other"
+
+# What is lost when a v1 hierarchy has no directory for a workload's cgroup (for gap reports).
+_FIGURES = {
+    "cpuacct": "container.cpu.time",
+    "cpu": "uniobs.container.cpu.throttling.*",
+    "memory": "container.memory.*, container.paging.faults, uniobs.container.memory.*",
+    "pids": "uniobs.container.pids.*",
+    "blkio": "container.disk.io, uniobs.container.disk.operations",
+}
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,8 @@ class CgroupCollector(Collector):
         self._layout: cgroupfs.CgroupLayout | None = None
         # per cgroup path: the devices with their own series, in admission order
         self._devices: dict[str, list[str]] = {}
+        # per workload: the gaps of the last collect(), until gaps() takes them
+        self._gaps: dict[tuple[str, str, str], list[str]] = {}
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.cgroup is not None
@@ -196,8 +215,38 @@ class CgroupCollector(Collector):
 
     def collect(self, workload: Workload) -> Iterable[Sample]:
         assert workload.cgroup is not None
-        stats = cgroupfs.read_stats(self.layout(), workload.cgroup, io=self.config.io, pressure=self.config.pressure)
+        layout = self.layout()
+        stats = cgroupfs.read_stats(
+            layout, workload.cgroup, io=self.config.io, pressure=self.config.pressure, paths=workload.cgroups
+        )
+        if stats.absent and workload.kind is not Kind.CGROUP and self._populated(layout, workload):
+            self._gaps[workload.key] = self._describe_gaps(layout, workload, stats.absent)
+        else:
+            self._gaps.pop(workload.key, None)
         return self.samples(stats)
+
+    @staticmethod
+    def _populated(layout: cgroupfs.CgroupLayout, workload: Workload) -> bool:
+        """Whether the cgroup holds a process (WorkloadGone if it has gone meanwhile). A directory
+        is only removed once its cgroup is empty, so a populated cgroup missing from a hierarchy is
+        not one being deleted: it was never there, or it is somewhere else."""
+        assert workload.cgroup is not None
+        return bool(cgroupfs.cgroup_pids(layout, workload.cgroup, workload.cgroups))
+
+    def gaps(self, workload: Workload) -> list[str]:
+        """The hierarchies the last collect() found no directory in, one reason per hierarchy."""
+        return self._gaps.pop(workload.key, [])
+
+    @staticmethod
+    def _describe_gaps(layout: cgroupfs.CgroupLayout, workload: Workload, absent: Iterable[str]) -> list[str]:
+        by_hierarchy: dict[str, list[str]] = {}  # a combined cpu,cpuacct mount is one gap
+        for controller in absent:
+            by_hierarchy.setdefault(layout.v1[controller], []).append(controller)
+        return [
+            f"{','.join(controllers)}: no cgroup {workload.cgroup_of(controllers[0])} in {hierarchy} "
+            f"({', '.join(_FIGURES.get(c, c) for c in controllers)} not read)"
+            for hierarchy, controllers in by_hierarchy.items()
+        ]
 
     def samples(self, stats: cgroupfs.CgroupStats) -> list[Sample]:
         """Samples for one reading. Public so a runtime collector can reuse the mapping."""
@@ -290,6 +339,7 @@ class CgroupCollector(Collector):
         return out
 
     def forget(self, workload: Workload) -> None:
+        self._gaps.pop(workload.key, None)
         if workload.cgroup is not None:
             with contextlib.suppress(ValueError):  # a path read_stats refused has no state
                 self._devices.pop(cgroupfs.normalize_path(workload.cgroup), None)

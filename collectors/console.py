@@ -127,13 +127,19 @@ class ConsoleCollector(StreamingCollector):
             tee = open(f"{self.config.tee_dir}/{safe_id}.log", "ab")  # noqa: SIM115 (closed at stop)
         with self._lock:
             mirror = self._mirrors.pop(workload.key, None)
+        # The guest's last spans and records are closed when the stream has delivered its last line.
         stream = ConsoleStream(
-            source, on_lines, max_line=self.config.max_line, tee=tee, tee_max_bytes=self.config.tee_max_bytes,
-            mirror=mirror,
+            source, on_lines, analyzer.close, max_line=self.config.max_line, tee=tee,
+            tee_max_bytes=self.config.tee_max_bytes, mirror=mirror,
         )  # fmt: skip
         with self._lock:
             self._streams[workload.key] = stream
-        stream.start(loop)
+        try:
+            stream.start(loop)
+        except BaseException:
+            with self._lock:
+                self._streams.pop(workload.key, None)
+            raise
 
     def stream(self, workload: Workload) -> ConsoleStream | None:
         with self._lock:
@@ -141,12 +147,13 @@ class ConsoleCollector(StreamingCollector):
 
     def stop(self, workload: Workload, timeout: float = 2.0) -> None:
         stream = self.stream(workload)
-        if stream is not None and not stream.stop(timeout):
-            log.warning("console %s: did not stop within %.1fs", workload.display_name, timeout)
-        with self._lock:
-            analyzer = self._analyzers.get(workload.key)
-        if analyzer is not None:
-            analyzer.close()
+        if stream is not None and not stream.stop(timeout) and timeout > 0:
+            # a backlog (a flood) is still being read on the I/O thread: it goes on, and ended() says when
+            log.warning("console %s: still reading its backlog after %.1fs", workload.display_name, timeout)
+
+    def ended(self, workload: Workload) -> bool:
+        stream = self.stream(workload)
+        return stream is None or stream.ended
 
     def family(self, workload: Workload) -> str | None:
         """The unikernel family recognised on this console, if any."""

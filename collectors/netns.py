@@ -168,7 +168,7 @@ class NetnsCollector(Collector):
                 self._layout = cgroupfs.detect_layout(self.config.root)
             except OSError as exc:
                 raise SourceUnavailable(f"no cgroup hierarchy under {self.config.root}: {exc}") from None
-        return cgroupfs.cgroup_pids(self._layout, workload.cgroup)[:4]
+        return cgroupfs.cgroup_pids(self._layout, workload.cgroup, workload.cgroups)[:4]
 
     def _read(self, pid: int) -> tuple[tuple[int, int], str] | None:
         """(namespace, net/dev text) of one process, None if it is gone."""

@@ -1,9 +1,12 @@
-"""Process metrics for a workload's main process: the VMM (QEMU, an hvt tender) or uniobs itself.
+"""Process metrics for a workload's main process: the VMM (QEMU, an hvt tender), a container's
+init process, or uniobs itself.
 
 Reads through psutil (Linux `/proc/<pid>/{stat,status,statm,smaps_rollup,fd}`): one `oneshot()`
 per scrape. PSS and USS need `smaps_rollup` (Linux 4.14+), which costs more for large VMMs:
-turn them off with `pss = false`. Containers are measured by their cgroup instead, which
-counts every process in them.
+turn them off with `pss = false`. A container's init is its pid as the host sees it (from the
+runtime's state); its cgroup figures (`collectors/cgroup.py`) count every process of the
+container, these only the init. A container whose init is not known (no state names it) is
+reported once as SourceUnavailable rather than skipped in silence.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import psutil
 
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
-from uniobs.plugin import Collector, CollectorConfig, WorkloadGone
+from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
 
 CPU_MODE = "cpu.mode"
 
@@ -74,6 +77,8 @@ class ProcessCollector(Collector):
         self._procs: dict[int, psutil.Process] = {}
 
     def applies_to(self, workload: Workload) -> bool:
+        if workload.kind is Kind.CONTAINER:
+            return True  # its init; collect() says so when that is not known
         return workload.pid is not None and workload.kind in (Kind.UNIKERNEL, Kind.PROCESS)
 
     def _process(self, pid: int) -> psutil.Process:
@@ -83,7 +88,8 @@ class ProcessCollector(Collector):
         return proc
 
     def collect(self, workload: Workload) -> Iterable[Sample]:
-        assert workload.pid is not None
+        if workload.pid is None:
+            raise SourceUnavailable("its init process is not known (no runtime state names a live one)")
         try:
             proc = self._process(workload.pid)
             with proc.oneshot():

@@ -15,7 +15,7 @@ import json
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from uniobs.plugin import Exporter, ExporterSinks, PluginConfig
+from uniobs.plugin import Exporter, ExporterConfig, ExporterSinks, PluginConfig
 
 _ID_FIELDS = frozenset({"traceId", "spanId", "parentSpanId"})
 
@@ -129,10 +129,11 @@ class _Spans(SpanExporter):
 
 
 @dataclass(frozen=True)
-class FileConfig(PluginConfig):
+class FileConfig(ExporterConfig):
     path: str = "uniobs-telemetry.jsonl"
 
     def validate(self) -> None:
+        super().validate()
         if not self.path:
             raise ValueError("path: must not be empty")
         if Path(self.path).is_dir():
@@ -146,11 +147,17 @@ class FileExporter(Exporter):
 
     @classmethod
     def config_from_arg(cls, arg: str, base: PluginConfig) -> PluginConfig:
-        return FileConfig(path=arg)
+        assert isinstance(base, FileConfig)
+        return replace(base, path=arg)
 
     def sinks(self) -> ExporterSinks:
         out = OtlpJsonLines(Path(self.config.path))
-        return ExporterSinks(metrics=_Metrics(out), logs=_Logs(out), spans=_Spans(out))
+        signals = self.config.signals
+        return ExporterSinks(
+            metrics=_Metrics(out) if "metrics" in signals else None,
+            logs=_Logs(out) if "logs" in signals else None,
+            spans=_Spans(out) if "traces" in signals else None,
+        )
 
     def describe(self) -> str:
         return f"file {self.config.path} (OTLP JSON lines)"

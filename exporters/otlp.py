@@ -1,35 +1,64 @@
 """`--export otlp[:ENDPOINT]` (OTLP/gRPC) and `--export otlp-http[:ENDPOINT]` (OTLP/HTTP protobuf).
 
-Thin factories over the OpenTelemetry SDK's OTLP exporters. Anything left unset here falls
-back to the standard `OTEL_EXPORTER_OTLP_*` variables (endpoint, headers, certificates,
-timeout, compression), which those exporters read themselves.
+The requests are the OpenTelemetry SDK's own encoding (`encode_metrics`, `encode_logs`,
+`encode_spans`) of the official OTLP messages; sending them is ours, so that every answer is
+read the way the OTLP specification says (protocol/exporter.md, "Retry" and "Failures"):
+
+- OTLP/HTTP: 429, 502, 503 and 504 are retryable, honouring `Retry-After` (seconds or an
+  HTTP date); a refused connection or a timeout is retryable; any other status (400, 401, 404,
+  405, 413, 500...) is final. A 2xx reply with `partial_success` counts its rejected items as
+  failed, with the backend's message.
+- OTLP/gRPC: CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS are
+  retryable, and RESOURCE_EXHAUSTED when the server sent a `google.rpc.RetryInfo` (whose delay
+  is honoured); any other code is final.
+
+The sinks raise `uniobs.plugin.ExportError` saying which; the export queue (one per exporter and
+signal) retries with back-off or gives the batch up. The sinks do not retry themselves.
+
+Anything left unset here falls back to the standard variables, per signal first
+(`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then `OTEL_EXPORTER_OTLP_ENDPOINT`; the same for
+`_HEADERS`, `_CERTIFICATE`, `_CLIENT_KEY`, `_CLIENT_CERTIFICATE`, `_COMPRESSION`, `_TIMEOUT` in
+milliseconds, and `_INSECURE` for gRPC). A per-signal HTTP endpoint is used as is; the general
+one gets `/v1/<signal>` appended, as the specification says.
 """
 
 from __future__ import annotations
 
+import email.utils
+import gzip
 import os
-from dataclasses import dataclass, field
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from uniobs.plugin import Exporter, ExporterSinks, PluginConfig
+from uniobs import __version__
+from uniobs.plugin import Exporter, ExporterConfig, ExportError, ExporterSinks, PluginConfig
 
 _COMPRESSIONS = ("gzip", "deflate", "none")
+USER_AGENT = f"uniobs/{__version__}"
+DEFAULT_TIMEOUT_S = 10.0
+HTTP_RETRYABLE = frozenset({429, 502, 503, 504})
+_PATHS = {"metrics": "v1/metrics", "logs": "v1/logs", "traces": "v1/traces"}
 
 
 @dataclass(frozen=True)
-class OtlpConfig(PluginConfig):
-    endpoint: str | None = None  # default: OTEL_EXPORTER_OTLP_ENDPOINT, then localhost:4317 / :4318
+class OtlpConfig(ExporterConfig):
+    endpoint: str | None = None  # default: OTEL_EXPORTER_OTLP_[SIGNAL_]ENDPOINT, then localhost:4317 / :4318
     headers: dict[str, str] = field(default_factory=dict)  # e.g. {"api-key" = "..."}
     insecure: bool | None = None  # gRPC: plaintext even for a non-http:// endpoint
     certificate: str | None = None  # CA bundle for verifying the server (TLS)
     client_key: str | None = None  # mutual TLS
     client_certificate: str | None = None
-    timeout: float | None = None  # seconds per export, retries included
-    compression: str | None = None  # gzip, deflate or none
+    timeout: float | None = None  # seconds per request
+    compression: str | None = None  # gzip, deflate (HTTP only) or none
     max_export_batch_size: int = 5000  # data points per request: many workloads exceed a receiver's 4 MiB
 
     def validate(self) -> None:
+        super().validate()
         if self.endpoint is not None:
             parts = urlsplit(self.endpoint if "://" in self.endpoint else f"//{self.endpoint}")
             if "://" in self.endpoint and parts.scheme not in ("http", "https"):
@@ -55,11 +84,307 @@ class OtlpConfig(PluginConfig):
             raise ValueError("max_export_batch_size: must be >= 1")
 
 
+# --- settings: the config, then the standard variables -------------------------------------
+
+
+def _env(signal: str, key: str) -> str | None:
+    """OTEL_EXPORTER_OTLP_<SIGNAL>_<KEY>, then OTEL_EXPORTER_OTLP_<KEY>; None when neither is set."""
+    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{key}", f"OTEL_EXPORTER_OTLP_{key}"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """`k1=v1,k2=v2` (W3C baggage style, values percent-decoded) as the OTEL_* variables write them."""
+    headers = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    endpoint: str
+    headers: dict[str, str]
+    certificate: str | None
+    client_key: str | None
+    client_certificate: str | None
+    timeout: float
+    compression: str
+
+
+def _resolve(c: OtlpConfig, signal: str, endpoint: str) -> _Resolved:
+    env_timeout = _env(signal, "TIMEOUT")
+    timeout = c.timeout
+    if timeout is None and env_timeout is not None:
+        try:
+            timeout = float(env_timeout) / 1000  # the specification's unit: milliseconds
+        except ValueError:
+            timeout = None
+    return _Resolved(
+        endpoint=endpoint,
+        headers={**parse_headers(_env(signal, "HEADERS") or ""), **{k.lower(): v for k, v in c.headers.items()}},
+        certificate=c.certificate or _env(signal, "CERTIFICATE"),
+        client_key=c.client_key or _env(signal, "CLIENT_KEY"),
+        client_certificate=c.client_certificate or _env(signal, "CLIENT_CERTIFICATE"),
+        timeout=timeout if timeout and timeout > 0 else DEFAULT_TIMEOUT_S,
+        compression=(c.compression or _env(signal, "COMPRESSION") or "none").lower(),
+    )
+
+
+def _http_endpoint(c: OtlpConfig, signal: str) -> str:
+    if c.endpoint:
+        return f"{c.endpoint.rstrip('/')}/{_PATHS[signal]}"  # our endpoint is the base URL
+    own = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
+    if own:
+        return own  # a per-signal endpoint is the full URL
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
+    return f"{base.rstrip('/')}/{_PATHS[signal]}"
+
+
+def _grpc_endpoint(c: OtlpConfig, signal: str) -> str:
+    return c.endpoint or _env(signal, "ENDPOINT") or "http://localhost:4317"
+
+
+# --- the encoders, shared by both transports -----------------------------------------------
+
+
+def _encoder(signal: str) -> Callable[[Any], Any]:
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    encoders: dict[str, Callable[[Any], Any]] = {
+        "metrics": encode_metrics,
+        "logs": encode_logs,
+        "traces": encode_spans,
+    }
+    return encoders[signal]
+
+
+def _response_type(signal: str) -> Any:
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    return {
+        "metrics": metrics_service_pb2.ExportMetricsServiceResponse,
+        "logs": logs_service_pb2.ExportLogsServiceResponse,
+        "traces": trace_service_pb2.ExportTraceServiceResponse,
+    }[signal]
+
+
+_REJECTED = {"metrics": "rejected_data_points", "logs": "rejected_log_records", "traces": "rejected_spans"}
+
+
+def _check_partial(signal: str, response: Any) -> None:
+    """A 2xx/OK reply may still refuse some items (`partial_success`): those count as failed."""
+    if not response.HasField("partial_success"):
+        return
+    partial = response.partial_success
+    rejected = int(getattr(partial, _REJECTED[signal]))
+    if rejected:
+        message = partial.error_message or "no reason given"
+        raise ExportError(f"the backend rejected {rejected} items: {message}", retryable=False, rejected=rejected)
+
+
+def _items(signal: str, batch: Any) -> Sequence[Any]:
+    items: Sequence[Any] = batch.resource_metrics if signal == "metrics" else batch
+    return items
+
+
+class _Sink:
+    """One signal's sink: `export(batch)` returns SUCCESS or raises ExportError. Duck-typed like the
+    SDK's exporters (export, force_flush, shutdown), which is all the export queue calls."""
+
+    def __init__(self, signal: str, send: Callable[[bytes | Any], None], encode: Callable[[Any], Any]) -> None:
+        self.signal = signal
+        self._send = send
+        self._encode = encode
+
+    def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
+        if not _items(self.signal, batch):
+            return MetricExportResult.SUCCESS
+        self._send(self._encode(batch))
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# --- OTLP/HTTP ----------------------------------------------------------------------------------
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _HttpSender:
+    def __init__(self, signal: str, settings: _Resolved) -> None:
+        import requests
+
+        self.signal = signal
+        self.settings = settings
+        self.session = requests.Session()
+        self.session.headers.update(
+            {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **settings.headers}
+        )
+        if settings.compression in ("gzip", "deflate"):
+            self.session.headers["Content-Encoding"] = settings.compression
+        if settings.certificate:
+            self.session.verify = settings.certificate
+        if settings.client_key and settings.client_certificate:
+            self.session.cert = (settings.client_certificate, settings.client_key)
+        self._lock = threading.Lock()  # a requests.Session is not documented as thread-safe
+
+    def send(self, message: Any) -> None:
+        import requests
+
+        body = message.SerializeToString()
+        if self.settings.compression == "gzip":
+            body = gzip.compress(body, compresslevel=6)
+        elif self.settings.compression == "deflate":
+            body = zlib.compress(body)
+        try:
+            with self._lock:
+                response = self.session.post(self.settings.endpoint, data=body, timeout=self.settings.timeout)
+        except requests.exceptions.RequestException as exc:  # refused, reset, timed out, TLS...
+            raise ExportError(f"{self.settings.endpoint}: {type(exc).__name__}: {exc}", retryable=True) from None
+        if 200 <= response.status_code < 300:
+            reply = _response_type(self.signal)()
+            try:
+                reply.ParseFromString(response.content)
+            except Exception:  # an empty or non-protobuf 2xx body is still a success
+                return
+            _check_partial(self.signal, reply)
+            return
+        reason = f"{self.settings.endpoint}: HTTP {response.status_code} {response.reason or ''}".rstrip()
+        detail = _status_message(response.content)
+        if detail:
+            reason += f": {detail}"
+        retryable = response.status_code in HTTP_RETRYABLE
+        raise ExportError(reason, retryable=retryable, retry_after=retry_after(response.headers.get("Retry-After")))
+
+
+def _status_message(content: bytes) -> str:
+    """The message of a google.rpc.Status body (what OTLP/HTTP servers send with an error), if any."""
+    if not content:
+        return ""
+    try:
+        from google.rpc import status_pb2  # type: ignore[import-untyped]
+
+        status = status_pb2.Status()
+        status.ParseFromString(content)
+        return str(status.message)[:200]
+    except Exception:
+        text = content[:200].decode("utf-8", "replace").strip()
+        return text if text.isprintable() else ""
+
+
+# --- OTLP/gRPC ----------------------------------------------------------------------------------
+
+_GRPC_RETRYABLE = ("CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS")
+
+
+def _retry_info(error: Any) -> float | None:
+    """The delay of a google.rpc.RetryInfo in the error's trailing details, if the server sent one."""
+    try:
+        from google.rpc import error_details_pb2, status_pb2
+
+        for key, value in error.trailing_metadata() or ():
+            if key == "grpc-status-details-bin":
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                        info = error_details_pb2.RetryInfo()
+                        detail.Unpack(info)
+                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    except Exception:
+        return None
+    return None
+
+
+class _GrpcSender:
+    def __init__(self, signal: str, settings: _Resolved, insecure: bool | None) -> None:
+        import grpc
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        self.signal = signal
+        self.settings = settings
+        endpoint = settings.endpoint
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        target = parts.netloc or endpoint
+        if parts.scheme == "http":
+            plaintext = True
+        elif parts.scheme == "https":
+            plaintext = False
+        else:
+            env = (_env(signal, "INSECURE") or "").lower() == "true"
+            plaintext = insecure if insecure is not None else env
+        compression = {"gzip": grpc.Compression.Gzip}.get(settings.compression, grpc.Compression.NoCompression)
+        options = [("grpc.primary_user_agent", USER_AGENT)]
+        if plaintext and not settings.certificate:
+            self.channel = grpc.insecure_channel(target, options=options, compression=compression)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                _read(settings.certificate), _read(settings.client_key), _read(settings.client_certificate)
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options, compression=compression)
+        stubs: dict[str, Any] = {
+            "metrics": metrics_service_pb2_grpc.MetricsServiceStub,
+            "logs": logs_service_pb2_grpc.LogsServiceStub,
+            "traces": trace_service_pb2_grpc.TraceServiceStub,
+        }
+        self._export = stubs[signal](self.channel).Export
+        self._metadata = tuple(settings.headers.items())
+
+    def send(self, message: Any) -> None:
+        import grpc
+
+        try:
+            reply = self._export(message, metadata=self._metadata, timeout=self.settings.timeout)
+        except grpc.RpcError as error:
+            code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+            details = error.details() if hasattr(error, "details") else ""
+            delay = _retry_info(error)
+            retryable = code.name in _GRPC_RETRYABLE or (code.name == "RESOURCE_EXHAUSTED" and delay is not None)
+            reason = f"{self.settings.endpoint}: gRPC {code.name}" + (f": {details}" if details else "")
+            raise ExportError(reason, retryable=retryable, retry_after=delay) from None
+        _check_partial(self.signal, reply)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 def _read(path: str | None) -> bytes | None:
     if path is None:
         return None
     with open(path, "rb") as f:
         return f.read()
+
+
+# --- the plugins --------------------------------------------------------------------------------
 
 
 class _OtlpBase(Exporter):
@@ -69,92 +394,52 @@ class _OtlpBase(Exporter):
     @classmethod
     def config_from_arg(cls, arg: str, base: PluginConfig) -> PluginConfig:
         assert isinstance(base, OtlpConfig)
-        fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
-        fields["endpoint"] = arg
-        return OtlpConfig(**fields)
+        return replace(base, endpoint=arg)
 
-    def _compression(self) -> Any:
-        if self.config.compression is None:
-            return None
-        from grpc import Compression
+    def _signals(self) -> tuple[str, ...]:
+        return tuple(s for s in ("metrics", "logs", "traces") if s in self.config.signals)
 
-        return {"gzip": Compression.Gzip, "deflate": Compression.Deflate, "none": Compression.NoCompression}[
-            self.config.compression
-        ]
+
+class _ClosingSink(_Sink):
+    def __init__(self, signal: str, sender: _GrpcSender, encode: Callable[[Any], Any]) -> None:
+        super().__init__(signal, sender.send, encode)
+        self._sender = sender
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        self._sender.close()
 
 
 class OtlpGrpcExporter(_OtlpBase):
     name = "otlp"
 
     def sinks(self) -> ExporterSinks:
-        import grpc
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
         c = self.config
-        credentials = None
-        if c.certificate or c.client_key:
-            credentials = grpc.ssl_channel_credentials(
-                _read(c.certificate), _read(c.client_key), _read(c.client_certificate)
-            )
-        kwargs: dict[str, Any] = {
-            "endpoint": c.endpoint,
-            "insecure": c.insecure,
-            "credentials": credentials,
-            "headers": dict(c.headers) or None,
-            "timeout": c.timeout,
-            "compression": self._compression(),
-        }
-        return ExporterSinks(
-            metrics=OTLPMetricExporter(**kwargs, max_export_batch_size=c.max_export_batch_size),
-            logs=OTLPLogExporter(**kwargs),
-            spans=OTLPSpanExporter(**kwargs),
-        )
+        sinks: dict[str, Any] = {}
+        for signal in self._signals():
+            sender = _GrpcSender(signal, _resolve(c, signal, _grpc_endpoint(c, signal)), c.insecure)
+            sinks[signal] = _ClosingSink(signal, sender, _encoder(signal))
+        return ExporterSinks(metrics=sinks.get("metrics"), logs=sinks.get("logs"), spans=sinks.get("traces"))
 
     def describe(self) -> str:
         where = self.config.endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "localhost:4317"
-        return f"otlp (gRPC) {where}"
+        return f"otlp (gRPC) {where}" + _signals_note(self.config)
 
 
 class OtlpHttpExporter(_OtlpBase):
     name = "otlp-http"
 
     def sinks(self) -> ExporterSinks:
-        from opentelemetry.exporter.otlp.proto.http import Compression
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         c = self.config
-        compression = None
-        if c.compression is not None:
-            compression = {
-                "gzip": Compression.Gzip,
-                "deflate": Compression.Deflate,
-                "none": Compression.NoCompression,
-            }[c.compression]
-        base = c.endpoint.rstrip("/") if c.endpoint else None
-
-        def kwargs(signal: str) -> dict[str, Any]:
-            # Our endpoint is the base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is; the SDK's
-            # `endpoint=` argument is the full per-signal URL.
-            return {
-                "endpoint": f"{base}/v1/{signal}" if base else None,
-                "certificate_file": c.certificate,
-                "client_key_file": c.client_key,
-                "client_certificate_file": c.client_certificate,
-                "headers": dict(c.headers) or None,
-                "timeout": c.timeout,
-                "compression": compression,
-            }
-
-        return ExporterSinks(
-            metrics=OTLPMetricExporter(**kwargs("metrics"), max_export_batch_size=c.max_export_batch_size),
-            logs=OTLPLogExporter(**kwargs("logs")),
-            spans=OTLPSpanExporter(**kwargs("traces")),
-        )
+        sinks: dict[str, Any] = {}
+        for signal in self._signals():
+            sender = _HttpSender(signal, _resolve(c, signal, _http_endpoint(c, signal)))
+            sinks[signal] = _Sink(signal, sender.send, _encoder(signal))
+        return ExporterSinks(metrics=sinks.get("metrics"), logs=sinks.get("logs"), spans=sinks.get("traces"))
 
     def describe(self) -> str:
         where = self.config.endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
-        return f"otlp-http {where}"
+        return f"otlp-http {where}" + _signals_note(self.config)
+
+
+def _signals_note(config: ExporterConfig) -> str:
+    return "" if len(config.signals) == 3 else f" ({', '.join(config.signals)} only)"

@@ -164,19 +164,44 @@ _HTTP_TYPES = {
 
 
 class HttpReceiver:
-    """OTLP/HTTP with protobuf bodies on 127.0.0.1:<port>."""
+    """OTLP/HTTP with protobuf bodies on 127.0.0.1:<port>.
 
-    def __init__(self, port: int = 0) -> None:
+    `refuse` maps a path to the status it always answers (a traces-only backend answers 405 on
+    /v1/metrics, as Arize Phoenix does); `answers` maps a path to (status, headers) answers given
+    first, one per request, before it accepts (503 with Retry-After, then 200). `attempts` counts
+    requests per path, refused or not.
+    """
+
+    def __init__(
+        self, port: int = 0, refuse: dict[str, int] | None = None,
+        answers: dict[str, list[tuple[int, dict[str, str]]]] | None = None,
+    ) -> None:  # fmt: skip
         self.received = received = Received()
+        self.attempts: dict[str, list[float]] = {}
+        attempts = self.attempts
+        refusals = dict(refuse or {})
+        scripted = {path: list(seq) for path, seq in (answers or {}).items()}
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                attempts.setdefault(self.path, []).append(time.monotonic())
+                answer = (refusals[self.path], {}) if self.path in refusals else None
+                if answer is None and scripted.get(self.path):
+                    answer = scripted[self.path].pop(0)
+                if answer is not None:
+                    status, headers = answer
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 route = _HTTP_TYPES.get(self.path)
                 if route is None:
                     self.send_error(404)
                     return
                 signal, request_type, response_type = route
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 encoding = self.headers.get("Content-Encoding", "")
                 if encoding == "gzip":
                     body = gzip.decompress(body)

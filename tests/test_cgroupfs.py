@@ -6,6 +6,7 @@ resets, and cgroups that vanish between listing and reading."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from uniobs.cgroupfs import CgroupMode, CgroupStats, DeviceIO, Pressure
 from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
 from uniobs.model import Kind, Sample, Workload
 from uniobs.plugin import SourceUnavailable, WorkloadGone
-from uniobs.telemetry import Telemetry
+from uniobs.telemetry import SELF_METRICS, Telemetry
 
 TESTDATA = Path(__file__).resolve().parent / "testdata" / "cgroup"
 SCENARIOS = ("v2", "v1_combined", "v1_separate", "hybrid")
@@ -212,6 +213,27 @@ def test_pressure() -> None:
     assert cgroupfs.parse_pressure("some avg10=1.00 avg60=0.50 avg300=0.10 total=2000000\n") == Pressure(2.0, None)
 
 
+def test_proc_cgroup_gives_each_hierarchys_path() -> None:
+    text = (
+        "12:memory:/nest/a/ctr\n"  # a launcher nested in memory only
+        "4:cpu,cpuacct:/ctr\n"  # a combined mount names both
+        "1:name=systemd:/ctr\n"
+        "0::/ctr\n"  # the cgroup2 hierarchy
+    )
+    assert cgroupfs.parse_proc_cgroup(text) == {
+        "memory": "/nest/a/ctr",
+        "cpu": "/ctr",
+        "cpuacct": "/ctr",
+        "name=systemd": "/ctr",
+        "": "/ctr",
+    }
+    assert cgroupfs.parse_proc_cgroup("0::/gone (deleted)\n5:pids:/a/../../b\nnot a line\n") == {}
+    assert cgroupfs.parse_proc_cgroup("0::/\n") == {"": "/"}
+    with pytest.raises(FileNotFoundError):
+        cgroupfs.proc_cgroup_paths(2**22 + 1, "/proc")  # above any pid_max: no such process
+    assert cgroupfs.proc_cgroup_paths(os.getpid()) == cgroupfs.parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+
+
 def test_working_set_is_floored_at_zero() -> None:
     assert cgroupfs.working_set(188743680, 41943040) == 146800640
     assert cgroupfs.working_set(4096, 8192) == 0  # two reads, not one snapshot
@@ -402,7 +424,7 @@ def test_every_scenario_passes_strict_telemetry(scenario: str) -> None:
     names = {m.name for m in CgroupCollector.metrics}
     data, count = telemetry.metrics_data()
     emitted = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
-    assert count > 0 and emitted - {"uniobs.workloads"} <= names
+    assert count > 0 and emitted - {spec.name for spec in SELF_METRICS} <= names  # uniobs' own come too
     for spec in CgroupCollector.metrics:
         assert spec.unit in ("s", "By") or spec.unit.startswith("{"), spec.name
 

@@ -25,8 +25,12 @@ from typing import Any
 import pytest
 
 from uniobs import cgroupfs, containers, discovery
+from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
 from uniobs.collectors.netns import NetnsCollector, NetnsConfig, parse_net_dev
+from uniobs.collectors.process import ProcessCollector
+from uniobs.config import Settings
 from uniobs.model import Kind, Workload
+from uniobs.pipeline import Pipeline
 from uniobs.plugin import SourceUnavailable, WorkloadGone
 
 DATA = Path(__file__).resolve().parent / "testdata" / "containers"
@@ -79,11 +83,186 @@ def test_runc_with_a_relative_cgroups_path_whose_controllers_disagree() -> None:
     memory_path = "/process_api/6144ffd417ca7b4fb1b610c5a05bbc7d/uniobs-probe/probe1"
     alt, main = finder.identify(memory_path), finder.identify("/uniobs-probe/probe1")
     assert alt is not None and main is not None and fields(alt) == fields(main)
+    assert dict(main.cgroups) == {"memory": memory_path}  # each hierarchy is read at its own path
     # discover_cgroups sees the path in both walked hierarchies: both claimed as one container
     claimed = [w for w in discovery.discover_cgroups(layout, identify=finder.identify) if w.kind is C]
     assert {w.key for w in claimed} == {(C.value, "runc", "probe1")}
     # by name alone (no state scan), an arbitrary runc path is not recognisable
     assert containers.identify("/uniobs-probe/probe1", run_dir=run, var_lib=var_lib, use_sockets=False) is None
+
+
+# runc_nested_memory: runc launched from a nested memory cgroup (see its SOURCE)
+NESTED = DATA / "runc_nested_memory"
+NESTED_CPU = "/uniobs-probe/nested1"
+NESTED_MEMORY = "/uniobs-test-nest/a/uniobs-probe/nested1"
+NESTED_PID = 5695
+NESTED_LABELS = {"com.example.team": "green", "org.opencontainers.image.title": "hello-node"}
+
+
+def nested_container(base: Path = NESTED, **kwargs: Any) -> tuple[cgroupfs.CgroupLayout, Workload]:
+    layout, run, var_lib = roots(base)
+    kwargs.setdefault("proc_dir", str(base / "proc"))
+    [found] = containers.discover_containers(layout, run, var_lib, use_sockets=False, **kwargs)
+    return layout, found
+
+
+def test_runc_from_a_nested_memory_cgroup_is_read_per_hierarchy() -> None:
+    layout, w = nested_container()
+    assert fields(w) == (C, "runc", "nested1", "nested1", NESTED_PID, NESTED_CPU, NESTED_LABELS)
+    assert dict(w.cgroups) == {"memory": NESTED_MEMORY}
+    assert [w.cgroup_of(c) for c in ("memory", "cpu", "cpuacct", "pids", "blkio", "")] == [
+        NESTED_MEMORY,
+        *[NESTED_CPU] * 5,
+    ]
+    assert w.cgroup_paths == (NESTED_CPU, NESTED_MEMORY)
+    # the kernel's view of the init agrees with runc's state
+    seen = cgroupfs.proc_cgroup_paths(NESTED_PID, str(NESTED / "proc"))
+    assert (seen["memory"], seen["cpu"], seen[""], seen["name=systemd"]) == (NESTED_MEMORY, *[NESTED_CPU] * 3)
+
+    # every figure, each from its own hierarchy (values as recorded)
+    stats = cgroupfs.read_stats(layout, w.cgroup or "", paths=w.cgroups)
+    assert stats.absent == ()
+    assert (stats.memory_usage, stats.memory_rss, stats.memory_cache) == (19308544, 7032832, 11497472)
+    assert stats.memory_working_set == 19308544 - 4096  # total_inactive_file
+    assert (stats.memory_pgfault, stats.memory_pgmajfault, stats.memory_oom_kills) == (2919, 3, 0)
+    assert stats.cpu_usage_s == pytest.approx(0.06184079)
+    assert stats.pids_current is not None and stats.pids_current >= 1 and stats.memory_pressure is not None
+    assert cgroupfs.cgroup_pids(layout, w.cgroup or "", w.cgroups) == [NESTED_PID]
+    # at the one path, as uniobs read it before: no memory, and the reason is in `absent`
+    blind = cgroupfs.read_stats(layout, NESTED_CPU)
+    assert blind.memory_usage is None and blind.memory_rss is None and blind.absent == ("memory",)
+    assert blind.cpu_usage_s == stats.cpu_usage_s and blind.pids_current == stats.pids_current
+
+    # the walk sees the container at both paths and claims both as the one container
+    finder = containers.ContainerDiscovery(layout, *roots(NESTED)[1:], proc_dir=str(NESTED / "proc"), use_sockets=False)
+    claimed = [w for w in discovery.discover_cgroups(layout, identify=finder.identify) if w.kind is C]
+    assert {x.key for x in claimed} == {w.key} and all(dict(x.cgroups) == dict(w.cgroups) for x in claimed)
+
+
+def test_the_cgroup_collector_says_which_hierarchy_yields_nothing() -> None:
+    layout, w = nested_container()
+    collector = CgroupCollector(CgroupConfig(root=layout.root))
+    got = {(s.metric, s.attributes): s.value for s in collector.collect(w)}
+    assert got[("container.memory.usage", ())] == 19308544 and list(collector.gaps(w)) == []
+    blind = Workload(kind=C, runtime="runc", id="nested1", pid=NESTED_PID, cgroup=NESTED_CPU)
+    got = {(s.metric, s.attributes): s.value for s in collector.collect(blind)}
+    assert ("container.memory.usage", ()) not in got and ("container.cpu.time", (("cpu.mode", "user"),)) in got
+    assert list(collector.gaps(blind)) == [
+        f"memory: no cgroup {NESTED_CPU} in {layout.v1['memory']} "
+        "(container.memory.*, container.paging.faults, uniobs.container.memory.* not read)"
+    ]
+    assert list(collector.gaps(blind)) == []  # taken once per collect()
+    # a plain host cgroup is often in some hierarchies only: not a gap
+    plain = Workload(kind=Kind.CGROUP, runtime="cgroup", id=NESTED_CPU, cgroup=NESTED_CPU)
+    assert list(collector.collect(plain)) and list(collector.gaps(plain)) == []
+
+
+def test_an_empty_or_vanishing_cgroup_is_not_a_gap(tmp_path: Path) -> None:
+    """A runtime deleting a container removes its hierarchies one at a time, once it is empty."""
+    base = tmp_path / "t"
+    shutil.copytree(NESTED, base)
+    for procs in (base / "sys/fs/cgroup").glob(f"*{NESTED_CPU}/cgroup.procs"):
+        procs.write_text("")  # the init has exited: its cgroup may be being removed
+    layout = cgroupfs.detect_layout(str(base / "sys/fs/cgroup"))
+    collector = CgroupCollector(CgroupConfig(root=layout.root))
+    blind = Workload(kind=C, runtime="runc", id="nested1", cgroup=NESTED_CPU)
+    assert list(collector.collect(blind)) and list(collector.gaps(blind)) == []
+    for hierarchy in ("cpu", "cpuacct", "pids", "blkio"):  # every directory went between two reads
+        shutil.rmtree(base / f"sys/fs/cgroup/{hierarchy}{NESTED_CPU}")
+    with pytest.raises(WorkloadGone):
+        collector.collect(blind)
+
+
+def test_the_pipeline_says_a_gap_once_and_counts_it(caplog: pytest.LogCaptureFixture) -> None:
+    layout, w = nested_container()
+    settings = Settings(collectors={"cgroup": {"root": layout.root}})
+    blind = Workload(kind=C, runtime="runc", id="nested1", name="nested1", pid=NESTED_PID, cgroup=NESTED_CPU)
+    pipeline = Pipeline(settings, export=[], collectors=["cgroup"], strict=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="uniobs.pipeline"):
+            for _ in range(3):
+                assert pipeline.scrape([w, blind]) > 0
+        said = [r for r in caplog.records if "yields nothing" in r.getMessage()]
+        assert [(r.levelno, r.getMessage()) for r in said] == [
+            (
+                logging.WARNING,
+                f"cgroup: nested1: yields nothing: memory: no cgroup {NESTED_CPU} in {layout.v1['memory']} "
+                "(container.memory.*, container.paging.faults, uniobs.container.memory.* not read)",
+            )
+        ]
+        assert pipeline.error_count() == 3  # NoData at each collection of `blind`, none for `w`
+        data, _ = pipeline.telemetry.metrics_data()
+        errors = [
+            (dict(p.attributes or {}), p.value)
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "uniobs.collector.errors"
+            for p in m.data.data_points
+        ]
+        assert errors == [({"uniobs.collector": "cgroup", "error.type": "NoData"}, 3)]
+    finally:
+        pipeline.close(2)
+
+
+STATE_NAMES_ONE_PATH = {
+    "no path at all": None,  # a relative cgroupsPath and no cgroup_paths: /proc alone says where it is
+    "one absolute path": NESTED_CPU,  # as crun's status or containerd's config.json name it
+}
+
+
+@pytest.mark.parametrize("config_path", list(STATE_NAMES_ONE_PATH.values()), ids=list(STATE_NAMES_ONE_PATH))
+def test_hierarchies_no_state_names_come_from_the_inits_proc_cgroup(tmp_path: Path, config_path: str | None) -> None:
+    base = tmp_path / "t"
+    shutil.copytree(NESTED, base)
+    state_path = base / "run/runc/nested1/state.json"
+    state = json.loads(state_path.read_text())
+    del state["cgroup_paths"]
+    if config_path is not None:
+        state["config"]["cgroups"]["path"] = config_path
+    state_path.write_text(json.dumps(state))
+    layout, w = nested_container(base)
+    assert (w.cgroup, dict(w.cgroups)) == (NESTED_CPU, {"memory": NESTED_MEMORY})
+    assert cgroupfs.read_stats(layout, w.cgroup or "", paths=w.cgroups).memory_usage == 19308544
+    # without /proc, nothing says where the memory cgroup is
+    _, trusted = nested_container(base, proc_dir=None)
+    assert dict(trusted.cgroups) == {} and trusted.cgroup == config_path
+    # an init below the container's cgroup (systemd's init.scope in it) is still the container
+    if config_path is not None:
+        proc_cgroup = base / f"proc/{NESTED_PID}/cgroup"
+        proc_cgroup.write_text(proc_cgroup.read_text().replace(NESTED_MEMORY, f"{NESTED_CPU}/init.scope"))
+        _, inside = nested_container(base)
+        assert (inside.cgroup, dict(inside.cgroups)) == (NESTED_CPU, {})
+
+
+def test_the_oom_watch_follows_the_memory_hierarchy(tmp_path: Path) -> None:
+    base = tmp_path / "t"
+    shutil.copytree(NESTED, base)
+    layout, w = nested_container(base)
+    oom_control = base / f"sys/fs/cgroup/memory{NESTED_MEMORY}/memory.oom_control"
+    watch = cgroupfs.OomWatch(layout, w.cgroup or "", w.cgroups)
+    blind = cgroupfs.OomWatch(layout, NESTED_CPU)  # the one path: a memory cgroup that is not there
+    try:
+        assert watch.check() == 0 and blind.check() == 0
+        oom_control.write_text(oom_control.read_text().replace("oom_kill 0", "oom_kill 1"))
+        assert watch.check() == 1
+        assert blind.check() == 0  # would miss the kill
+    finally:
+        watch.close()
+        blind.close()
+
+
+def test_the_process_collector_covers_a_containers_init() -> None:
+    collector = ProcessCollector()
+    init = Workload(kind=C, runtime="runc", id="c", pid=os.getpid(), cgroup="/c")
+    assert collector.applies_to(init)
+    got = {s.metric for s in collector.collect(init)}
+    assert {"process.cpu.time", "process.memory.usage", "process.thread.count"} <= got
+    unknown = Workload(kind=C, runtime="docker", id="d", cgroup="/docker/d")
+    assert collector.applies_to(unknown)  # said, not skipped in silence
+    with pytest.raises(SourceUnavailable, match="init process is not known"):
+        collector.collect(unknown)
+    assert not collector.applies_to(Workload(kind=Kind.CGROUP, runtime="cgroup", id="/x", cgroup="/x"))
 
 
 def test_podman_with_runc_and_cgroupfs() -> None:
@@ -118,6 +297,25 @@ def test_docker_on_systemd_from_its_cgroup_name_and_config_alone() -> None:
     labels = {"com.example.team": "web", "container.image.name": "nginx", "container.image.tags": "1.25"}
     cgroup = f"/system.slice/docker-{WEB_ID}.scope"
     assert discover("docker_systemd") == [(C, "docker", WEB_ID, "web", 7000, cgroup, labels)]
+
+
+def test_a_container_found_by_name_is_placed_by_its_inits_proc_cgroup(tmp_path: Path) -> None:
+    """Docker's config names the init (pid 7000); its /proc/<pid>/cgroup says where it is."""
+    scope = f"/system.slice/docker-{WEB_ID}.scope"
+    (tmp_path / "7000").mkdir()
+    (tmp_path / "7000/stat").write_text("7000 (nginx) S 1 7000 7000 0 -1 4194560 " + "0 " * 30 + "\n")
+    layout, run, var_lib = roots("docker_systemd")
+
+    def found(proc_cgroup: str) -> Workload:
+        (tmp_path / "7000/cgroup").write_text(proc_cgroup)
+        [w] = containers.discover_containers(layout, run, var_lib, proc_dir=str(tmp_path), use_sockets=False)
+        return w
+
+    # an init below the container's cgroup (a systemd inside it) is still the container
+    inside = found(f"0::{scope}/init.scope\n")
+    assert (inside.pid, inside.cgroup, dict(inside.cgroups)) == (7000, scope, {})
+    moved = found("0::/elsewhere/web\n")  # the init's cgroup is not the one its name says
+    assert (moved.pid, moved.cgroup, dict(moved.cgroups)) == (7000, scope, {"": "/elsewhere/web"})
 
 
 def test_containerd_default_namespace_path() -> None:

@@ -5,8 +5,9 @@ netns collectors through the pipeline, in strict mode.
 runc is started through `python -m uniobs.cgexec` from a cgroup created for the test in each
 v1 hierarchy uniobs reads (or the unified one on v2), with a *relative* cgroupsPath: runc puts
 a container relative to its own cgroup in each hierarchy, so the container lands at
-<test cgroup>/<id> wherever it was launched from (a launcher that sits at different places in
-different hierarchies is covered by the recorded runc_hybrid scenario).
+<test cgroup>/<id> wherever it was launched from. A launcher that sits at different places in
+different hierarchies (nested in memory only, as on hybrid hosts) is the subject of
+`test_runc_from_a_nested_memory_cgroup`, and of the recorded runc_nested_memory scenario.
 
 Needs root, runc, node (to build the bundle: make -C examples/hello-node/container), iproute2
 for the veth pair; the Podman test needs podman (Debian 12: apt-get install podman). Each skips
@@ -17,6 +18,7 @@ in the fixtures' teardown, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -36,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from uniobs import cgroupfs, containers
+from uniobs import cgroupfs, containers, discovery
 from uniobs.collectors.cgroup import CgroupCollector
 from uniobs.collectors.netns import NetnsCollector
 from uniobs.config import Settings
@@ -359,6 +361,117 @@ def test_a_container_killed_and_deleted_mid_scrape(bundle: Path, launcher: Launc
         assert cid not in [w.id for w in containers.discover_containers(launcher.layout)]
     finally:
         pipeline.close(2)
+
+
+# --- a launcher nested in the memory hierarchy only (issue 10, part 5) ---------------------------
+
+
+def _rmdirs(directories: list[str], timeout: float = 10.0) -> None:
+    """Remove cgroup directories, deepest first; EBUSY while a killed init is being reaped."""
+    deadline = time.monotonic() + timeout
+    for directory in directories:
+        while True:
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+@pytest.mark.cgroup
+def test_runc_from_a_nested_memory_cgroup(bundle: Path, launcher: Launcher, caplog: pytest.LogCaptureFixture) -> None:
+    """runc started by a launcher that sits at <parent> in every hierarchy but memory, where it
+    is nested at /uniobs-nest-<tag>/a: the container's memory cgroup is <nest>/a/<id>, its cpu,
+    cpuacct, pids and blkio ones <parent>/<id>. Its memory figures, its init's process figures
+    and its OOM watch must all come from the right places; read at the one path, memory is
+    missing and the pipeline says so once and counts it."""
+    layout = launcher.layout
+    if not {"memory", "cpuacct", "cpu"} <= set(layout.v1):
+        pytest.skip("needs v1 memory, cpu and cpuacct hierarchies (a v1 or hybrid host)")
+    memory_root = layout.v1["memory"]
+    nest = f"/uniobs-nest-{secrets.token_hex(3)}"
+    nested = f"{nest}/a"
+    os.makedirs(memory_root + nested)
+    # the launcher (cgexec, which execs runc) joins <parent> everywhere but memory, <nest>/a there
+    procs = [p for p in launcher.procs if not p.startswith(memory_root + "/")]
+    procs.append(f"{memory_root}{nested}/cgroup.procs")
+    nested_launcher = dataclasses.replace(launcher, procs=procs)  # shares `started`: the fixture cleans up
+    cid = ""
+    pipelines: list[Pipeline] = []
+    try:
+        cid, _ = nested_launcher.run(bundle, None, _free_port())
+        init = _runc_state(cid)["pid"]
+        cpu_path, memory_path = f"{launcher.parent}/{cid}", f"{nested}/{cid}"
+        assert os.path.isdir(memory_root + memory_path) and not os.path.isdir(memory_root + cpu_path)
+
+        # discovery: the container is named by its majority path, each hierarchy has its own
+        workload = _find(containers.discover_containers(layout), cid)
+        assert (workload.cgroup, workload.pid) == (cpu_path, init)
+        assert workload.cgroups["memory"] == memory_path
+        assert workload.cgroup_of("cpu") == workload.cgroup_of("cpuacct") == workload.cgroup_of("pids") == cpu_path
+        seen = cgroupfs.proc_cgroup_paths(init)  # the kernel agrees with runc's state
+        assert (seen["memory"], seen["cpu"], seen["cpuacct"]) == (memory_path, cpu_path, cpu_path)
+        assert init in cgroupfs.cgroup_pids(layout, workload.cgroup, workload.cgroups)
+        # the walk sees both paths; the container claims both (what `agent.cgroups` relies on)
+        walked = {w.cgroup for w in discovery.discover_cgroups(layout)}
+        assert {cpu_path, memory_path} <= walked and {cpu_path, memory_path} <= set(workload.cgroup_paths)
+
+        # the OOM watch of `uniobs run` watches the memory cgroup the container is really in
+        watch = cgroupfs.OomWatch(layout, workload.cgroup, workload.cgroups)
+        try:
+            assert watch.fileno() is not None and watch.check() == 0  # the eventfd registered on its file
+        finally:
+            watch.close()
+
+        # the pipeline, as deploy/uniobs.toml runs it: cgroup, netns and process collectors
+        pipeline = Pipeline(Settings(), export=[], collectors=["cgroup", "netns", "process"], strict=True)
+        pipelines.append(pipeline)
+        with caplog.at_level(logging.INFO, logger="uniobs.pipeline"):
+            assert pipeline.scrape([workload]) > 0
+            assert pipeline.scrape([workload]) > 0
+        assert pipeline.error_count() == 0
+        assert points(pipeline, workload, "container.memory.usage")[()] >= MIN_MEMORY
+        assert points(pipeline, workload, "container.memory.rss")[()] >= MIN_MEMORY
+        assert points(pipeline, workload, "container.memory.working_set")[()] > 0
+        assert set(points(pipeline, workload, "container.paging.faults")) == {
+            (("system.paging.fault.type", "major"),),
+            (("system.paging.fault.type", "minor"),),
+        }
+        assert sum(points(pipeline, workload, "container.cpu.time").values()) >= MIN_CPU_S
+        assert points(pipeline, workload, "uniobs.container.pids.count")[()] >= 1
+        # the init's own figures (node: ~40 MiB resident, a few threads)
+        assert points(pipeline, workload, "process.memory.usage")[()] >= MIN_MEMORY
+        assert sum(points(pipeline, workload, "process.cpu.time").values()) > 0
+        assert points(pipeline, workload, "process.thread.count")[()] >= 1
+        said = [r.getMessage() for r in caplog.records if "yields nothing" in r.getMessage()]
+        assert said == [], said
+        caplog.clear()
+
+        # read at the one path (what uniobs did before): memory is missing, and that is said once
+        # over two scrapes, and counted at each
+        blind = dataclasses.replace(workload, cgroups={})
+        stats = cgroupfs.read_stats(layout, cpu_path)
+        assert stats.memory_usage is None and stats.absent == ("memory",) and stats.cpu_usage_s is not None
+        pipeline = Pipeline(Settings(), export=[], collectors=["cgroup"], strict=True)
+        pipelines.append(pipeline)
+        with caplog.at_level(logging.INFO, logger="uniobs.pipeline"):
+            assert pipeline.scrape([blind]) > 0
+            assert pipeline.scrape([blind]) > 0
+        said = [r.getMessage() for r in caplog.records if "yields nothing" in r.getMessage()]
+        assert len(said) == 1, said
+        assert said[0].startswith(f"cgroup: {cid}: yields nothing: memory: no cgroup {cpu_path} in {memory_root}")
+        assert pipeline.error_count() == 2  # error.type NoData, at each collection
+        assert points(pipeline, blind, "container.memory.usage") == {}
+    finally:
+        for pipeline in pipelines:
+            pipeline.close(2)
+        if cid:
+            _runc_remove(cid)  # before its memory cgroup's parents can go
+        _rmdirs([memory_root + nested, memory_root + nest])
 
 
 # --- Podman -------------------------------------------------------------------------------------

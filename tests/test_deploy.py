@@ -38,10 +38,10 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "uniobs-rules.yml"
 
 # The agent's keys as the agent's brief lists them. They live in [agent], except the export
-# queue's (queue_max_items, retry_*), which belong to every command's pipeline: [uniobs].
+# buffer's (buffer_bytes, retry_*), which belong to every command's pipeline: [uniobs].
 AGENT_KEYS = {
     "discovery_interval", "health", "vmms", "containers", "cgroups", "max_workloads", "shutdown_timeout",
-    "queue_max_items", "retry_initial", "retry_max",
+    "buffer_bytes", "retry_initial", "retry_max",
 }  # fmt: skip
 AGENT_ONLY_KEYS = {"discovery_interval", "health", "vmms", "containers", "cgroups", "max_workloads",
                    "shutdown_timeout", "unhealthy_after"}  # fmt: skip

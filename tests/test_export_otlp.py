@@ -182,3 +182,137 @@ def test_several_exporters_at_once(
     assert http_receiver.received.wait_for(lambda r: r.traces)
     assert "resourceSpans" in out.read_text()
     pipeline.close(5)
+
+
+# --- the OTLP specification's retry rules, against real receivers -----------------------------
+
+
+def test_a_backend_refusing_metrics_with_405_loses_them_at_once_and_the_other_signals_flow(
+    process_workload: Workload,
+) -> None:
+    receiver = HttpReceiver(refuse={"/v1/metrics": 405})  # a traces-and-logs-only backend
+    try:
+        started = time.monotonic()
+        pipeline = run_pipeline(Settings(), [f"otlp-http:{receiver.endpoint}"], process_workload)
+        assert time.monotonic() - started < 10  # nothing waited on retries
+        assert [s.name for _, s in receiver.received.spans()] == ["coldstart"]
+        assert len(receiver.received.log_records()) == 1
+        assert len(receiver.attempts["/v1/metrics"]) == 1  # 405 is final: never retried
+        stats = pipeline.telemetry.stats()["otlp-http"]
+        assert stats.failed["metrics"] > 0 and stats.retries["metrics"] == 0
+        assert stats.sent["traces"] == 1 and stats.sent["logs"] == 1
+        [line] = pipeline.undelivered_summary()
+        assert line.startswith("exporter otlp-http: metrics not delivered: ") and "HTTP 405" in line
+        pipeline.close(5)
+    finally:
+        receiver.stop()
+
+
+def test_run_ends_by_saying_what_a_picky_backend_did_not_take(tmp_path: Path) -> None:
+    receiver = HttpReceiver(refuse={"/v1/metrics": 405})
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(Path(__file__).resolve().parent.parent / ".venv/bin/uniobs"), "run", "--quiet",
+             "--export", f"otlp-http:{receiver.endpoint}", "--", "sh", "-c", "echo hi; sleep 0.2"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    finally:
+        receiver.stop()
+    assert result.returncode == 0, result.stderr
+    lost = [line for line in result.stderr.splitlines() if line.startswith("uniobs: exporter otlp-http: ")]
+    assert len(lost) == 1 and "metrics not delivered" in lost[0] and "HTTP 405" in lost[0], result.stderr
+    assert receiver.received.spans()  # the cold-start trace got through
+    assert elapsed < 20  # no 20 s of retries at the head of a shared queue
+
+
+def test_503_with_retry_after_is_retried_after_the_delay_and_delivered(process_workload: Workload) -> None:
+    receiver = HttpReceiver(answers={"/v1/logs": [(503, {"Retry-After": "1"}), (429, {})]})
+    settings = Settings()
+    settings.core = __import__("dataclasses").replace(settings.core, retry_initial=0.1, retry_max=0.2)
+    try:
+        pipeline = run_pipeline(settings, [f"otlp-http:{receiver.endpoint}"], process_workload)
+        tries = receiver.attempts["/v1/logs"]
+        assert len(tries) == 3 and tries[1] - tries[0] >= 0.95  # Retry-After: 1 honoured
+        assert len(receiver.received.log_records()) == 1
+        stats = pipeline.telemetry.stats()["otlp-http"]
+        assert stats.retries["logs"] == 2 and stats.failed["logs"] == 0 and stats.sent["logs"] == 1
+        assert pipeline.undelivered_summary() == []
+        pipeline.close(5)
+    finally:
+        receiver.stop()
+
+
+def test_an_exporter_limited_to_traces_sends_nothing_else(process_workload: Workload) -> None:
+    receiver = HttpReceiver()
+    settings = Settings()
+    settings.exporters["otlp-http"] = {"signals": ["traces"]}
+    try:
+        pipeline = run_pipeline(settings, [f"otlp-http:{receiver.endpoint}"], process_workload)
+        assert [s.name for _, s in receiver.received.spans()] == ["coldstart"]
+        assert "/v1/metrics" not in receiver.attempts and "/v1/logs" not in receiver.attempts
+        assert "(traces only)" in pipeline.describe_exporters()[0]
+        pipeline.close(5)
+    finally:
+        receiver.stop()
+
+
+def test_per_signal_otel_endpoints_are_honoured(process_workload: Workload, monkeypatch: pytest.MonkeyPatch) -> None:
+    general, traces = HttpReceiver(), HttpReceiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", general.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{traces.endpoint}/v1/traces")  # used as is
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=traces%20team")
+    try:
+        pipeline = run_pipeline(Settings(), ["otlp-http"], process_workload)
+        assert general.received.metrics and general.received.logs and not general.received.traces
+        assert [s.name for _, s in traces.received.spans()] == ["coldstart"]
+        assert traces.received.headers[0]["x-tenant"] == "traces team"
+        pipeline.close(5)
+    finally:
+        general.stop()
+        traces.stop()
+
+
+def test_grpc_codes_follow_the_specification(process_workload: Workload) -> None:
+    """UNIMPLEMENTED is final; UNAVAILABLE is retried until the server takes the batch."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+    from otlp_receiver import Received
+
+    received = Received()
+    calls = {"metrics": 0, "logs": 0}
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            calls["metrics"] += 1
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "no metrics here")
+
+    class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            calls["logs"] += 1
+            if calls["logs"] == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+            received.add("logs", request, {})
+            return logs_service_pb2.ExportLogsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    settings = Settings()
+    settings.core = __import__("dataclasses").replace(settings.core, retry_initial=0.1)
+    settings.exporters["otlp"] = {"signals": ["metrics", "logs"]}
+    try:
+        pipeline = run_pipeline(settings, [f"otlp:http://127.0.0.1:{port}"], process_workload)
+        stats = pipeline.telemetry.stats()["otlp"]
+        assert calls["metrics"] == 1 and stats.failed["metrics"] > 0 and "UNIMPLEMENTED" in stats.errors["metrics"]
+        assert calls["logs"] == 2 and stats.retries["logs"] == 1 and stats.sent["logs"] == 1
+        assert len(received.log_records()) == 1
+        pipeline.close(5)
+    finally:
+        server.stop(None)

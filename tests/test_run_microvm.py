@@ -70,6 +70,7 @@ def test_microvm_under_uniobs_run_answers_and_is_observed(tmp_path: Path) -> Non
     assert any(line.startswith("@@uniobs/1 metric hello.requests counter 1") for line in console)
     assert signals.events()[-1]["attributes"]["uniobs.exit.reason"] == "host-signal"
     assert signals.events()[-1]["resource"]["service.name"] == "hello-node"
+    assert signals.points("process.memory.usage"), stderr.decode(errors="replace")[-4000:]
     assert signals.last("process.memory.usage") > 100 << 20  # QEMU holding a booted Linux and Node.js
     assert signals.last("process.cpu.time", cpu_mode="user") > 1.0  # TCG emulation is CPU work
     # the cold-start trace, continued inside the guest (traceparent on the kernel command line)

@@ -21,8 +21,8 @@ from uniobs.model import (
     SpanEvent,
     Workload,
 )
-from uniobs.plugin import ExporterSinks
-from uniobs.telemetry import Telemetry, UndeclaredTelemetry
+from uniobs.plugin import ExportError, ExporterSinks
+from uniobs.telemetry import Telemetry, UndeclaredTelemetry, log_cost
 
 
 class MemoryMetrics(MetricExporter):
@@ -110,8 +110,9 @@ def test_no_thread_per_workload() -> None:
     for w in workloads:
         t.record(w, [Sample("test.level", 1)])
     assert t.flush(5)
-    new = [th.name for th in threading.enumerate() if th not in before]
-    assert new == ["uniobs-export-mem"]  # the one export worker, whatever the number of workloads
+    new = sorted(th.name for th in threading.enumerate() if th not in before)
+    # one export thread per exporter and signal, whatever the number of workloads
+    assert new == ["uniobs-export-mem-logs", "uniobs-export-mem-metrics", "uniobs-export-mem-traces"]
     t.shutdown(2)
 
 
@@ -186,17 +187,44 @@ def test_logs_and_spans_carry_the_workload_resource_and_trace_context() -> None:
     t.shutdown(2)
 
 
-def test_log_buffer_is_bounded_and_drops_are_counted() -> None:
-    t, metrics, logs, _ = make(max_log_records=10)
-    for i in range(25):
-        t.log(VM, LogEvent(time_ns=i, body=f"line {i}"))
-    t.flush(5)
-    bodies = [r.log_record.body for r in logs.get_finished_logs()]
-    assert bodies == [f"line {i}" for i in range(15, 25)]  # the oldest went first
-    rejected = {
-        p.attributes["uniobs.reason"]: p.value for _, p in points(metrics.batches[-1], "uniobs.telemetry.rejected")
-    }
-    assert rejected["log_buffer_full"] == 15
+def test_log_buffer_is_bounded_by_bytes_and_drops_the_oldest_counted() -> None:
+    release = threading.Event()
+
+    class SlowLogs(InMemoryLogRecordExporter):
+        def export(self, batch: Any) -> Any:
+            release.wait(10)
+            return super().export(batch)
+
+    metrics, logs = MemoryMetrics(), SlowLogs()
+    t = Telemetry([("mem", ExporterSinks(metrics, logs, None))], buffer_bytes=1 << 20, export_batch_size=100)
+    body = "x" * 1000  # ~1.3 kB a record with its overhead: ~800 fit in 1 MiB
+    produced = 5000
+    for i in range(produced):
+        t.log(VM, LogEvent(time_ns=i, body=f"{i:05d} {body}"))
+    assert t.buffer.used <= t.buffer.budget  # bounded, whatever arrives
+    release.set()
+    t.flush(10)
+    stats = t.stats()["mem"]
+    bodies = [r.log_record.body[:5] for r in logs.get_finished_logs()]
+    assert stats.sent["logs"] == len(bodies) and stats.dropped["logs"] > 0
+    assert stats.sent["logs"] + stats.dropped["logs"] + stats.failed["logs"] == produced  # exact
+    assert bodies[-1] == f"{produced - 1:05d}"  # the newest survives: the oldest went first
+    assert bodies == sorted(bodies)
+    t.shutdown(2)
+
+
+def test_a_batch_shared_by_two_exporters_is_held_once() -> None:
+    first, second = InMemoryLogRecordExporter(), InMemoryLogRecordExporter()
+    t = Telemetry([("a", ExporterSinks(logs=first)), ("b", ExporterSinks(logs=second))], export_batch_size=10)
+    hold = threading.Event()
+    t.workers[0].queues["logs"].sink = type("Blocked", (), {"export": lambda self, b: hold.wait(10) and 0})()
+    for i in range(100):
+        t.log(VM, LogEvent(time_ns=i, body="line"))
+    t.flush(0.5)
+    # b delivered everything; a holds the same batches, counted once in the budget
+    assert len(second.get_finished_logs()) == 100
+    assert t.buffer.used == 100 * log_cost(LogEvent(time_ns=0, body="line"))  # not twice that
+    hold.set()
     t.shutdown(2)
 
 
@@ -225,7 +253,7 @@ def test_a_failing_exporter_does_not_stop_the_others_and_its_loss_is_counted() -
     t.shutdown(2)
 
 
-def test_queue_is_bounded_and_drops_oldest() -> None:
+def test_the_buffer_drops_the_oldest_metrics_and_the_newest_survive() -> None:
     release = threading.Event()
 
     class Slow(MemoryMetrics):
@@ -234,22 +262,25 @@ def test_queue_is_bounded_and_drops_oldest() -> None:
             return super().export(metrics_data)
 
     slow = Slow()
-    t = Telemetry([("slow", ExporterSinks(metrics=slow))], queue_batches=2)
+    t = Telemetry([("slow", ExporterSinks(metrics=slow))], buffer_bytes=1 << 20)
     t.declare([GAUGE], scope="test")
+    # ~2,600 points a flush (1,000 workloads), ~1 MB each at the estimated cost: two fit, barely
+    workloads = [Workload(kind=Kind.CGROUP, runtime="cgroup", id=f"/w{i}", cgroup=f"/w{i}") for i in range(1000)]
     for i in range(6):
-        t.record(VM, [Sample("test.level", i)])
+        for w in workloads:
+            t.record(w, [Sample("test.level", i)])
         t.flush(0.01)
+        assert t.buffer.used <= t.buffer.budget
     release.set()
-    t.flush(5)
+    t.flush(10)
     stats = t.stats()["slow"]
     assert stats.dropped["metrics"] > 0
     delivered = [p.value for b in slow.batches for _, p in points(b, "test.level")]
     assert delivered[-1] == 5  # the newest data survives
-    assert len(slow.batches) <= 4
     t.shutdown(2)
 
 
-def test_a_failed_export_is_retried_with_back_off_and_nothing_is_lost() -> None:
+def test_a_retryable_failure_is_retried_with_back_off_and_nothing_is_lost() -> None:
     class Flaky(MemoryMetrics):
         def __init__(self) -> None:
             super().__init__()
@@ -258,7 +289,7 @@ def test_a_failed_export_is_retried_with_back_off_and_nothing_is_lost() -> None:
         def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> MetricExportResult:
             self.attempts += 1
             if self.attempts <= 2:
-                return MetricExportResult.FAILURE
+                raise ExportError("HTTP 503 Service Unavailable", retryable=True)
             return super().export(metrics_data)
 
     flaky = Flaky()
@@ -268,33 +299,102 @@ def test_a_failed_export_is_retried_with_back_off_and_nothing_is_lost() -> None:
     assert t.flush(5)
     stats = t.stats()["flaky"]
     assert flaky.attempts == 3 and len(flaky.batches) == 1  # the same batch, delivered on the third try
-    assert stats.dropped["metrics"] == 0 and stats.failed["metrics"] == 2 * stats.sent["metrics"]
+    assert stats.dropped["metrics"] == 0 and stats.failed["metrics"] == 0 and stats.retries["metrics"] == 2
     assert stats.healthy
     t.shutdown(2)
 
 
-def test_the_queue_is_bounded_by_items_and_the_loss_is_exact() -> None:
+def test_a_non_retryable_failure_gives_the_batch_up_at_once() -> None:
+    class Refusing(MemoryMetrics):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attempts = 0
+
+        def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> MetricExportResult:
+            self.attempts += 1
+            raise ExportError("HTTP 405 Method Not Allowed", retryable=False)
+
+    refusing = Refusing()
+    t = Telemetry([("picky", ExporterSinks(metrics=refusing))], retry_initial=0.05)
+    t.declare([GAUGE], scope="test")
+    t.record(VM, [Sample("test.level", 1)])
+    assert t.flush(5)  # nothing waits: the batch is settled
+    stats = t.stats()["picky"]
+    assert refusing.attempts == 1 and stats.retries["metrics"] == 0
+    assert stats.failed["metrics"] > 0 and stats.sent["metrics"] == 0
+    assert stats.errors["metrics"] == "HTTP 405 Method Not Allowed"
+    t.shutdown(2)
+
+
+def test_a_partial_success_counts_only_the_rejected_items_as_failed() -> None:
+    class Partial(InMemoryLogRecordExporter):
+        def export(self, batch: Any) -> Any:
+            raise ExportError("2 records too old", retryable=False, rejected=2)
+
+    t = Telemetry([("p", ExporterSinks(logs=Partial()))])
+    for i in range(10):
+        t.log(VM, LogEvent(time_ns=i, body="line"))
+    t.flush(5)
+    stats = t.stats()["p"]
+    assert (stats.sent["logs"], stats.failed["logs"]) == (8, 2)
+    t.shutdown(2)
+
+
+def test_one_signal_in_back_off_never_delays_another() -> None:
     class Down(MemoryMetrics):
         def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> MetricExportResult:
-            return MetricExportResult.FAILURE
+            raise ExportError("HTTP 503", retryable=True, retry_after=60)
 
-    t = Telemetry([("down", ExporterSinks(metrics=Down()))], queue_max_items=50, retry_initial=0.05)
+    spans = InMemorySpanExporter()
+    t = Telemetry([("x", ExporterSinks(metrics=Down(), spans=spans))], retry_initial=30)
     t.declare([GAUGE], scope="test")
-    worker = t.workers[0]
-    submitted = 0
-    submit = worker.submit
-
-    def counting(signal: str, payload: Any, items: int) -> None:
-        nonlocal submitted
-        submitted += items
-        submit(signal, payload, items)
-
-    worker.submit = counting  # type: ignore[method-assign]
-    for i in range(20):
-        t.record(VM, [Sample("test.level", i)])
-        t.flush(0)
-        assert worker.queued_items() <= 50  # bounded memory
+    t.record(VM, [Sample("test.level", 1)])
+    t.span(VM, SpanEvent("coldstart", trace_id=7, span_id=9, parent_span_id=0, start_ns=10, end_ns=20))
+    t.flush(2)
+    assert [s.name for s in spans.get_finished_spans()] == ["coldstart"]  # not stuck behind metrics
+    assert t.stats()["x"].retries["metrics"] >= 1
     t.shutdown(0.2)
-    stats = t.stats()["down"]
-    assert stats.sent["metrics"] == 0 and submitted > 50
-    assert stats.dropped["metrics"] == submitted  # the backend never answered: exactly everything is lost
+    stats = t.stats()["x"]
+    assert stats.dropped["metrics"] + stats.failed["metrics"] > 0 and stats.sent["traces"] == 1
+
+
+def test_log_intake_from_many_threads_while_flushing_loses_nothing_uncounted() -> None:
+    """The I/O thread, the scrape loop and the export threads share the buffer: a flood of log
+    batches while another thread flushes must neither crash nor lose an item uncounted."""
+    a, b = InMemoryLogRecordExporter(), InMemoryLogRecordExporter()
+    t = Telemetry([("a", ExporterSinks(logs=a)), ("b", ExporterSinks(logs=b))], buffer_bytes=1 << 20,
+                  export_batch_size=64)  # fmt: skip
+    produced = 0
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def produce(n: int) -> None:
+        try:
+            for i in range(n):
+                t.log_batch(VM, [LogEvent(time_ns=i, body=f"line {i} " + "y" * 200) for _ in range(7)])
+        except BaseException as exc:  # pragma: no cover - the failure this test is for
+            errors.append(exc)
+
+    def flush() -> None:
+        while not stop.is_set():
+            try:
+                t.flush(0)
+            except BaseException as exc:  # pragma: no cover
+                errors.append(exc)
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    producers = [threading.Thread(target=produce, args=(3000,)) for _ in range(3)]
+    for th in producers:
+        th.start()
+    for th in producers:
+        th.join()
+    produced = 3 * 3000 * 7
+    stop.set()
+    flusher.join()
+    t.shutdown(10)
+    assert errors == []
+    for name, sink in (("a", a), ("b", b)):
+        stats = t.stats()[name]
+        assert stats.sent["logs"] == len(sink.get_finished_logs())
+        assert stats.sent["logs"] + stats.dropped["logs"] + stats.failed["logs"] == produced

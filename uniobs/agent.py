@@ -155,7 +155,7 @@ class Agent:
         if self.config.cgroups and layout is not None:
             from uniobs import discovery
 
-            claimed = {w.cgroup for w in found if w.cgroup}
+            claimed = {path for w in found for path in w.cgroup_paths}  # every hierarchy's path
             found += [
                 w for w in discovery.discover_cgroups(layout, self.config.max_workloads) if w.cgroup not in claimed
             ]
@@ -171,10 +171,8 @@ class Agent:
         now = time.monotonic_ns()
         for key in [k for k in self.workloads if k not in current]:
             gone = self.workloads.pop(key)
-            self.pipeline.stop_streams(gone, timeout=1.0)
-            self.pipeline.snapshot_streams(gone)
             self.pipeline.telemetry.log(gone, LogEvent(now, "workload vanished", event_name="uniobs.vanished"))
-            self.pipeline.workload_gone(gone)
+            self.pipeline.retire(gone)  # its console's backlog is still read; then its series end
             log.info("%s %s: gone", gone.kind.value, gone.display_name)
         for key, workload in current.items():
             if key in self.workloads:
@@ -234,6 +232,7 @@ class Agent:
             due = self._due_collectors()
             if due:
                 self.pipeline.scrape(list(self.workloads.values()), due)
+            self.pipeline.settle()  # vanished workloads whose consoles have read their backlog
             if now >= next_export:
                 self.pipeline.telemetry.flush(timeout=0.0)  # hand over; never wait on a backend here
                 next_export = now + self.settings.core.export_interval
@@ -252,11 +251,12 @@ class Agent:
         self.pipeline.close(max(0.1, deadline - time.monotonic()))
         if self.health is not None:
             self.health.close()
+        handed = dict(self.pipeline.telemetry.buffer.handed)
         final = {
-            name: {"sent": dict(st.sent), "failed": dict(st.failed), "dropped": dict(st.dropped)}
+            name: {"sent": dict(st.sent), "failed": dict(st.failed), "dropped": dict(st.dropped), "handed": handed}
             for name, st in self.pipeline.telemetry.stats().items()
         }
-        lost = sum(n for st in final.values() for n in st["dropped"].values())
+        lost = sum(n for st in final.values() for key in ("dropped", "failed") for n in st[key].values())
         # one machine-readable line: what was delivered and, exactly, what was lost
         print(f"uniobs agent: stopped; {'all delivered' if delivered and not lost else f'{lost} items lost'}; "
               f"final {json.dumps(final, sort_keys=True)}", file=sys.stderr, flush=True)  # fmt: skip
@@ -314,12 +314,15 @@ class Agent:
             exporters[name] = {
                 "healthy": ok, "delivering": stats.healthy, "failing_for_s": round(failing_for, 1),
                 "queued_items": worker.queued_items() if worker is not None else 0,
-                "last_error": stats.last_error, "sent": dict(stats.sent), "failed": dict(stats.failed),
-                "dropped": dict(stats.dropped),
+                "last_error": stats.last_error, "errors": dict(stats.errors), "sent": dict(stats.sent),
+                "failed": dict(stats.failed), "dropped": dict(stats.dropped), "retries": dict(stats.retries),
             }  # fmt: skip
+        buffer = self.pipeline.telemetry.buffer
         return healthy, {
             "status": "ok" if healthy else "exports failing",
             "uptime_s": round(now - self._started, 1),
             "workloads": len(self.workloads),
+            "retiring": self.pipeline.retiring(),
+            "buffer": {"used_bytes": buffer.used, "peak_bytes": buffer.peak, "limit_bytes": buffer.budget},
             "exporters": exporters,
         }

@@ -57,6 +57,7 @@ class ConsoleStream:
         self.splitter = LineSplitter(max_line)
         self.first_byte_ns: int | None = None
         self.ended = False
+        self._finishing = False
         self._on_lines = on_lines
         self._on_end = on_end
         self._tee = tee
@@ -160,15 +161,16 @@ class ConsoleStream:
         self._end()
 
     def _end(self) -> None:
-        if self.ended:
+        if self._finishing:
             return
-        self.ended = True
+        self._finishing = True
         tail = self.splitter.flush()
         if tail:
             self._on_lines(tail)
         self._close()
         if self._on_end is not None:
             self._on_end()
+        self.ended = True  # last: whoever sees it may take the final counters
 
     def _close(self) -> None:
         if self._tee is not None:

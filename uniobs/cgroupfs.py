@@ -29,6 +29,12 @@ What is read, per cgroup (each file is optional; a missing file leaves its field
 Every figure is hierarchical (it includes descendant cgroups), as v2 always is: v1 memory
 figures use the `total_*` keys of memory.stat and blkio the `_recursive` files.
 
+A cgroup need not sit at the same path in every hierarchy: a relative cgroupsPath lands under
+the launcher's cgroup in each one, and on hybrid hosts the launcher is often nested in memory
+(or in unified) but not elsewhere. Readers take the path per controller (`paths`, from the
+runtime's state or `/proc/<pid>/cgroup`, see `parse_proc_cgroup`); a hierarchy that is mounted
+but has no directory for the cgroup is named in `CgroupStats.absent`, not silently skipped.
+
 Files are read with os.open/os.read (measured cheaper than open() on the target hosts). A
 cgroup that vanishes while being read raises `WorkloadGone`; see `_Reader`.
 """
@@ -150,6 +156,11 @@ class CgroupStats:
     cpu_pressure: Pressure | None = None
     memory_pressure: Pressure | None = None
     io_pressure: Pressure | None = None
+    # v1 controllers whose hierarchy is mounted but has no directory at this cgroup's path there:
+    # their figures are None for that reason (a wrong path, or a cgroup the runtime did not create
+    # in that hierarchy). The unified hierarchy of a hybrid host is never named (PSI only, and
+    # many cgroups have no directory there).
+    absent: tuple[str, ...] = ()
 
 
 # --- pure parsers: text in, values out, no I/O ---------------------------------------------
@@ -297,6 +308,43 @@ def parse_pressure(text: str) -> Pressure:
 def parse_procs(text: str) -> list[int]:
     """cgroup.procs: one pid per line (unordered; a pid may repeat in v1)."""
     return [int(token) for token in text.split()]
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """/proc/<pid>/cgroup ("hierarchy-id:controllers:path" per line) to {controller: path}.
+
+        4:memory:/nest/a/ctr          -> {"memory": "/nest/a/ctr"}
+        2:cpu,cpuacct:/ctr            -> {"cpu": "/ctr", "cpuacct": "/ctr"}
+        0::/ctr                       -> {"": "/ctr"}           (the cgroup2 hierarchy)
+        1:name=systemd:/ctr           -> {"name=systemd": "/ctr"}
+
+    Paths are as the reader's cgroup namespace sees them, which is how cgroupfs mounted in that
+    namespace lays them out. A v2 path marked " (deleted)" (the process sits in a removed cgroup)
+    and a path with ".." are left out.
+    """
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or parts[2].endswith(" (deleted)"):
+            continue
+        try:
+            path = normalize_path(parts[2])
+        except ValueError:
+            continue
+        for controller in parts[1].split(",") if parts[1] else [""]:
+            out[controller] = path
+    return out
+
+
+def proc_cgroup_paths(pid: int, proc_dir: str = "/proc") -> dict[str, str]:
+    """Where a process sits in each hierarchy: `parse_proc_cgroup` of `<proc_dir>/<pid>/cgroup`.
+
+    Raises FileNotFoundError when the process is gone, another OSError if the file cannot be read.
+    """
+    text = _read_file(f"{proc_dir}/{pid}/cgroup")
+    if text is None:
+        raise FileNotFoundError(errno.ENOENT, "no such process", f"{proc_dir}/{pid}/cgroup")
+    return parse_proc_cgroup(text)
 
 
 def working_set(usage: int, inactive_file: int | None) -> int:
@@ -472,6 +520,10 @@ class _Reader:
         self._absent: set[str] = set()
         self._alive = False  # a primary directory was seen to exist after a failed read
 
+    def missing(self, directory: str) -> bool:
+        """Whether a read found this directory absent (a file of an absent cgroup was asked for)."""
+        return directory in self._absent
+
     def read(self, directory: str, name: str) -> str | None:
         if directory in self._absent:
             return None
@@ -495,24 +547,45 @@ class _Reader:
         raise WorkloadGone(f"cgroup {self.path} is gone")
 
 
-def _cgroup_dirs(layout: CgroupLayout, path: str) -> tuple[dict[str, str], list[str]]:
-    """The cgroup's directory per controller ("unified" for v2), and the primary ones."""
-    dirs = {controller: _join(hierarchy, path) for controller, hierarchy in layout.v1.items()}
+def _normalize_paths(paths: Mapping[str, str] | None) -> dict[str, str]:
+    return {controller: normalize_path(p) for controller, p in paths.items()} if paths else {}
+
+
+def _cgroup_dirs(
+    layout: CgroupLayout, path: str, paths: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """The cgroup's directory per controller ("unified" for v2), and the primary ones.
+
+    `paths` (normalized) overrides `path` per controller, "" being the unified hierarchy.
+    """
+    paths = paths or {}
+    dirs = {controller: _join(hierarchy, paths.get(controller, path)) for controller, hierarchy in layout.v1.items()}
     primary = list(dirs.values())
     if layout.unified is not None:
-        dirs["unified"] = _join(layout.unified, path)
+        dirs["unified"] = _join(layout.unified, paths.get("", path))
         if not primary:
             primary = [dirs["unified"]]
     return dirs, primary
 
 
-def read_stats(layout: CgroupLayout, path: str, *, io: bool = True, pressure: bool = True) -> CgroupStats:
-    """Read one cgroup now. Raises WorkloadGone if it no longer exists in any hierarchy.
+def read_stats(
+    layout: CgroupLayout,
+    path: str,
+    *,
+    io: bool = True,
+    pressure: bool = True,
+    paths: Mapping[str, str] | None = None,
+) -> CgroupStats:
+    """Read one cgroup now. Raises WorkloadGone if it no longer exists in any hierarchy, and
+    ValueError for a path with "..".
 
+    `path` is the cgroup's path in every hierarchy, except where `paths` ({controller: path},
+    "" for the unified hierarchy; e.g. `Workload.cgroups`) says otherwise. A mounted v1 hierarchy
+    with no directory at the cgroup's path there is named in the result's `absent`.
     `io=False` / `pressure=False` skip the block I/O / PSI files (two and three reads).
     """
     path = normalize_path(path)
-    dirs, primary = _cgroup_dirs(layout, path)
+    dirs, primary = _cgroup_dirs(layout, path, _normalize_paths(paths))
     reader = _Reader(path, primary)
     unified = dirs.get("unified")
     values: dict[str, Any] = {}  # CgroupStats fields
@@ -594,7 +667,11 @@ def read_stats(layout: CgroupLayout, path: str, *, io: bool = True, pressure: bo
             if text is not None:
                 values[f"{resource}_pressure"] = parse_pressure(text)
 
-    return CgroupStats(path, **values)
+    absent = tuple(c for c in sorted(layout.v1) if reader.missing(dirs[c]))
+    if absent and not any(os.path.isdir(d) for d in primary):
+        # removed while being read: a runtime deletes a container's hierarchies one at a time
+        raise WorkloadGone(f"cgroup {path} is gone")
+    return CgroupStats(path, **values, absent=absent)
 
 
 def _read_memory_v1(reader: _Reader, directory: str, values: dict[str, Any]) -> None:
@@ -689,10 +766,14 @@ def _device_key(device: str) -> tuple[int, int]:
     return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (1 << 31, 0)
 
 
-def cgroup_pids(layout: CgroupLayout, path: str) -> list[int]:
-    """The processes in a cgroup (cgroup.procs), from the first hierarchy that has it."""
+def cgroup_pids(layout: CgroupLayout, path: str, paths: Mapping[str, str] | None = None) -> list[int]:
+    """The processes in a cgroup (cgroup.procs), from the first hierarchy that has it.
+
+    `paths` overrides `path` per controller, as for `read_stats`. Raises WorkloadGone when the
+    cgroup exists in no hierarchy.
+    """
     path = normalize_path(path)
-    dirs, primary = _cgroup_dirs(layout, path)
+    dirs, primary = _cgroup_dirs(layout, path, _normalize_paths(paths))
     order = [c for c in ("memory", "cpuacct", "pids", "cpu", "blkio", "unified") if c in dirs]
     reader = _Reader(path, primary)
     for controller in order:
@@ -722,8 +803,10 @@ __all__ = [
     "parse_int",
     "parse_io_stat",
     "parse_pressure",
+    "parse_proc_cgroup",
     "parse_procs",
     "parse_v1_limit",
+    "proc_cgroup_paths",
     "read_stats",
     "working_set",
 ]
@@ -793,18 +876,23 @@ class OomWatch:
     every OOM (and once when the cgroup is removed); the wake-up reads the `oom_kill` counter
     while the cgroup still exists. v2 (and v1 without `oom_kill`, before Linux 4.13): the caller
     polls `check()`; `memory.events` keeps `oom_kill`.
+
+    `path` is the cgroup's path, `paths` its path per controller where that differs (as for
+    `read_stats`): the memory hierarchy's ("memory", or "" on v2) is the one watched. Raises
+    FileNotFoundError when there is no memory controller, ValueError for a path with "..".
     """
 
-    def __init__(self, layout: CgroupLayout, path: str) -> None:
+    def __init__(self, layout: CgroupLayout, path: str, paths: Mapping[str, str] | None = None) -> None:
         self.path = normalize_path(path)
         self.kills = 0  # from the oom_kill counter
         self.ooms = 0  # OOM notifications seen (v1 eventfd), which may precede the counter
         self._eventfd: int | None = None
+        where = _normalize_paths(paths)
         if "memory" in layout.v1:
-            directory = _join(layout.v1["memory"], self.path)
+            directory = _join(layout.v1["memory"], where.get("memory", self.path))
             self._file, self._key = os.path.join(directory, "memory.oom_control"), "oom_kill"
         elif layout.unified is not None:
-            directory = _join(layout.unified, self.path)
+            directory = _join(layout.unified, where.get("", self.path))
             self._file, self._key = os.path.join(directory, "memory.events"), "oom_kill"
         else:
             raise FileNotFoundError(errno.ENOENT, "no memory controller", layout.root)

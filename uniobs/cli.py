@@ -82,6 +82,14 @@ def _registry() -> Registry:
         raise click.ClickException(str(exc)) from None
 
 
+def say_undelivered(pipeline: Any) -> list[str]:
+    """Print, per exporter and signal, what was not delivered (nothing when all was). Returns the lines."""
+    lines: list[str] = pipeline.undelivered_summary()
+    for line in lines:
+        click.echo(f"uniobs: {line}", err=True)
+    return lines
+
+
 @main.command()
 def plugins() -> None:
     """List installed collectors, exporters and parsers, with the package each came from."""
@@ -176,7 +184,7 @@ def scrape_once(
         log.warning("no cgroups under %s: %s", cgroup_root, exc)
     else:
         containers = discover_containers(layout, max_cgroups=max_cgroups)
-        claimed = {w.cgroup for w in containers}
+        claimed = {path for w in containers for path in w.cgroup_paths}
         workloads += containers
         workloads += [w for w in discovery.discover_cgroups(layout, max_cgroups=max_cgroups) if w.cgroup not in claimed]
     samples = pipeline.scrape(workloads)
@@ -187,11 +195,8 @@ def scrape_once(
         + ", ".join(pipeline.describe_exporters()),
         err=True,
     )
-    failures = pipeline.exporter_failures()
-    for name, failure in failures.items():
-        lost = {k: v for k, v in {**failure["failed"]}.items() if v}
-        click.echo(f"uniobs: exporter {name} lost {lost}: {failure['error']}", err=True)
-    if failures or not delivered:
+    lost = say_undelivered(pipeline)
+    if lost or not delivered:
         sys.exit(1)
 
 
@@ -218,11 +223,18 @@ def scrape_once(
 @click.option(
     "--as", "shrinkwrap", type=click.Choice(["unikernel", "container"]), help="With --function: which shrink-wrap."
 )
+@click.option(
+    "--rundir",
+    metavar="DIR",
+    envvar="UNIOBS_RUNDIR",
+    help="Where the run keeps its sockets, FIFOs and bundle copy: a run-* directory of its own, removed when it "
+    "ends; stale ones of killed runs are removed at the next start.  [default: /run/uniobs, else $TMPDIR/uniobs-UID]",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, quiet: bool,
     cgroup: str | None, ready: str | None, request: str | None, definition: str | None, shrinkwrap: str | None,
-    command: tuple[str, ...],
+    rundir: str | None, command: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Run COMMAND and observe it until it exits: a unikernel (qemu-system-*, solo5-hvt), a container
     (runc run, crun run, podman run, docker run) or any command; or `--function F.toml --as KIND`.
@@ -245,10 +257,13 @@ def run(
             if kind not in fdef.wraps:
                 raise fn.DefinitionError(f"{fdef.path}: no [{kind}] table (it has: {', '.join(fdef.wraps)})")
             wrap = fdef.wraps[kind]
+            fn.check_runnable(fdef, wrap)
             fn.ensure_built(fdef, wrap)
-            accel = probe().accel if kind == "unikernel" else "tcg"
-            inst = fn.instance(fdef, wrap, accel)
-        except (fn.DefinitionError, FileNotFoundError) as exc:
+            chosen = probe() if kind == "unikernel" else None
+            if chosen is not None and not chosen.probed:
+                log.warning("accelerator: %s", chosen.describe())
+            inst = fn.instance(fdef, wrap, chosen.accel if chosen is not None else "tcg")
+        except fn.DefinitionError as exc:
             raise click.ClickException(str(exc)) from None
         command = tuple(fn.command_for(fdef, wrap, inst))
         env = {k: inst.fill(v, fdef) for k, v in wrap.env.items()}
@@ -261,10 +276,16 @@ def run(
     if not command:
         raise click.UsageError("a COMMAND to run, or --function")
     settings = load_settings(config_path)
-    info, described, function = launch(
-        settings, list(export), list(command), name=name, interval=interval, quiet=quiet, cgroup=cgroup,
-        ready=ready, request=request, env=env, cwd=cwd,
-    )  # fmt: skip
+    from uniobs.runner import RunInterrupted
+
+    try:
+        info, described, function = launch(
+            settings, list(export), list(command), name=name, interval=interval, quiet=quiet, cgroup=cgroup,
+            ready=ready, request=request, env=env, cwd=cwd, rundir=rundir,
+        )  # fmt: skip
+    except RunInterrupted as exc:
+        click.echo(f"uniobs: {exc}", err=True)
+        sys.exit(128 + exc.signum)
     click.echo(
         f"uniobs: {function} exited: {info.reason}"
         + (f" (guest status {info.guest_exit_code})" if info.guest_exit_code is not None else "")
@@ -278,50 +299,83 @@ def run(
 def launch(
     settings: Settings, export: list[str], command: list[str], *, name: str | None = None, interval: float = 1.0,
     quiet: bool = False, cgroup: str | None = None, ready: str | None = None, request: str | None = None,
-    env: dict[str, str] | None = None, cwd: str | None = None,
+    env: dict[str, str] | None = None, cwd: str | None = None, rundir: str | None = None,
 ) -> tuple[Any, str, str]:  # fmt: skip
-    """One observed launch; returns (exit info, where telemetry went, the function's name)."""
-    import os
+    """One observed launch; returns (exit info, where telemetry went, the function's name).
 
+    Its run directory (under `rundir`, see uniobs.rundir) is removed however the launch ends; a
+    SIGINT, SIGTERM or SIGHUP before the command runs raises RunInterrupted (after that, the
+    runner forwards them to the command)."""
+    import signal
+    import threading
+
+    from uniobs.runner import FORWARDED_SIGNALS, RunInterrupted
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise RunInterrupted(signum, "")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, interrupted) for s in FORWARDED_SIGNALS} if main_thread else {}
+    try:
+        return _launch(settings, export, command, name=name, interval=interval, quiet=quiet, cgroup=cgroup,
+                       ready=ready, request=request, env=env, cwd=cwd, rundir=rundir)  # fmt: skip
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _launch(
+    settings: Settings, export: list[str], command: list[str], *, name: str | None, interval: float, quiet: bool,
+    cgroup: str | None, ready: str | None, request: str | None, env: dict[str, str] | None, cwd: str | None,
+    rundir: str | None,
+) -> tuple[Any, str, str]:  # fmt: skip
     from uniobs.launch import LaunchError, plan_launch
     from uniobs.pipeline import Pipeline
     from uniobs.probes import ProbeError
-    from uniobs.runner import Runner, default_rundir
+    from uniobs.rundir import RunDir
+    from uniobs.runner import RunInterrupted, Runner
 
     specs = export or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
-    rundir = default_rundir()
     try:
-        plan = plan_launch(command, rundir, "vm")
-        pipeline = Pipeline(settings, export=specs)
-    except (ConfigError, PluginError, LaunchError) as exc:
-        os.rmdir(rundir)
-        raise click.ClickException(str(exc)) from None
-    for note in plan.notes:
-        log.info("%s", note)
-    if plan.container_id is not None:
-        default = plan.container_id
-    elif plan.cidfile is not None and plan.kernel:  # podman/docker: the image's name, no registry or tag
-        default = plan.kernel.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
-    else:
-        default = os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
-    function = name or default
-    if cgroup == "auto":
-        cgroup = f"/uniobs/{function}-{os.path.basename(rundir)}"
-    try:
-        runner = Runner(
-            pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=rundir,
-            cgroup=cgroup, ready=ready, request=request, env=env, cwd=cwd,
-        )  # fmt: skip
-    except ProbeError as exc:
-        pipeline.close(1)
-        raise click.ClickException(str(exc)) from None
-    try:
-        info = runner.run()
+        owned = RunDir.create(rundir)
     except OSError as exc:
+        raise click.ClickException(f"cannot create the run directory: {_os_error(exc)}") from None
+    with owned:
+        try:
+            plan = plan_launch(command, owned, "vm")
+            pipeline = Pipeline(settings, export=specs)
+        except (ConfigError, PluginError, LaunchError) as exc:
+            raise click.ClickException(str(exc)) from None
+        for note in plan.notes:
+            log.info("%s", note)
+        if plan.container_id is not None:
+            default = plan.container_id
+        elif plan.cidfile is not None and plan.kernel:  # podman/docker: the image's name, no registry or tag
+            default = plan.kernel.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+        else:
+            default = os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
+        function = name or default
+        if cgroup == "auto":
+            cgroup = f"/uniobs/{function}-{os.path.basename(owned.path)}"
+        try:
+            runner = Runner(
+                pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=owned,
+                cgroup=cgroup, ready=ready, request=request, env=env, cwd=cwd,
+            )  # fmt: skip
+        except ProbeError as exc:
+            pipeline.close(1)
+            raise click.ClickException(str(exc)) from None
+        try:
+            info = runner.run()
+        except RunInterrupted:
+            pipeline.close(5)
+            raise
+        except OSError as exc:
+            pipeline.close(5)
+            raise click.ClickException(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+        pipeline.flush(10)
         pipeline.close(5)
-        raise click.ClickException(f"cannot run {command[0]}: {exc}") from None
-    pipeline.flush(10)
-    pipeline.close(5)
+    say_undelivered(pipeline)
     return info, ", ".join(pipeline.describe_exporters()), function
 
 
@@ -386,6 +440,7 @@ def attach(config_path: str | None, export: tuple[str, ...], name: str | None, i
     ended = Attacher(pipeline, workload, interval=interval).run()
     pipeline.flush(10)
     pipeline.close(5)
+    say_undelivered(pipeline)
     click.echo(f"uniobs: {function}: {ended}", err=True)
 
 
@@ -447,6 +502,7 @@ def parse(config_path: str | None, export: tuple[str, ...], family: str | None, 
     pipeline.flush(10)
     pipeline.close(5)
     click.echo("exported -> " + ", ".join(pipeline.describe_exporters()))
+    say_undelivered(pipeline)
 
 
 @main.command()
@@ -473,6 +529,7 @@ def compare(
     from uniobs.results import ResultsError, dump, load
 
     use_color = sys.stdout.isatty() if color is None else color
+    undelivered: list[str] = []
     try:
         if diff_paths:
             click.echo(report.diff(load(diff_paths[0]), load(diff_paths[1])))
@@ -493,18 +550,30 @@ def compare(
                 raise click.ClickException(str(exc)) from None
             settings = load_settings(config_path)
             specs = list(export) or list(settings.core.export) or [f"file:{out_dir}/telemetry.jsonl"]
-            os.makedirs(out_dir, exist_ok=True)
+            from uniobs.launch import LaunchError
+            from uniobs.probes import ProbeError
+
+            _makedirs(out_dir)
             try:
-                results = cmp.Comparison(fdef, runs, specs, settings, cmp.progress_printer(), idle_s).run()
-            except (fn.DefinitionError, ConfigError, PluginError) as exc:
+                comparison = cmp.Comparison(fdef, runs, specs, settings, cmp.progress_printer(), idle_s)
+                results = comparison.run()
+                undelivered = comparison.undelivered
+            except (fn.DefinitionError, ConfigError, PluginError, LaunchError, ProbeError) as exc:
                 raise click.ClickException(str(exc)) from None
+            except OSError as exc:
+                raise click.ClickException(f"compare: {_os_error(exc)}") from None
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.terminal_table(results, use_color), color=use_color)
-    paths = report.write_reports(results, out_dir)
-    if json_path:
-        dump(results, json_path)
-        paths["json"] = Path(json_path)
+    for line in undelivered:
+        click.echo(f"uniobs: {line}", err=True)
+    try:
+        paths = report.write_reports(results, out_dir)
+        if json_path:
+            dump(results, json_path)
+            paths["json"] = Path(json_path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the reports: {_os_error(exc)}") from None
     click.echo("reports: " + ", ".join(str(p) for p in paths.values()), err=True)
 
 
@@ -522,6 +591,20 @@ def agent(config_path: str | None, export: tuple[str, ...]) -> None:
     where = f"health http://{runner.config.health}/healthz" if runner.health is not None else "no health endpoint"
     click.echo(f"uniobs agent: exporting to {', '.join(runner.pipeline.describe_exporters())}; {where}", err=True)
     sys.exit(runner.run())
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line: the file it was about, and why."""
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return exc.strerror or str(exc)
+
+
+def _makedirs(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create the output folder: {_os_error(exc)}") from None
 
 
 def _read_bytes(path: str) -> bytes:

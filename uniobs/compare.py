@@ -39,7 +39,8 @@ from uniobs.pipeline import Pipeline
 from uniobs.plugin import ExporterSinks
 from uniobs.probes import http_get, parse_probe
 from uniobs.results import SCHEMA, percentile
-from uniobs.runner import Runner, default_rundir
+from uniobs.rundir import RunDir
+from uniobs.runner import Runner
 
 log = logging.getLogger("uniobs.compare")
 
@@ -168,7 +169,7 @@ class Measure:
         from uniobs.cgroupfs import read_stats
 
         try:
-            stats = read_stats(self.layout, self.workload.cgroup, io=False, pressure=False)
+            stats = read_stats(self.layout, self.workload.cgroup, io=False, pressure=False, paths=self.workload.cgroups)
         except Exception:
             return None, None
         return stats.memory_usage, stats.cpu_usage_s
@@ -285,18 +286,22 @@ class Comparison:
         self.settings = settings
         self.progress = progress
         self.idle_s = idle_s
+        self.undelivered: list[str] = []  # per exporter and signal, what the run could not deliver
 
     def run(self) -> dict[str, Any]:
         d = self.d
         started = time.monotonic()
         for wrap in d.wraps.values():
-            self.progress(f"building the {wrap.shrinkwrap} image (if missing)")
+            fn.check_runnable(d, wrap)
+            if fn.missing_images(d, wrap):
+                self.progress(f"building the {wrap.shrinkwrap} image ({' '.join(wrap.build) or 'no build command'})")
             fn.ensure_built(d, wrap)
         accel = "tcg"
         reason = "no unikernel side"
         if "unikernel" in d.wraps:
             chosen = probe()
             accel, reason = chosen.accel, chosen.describe()
+            self.progress(f"accelerator: {reason}")
         coverage = Coverage()
         pipeline = Pipeline(self.settings, export=self.export, extra_sinks=[("compare", coverage.sinks())])
         sides: dict[str, dict[str, Any]] = {kind: self._side(kind, accel) for kind in d.wraps}
@@ -311,6 +316,7 @@ class Comparison:
         finally:
             pipeline.flush(10)
             pipeline.close(5)
+            self.undelivered = pipeline.undelivered_summary()
         for side in sides.values():
             self._summarise(side)
         return {
@@ -345,13 +351,17 @@ class Comparison:
 
     def _one(self, pipeline: Pipeline, coverage: Coverage, wrap: fn.Wrap, accel: str, side: dict[str, Any],
              first: bool) -> None:  # fmt: skip
+        with RunDir.create() as rundir:  # the launch's sockets, FIFO and bundle copy, removed however it ends
+            self._launch_one(rundir, pipeline, coverage, wrap, accel, side, first)
+
+    def _launch_one(self, rundir: RunDir, pipeline: Pipeline, coverage: Coverage, wrap: fn.Wrap, accel: str,
+                    side: dict[str, Any], first: bool) -> None:  # fmt: skip
         from uniobs import surface
 
         d = self.d
         inst = fn.instance(d, wrap, accel)
         command = fn.command_for(d, wrap, inst)
         env = {k: inst.fill(v, d) for k, v in wrap.env.items()}
-        rundir = default_rundir()
         plan = plan_launch(command, rundir, "vm")
         ready = inst.fill(d.ready, d) if d.ready else None
         request = inst.fill(d.request, d) if d.request else None

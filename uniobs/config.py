@@ -47,19 +47,22 @@ class CoreConfig(PluginConfig):
     interval: float = 10.0  # default scrape interval, seconds, for collectors that set none
     export: tuple[str, ...] = ()  # exporter specs, as for --export
     export_interval: float = 10.0  # seconds between exports of accumulated telemetry
-    queue_batches: int = 64  # per exporter: batches held while a backend is slow or down
-    queue_max_items: int = 200_000  # per exporter: data points + log records + spans held (memory bound)
-    retry_initial: float = 1.0  # seconds before retrying a failed export; doubles each time (0: no retry)
+    # Memory held for export, in bytes, shared by every exporter: log records, spans and data points
+    # waiting to be delivered (a batch two exporters take counts once). Past it the oldest is
+    # dropped, counted in uniobs.exporter.items{outcome="dropped"}. See docs/configuration.md.
+    buffer_bytes: int = 32 << 20
+    export_batch_size: int = 512  # log records or spans per export request
+    retry_initial: float = 1.0  # seconds before retrying a retryable failure; doubles each time (0: no retry)
     retry_max: float = 30.0  # the longest back-off between retries
-    max_log_records: int = 100_000  # log records buffered between exports; oldest dropped first
-    max_log_bytes: int = 64 << 20  # and their bodies' total size, so a flood of long lines is bounded too
     service_name: str = ""  # uniobs' own resource; OTEL_SERVICE_NAME when empty, then "uniobs"
 
     def validate(self) -> None:
         if self.interval <= 0 or self.export_interval <= 0:
             raise ValueError("interval: must be > 0 seconds")
-        if self.queue_batches < 1 or self.max_log_records < 1 or self.max_log_bytes < 1 or self.queue_max_items < 1:
-            raise ValueError("queue_batches, queue_max_items, max_log_records, max_log_bytes: must be >= 1")
+        if self.buffer_bytes < 1 << 20:
+            raise ValueError("buffer_bytes: must be >= 1048576 (1 MiB)")
+        if not 1 <= self.export_batch_size <= 100_000:
+            raise ValueError("export_batch_size: must be between 1 and 100000")
         if self.retry_initial < 0 or self.retry_max < 0:
             raise ValueError("retry_initial, retry_max: must be >= 0 seconds")
 

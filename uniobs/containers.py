@@ -53,6 +53,11 @@ to a size, labels are capped in number and length, and the keys uniobs derives i
 are only derived for a container whose cgroup is in a kubepods hierarchy, and the pod UID
 comes from that path, not from an annotation.
 
+A container's path can differ between hierarchies (a relative cgroupsPath lands under the
+launcher's cgroup in each one, and a launcher on a hybrid host is often nested in memory only):
+`Workload.cgroup` names the container, `Workload.cgroups` gives its path in each hierarchy where
+that is another, from runc's per-controller `cgroup_paths`, else from `/proc/<init>/cgroup`.
+
 Each root (`run_dir`, `var_lib`, `proc_dir`, the cgroup layout's root) is a parameter so tests
 point them at recorded trees; absolute paths found inside state files (bundles under /run or
 /var/lib) are re-rooted under them.
@@ -297,12 +302,13 @@ def relative_cgroup(controller: str, value: str, unified_only: bool) -> str | No
 
 
 def canonical_cgroup(cgroups: Iterable[tuple[str, str]]) -> str | None:
-    """The one path a container's figures are read at.
+    """The one path that names a container (`Workload.cgroup`, `uniobs.cgroup.path`).
 
     A relative cgroupsPath lands relative to the *launcher's* cgroup in each hierarchy (runc's
     rule), so when the launcher sat at different places in different v1 hierarchies, so does the
     container. The path most of the read controllers agree on wins; ties go to cpuacct, then
-    memory (the hierarchies `cgroupfs.list_cgroups` walks).
+    memory (the hierarchies `cgroupfs.list_cgroups` walks). The figures are still read in each
+    hierarchy at that hierarchy's own path (`Workload.cgroups`, see `ContainerDiscovery`).
     """
     by_controller = dict(cgroups)
     counts = collections.Counter(by_controller[c] for c in _READ_CONTROLLERS if c in by_controller)
@@ -901,10 +907,9 @@ class ContainerDiscovery:
                 cgroup = state.cgroup
             if state.source in ("runc", "crun") and not oci_runtime:
                 oci_runtime = state.source
+        cgroup, per_controller = self._controller_paths(states, cgroup if cgroup is not None else path, pid)
         if match is None and cgroup is not None:
             match = match_cgroup(cgroup)  # a state-known container in a kubepods cgroup
-        if cgroup is None:
-            cgroup = path
         if match is not None and match.runtime != "cri":
             runtime = match.runtime
         elif states:
@@ -919,6 +924,8 @@ class ContainerDiscovery:
             meta = self._podman_meta(cid)
         if meta is not None and pid is None:
             pid = self._live_pid(meta.pid, None)
+            if pid is not None:  # a container found by name: its init says where it is per hierarchy
+                cgroup, per_controller = self._controller_paths(states, cgroup, pid)
 
         derived: dict[str, str] = {}
         name = meta.name if meta is not None else ""
@@ -952,7 +959,50 @@ class ContainerDiscovery:
             pid=pid,
             cgroup=cgroup,
             labels=MappingProxyType(labels),
+            cgroups=MappingProxyType(per_controller),
         )
+
+    def _read_controllers(self) -> list[str]:
+        """The hierarchies figures are read from, by controller ("" the unified one)."""
+        if self.layout is None:
+            return list(_READ_CONTROLLERS)
+        unified = self.layout.unified is not None
+        return [c for c in _READ_CONTROLLERS if c in self.layout.v1 or (c == "" and unified)]
+
+    def _controller_paths(
+        self, states: list[RuntimeState], cgroup: str | None, pid: int | None
+    ) -> tuple[str | None, dict[str, str]]:
+        """The container's path in each read hierarchy where it is not `cgroup`, and `cgroup`
+        itself (taken from the init's /proc/<pid>/cgroup when no state names one).
+
+        runc's state names every hierarchy (`cgroup_paths`); crun's status and containerd's task
+        directory name one path, and a container found by its cgroup name has none: for the
+        hierarchies no state names, the init's /proc/<pid>/cgroup says where it is. An init in
+        the container's cgroup or below it (systemd's init.scope in a container) leaves that
+        hierarchy at `cgroup`.
+        """
+        wanted = self._read_controllers()
+        paths: dict[str, str] = {}
+        for state in states:
+            for controller, path in state.cgroups:
+                if controller in wanted:
+                    paths.setdefault(controller, path)
+        if pid is not None and self.proc_dir is not None and any(c not in paths for c in wanted):
+            try:
+                seen = cgroupfs.proc_cgroup_paths(pid, self.proc_dir)
+            except OSError:
+                seen = {}
+            if cgroup is None:
+                cgroup = canonical_cgroup((c, p) for c, p in seen.items() if c in wanted)
+            inside = None if cgroup is None else cgroup.rstrip("/") + "/"
+            for controller in wanted:
+                at = seen.get(controller)
+                if at is None or controller in paths or at == cgroup:
+                    continue
+                if inside is not None and at.startswith(inside):
+                    continue
+                paths[controller] = at
+        return cgroup, {c: p for c, p in paths.items() if p != cgroup}
 
     def _manager(self, state: RuntimeState) -> str:
         """Which manager launched the container a state record belongs to."""
@@ -1009,13 +1059,16 @@ class ContainerDiscovery:
                     out[key] = value
         return out
 
-    def _cgroup_exists(self, path: str) -> bool:
+    def _cgroup_exists(self, workload: Workload) -> bool:
+        """Whether the workload's cgroup exists in one of the primary hierarchies, each at the
+        workload's own path there."""
         if self.layout is None:
             return True
-        dirs = [self.layout.v1[c] for c in ("memory", "cpuacct", "cpu", "pids") if c in self.layout.v1]
+        v1 = self.layout.v1
+        dirs = [(v1[c], workload.cgroup_of(c)) for c in ("memory", "cpuacct", "cpu", "pids") if c in v1]
         if not dirs and self.layout.unified is not None:
-            dirs = [self.layout.unified]
-        return any(os.path.isdir(d if path == "/" else d + path) for d in dirs)
+            dirs = [(self.layout.unified, workload.cgroup_of(""))]
+        return any(os.path.isdir(d if p == "/" else d + p) for d, p in dirs if p is not None)
 
     def lookup(self, cid: str) -> Workload | None:
         """One container by id, from the runtimes' state files (what `uniobs run`/`attach` need)."""
@@ -1030,7 +1083,7 @@ class ContainerDiscovery:
             workload = self._describe(cid, None, None)
             if workload is None:
                 continue
-            alive = self._cgroup_exists(workload.cgroup) if workload.cgroup is not None else workload.pid is not None
+            alive = self._cgroup_exists(workload) if workload.cgroup is not None else workload.pid is not None
             if alive:
                 found.setdefault(workload.key, workload)
         if self.layout is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -170,17 +171,67 @@ class Instance:
         )
 
 
+# Where the programs a definition's commands name usually come from, for the "not installed" line.
+_INSTALL_HINTS = {
+    "make": "Debian: apt-get install make gcc",
+    "qemu-system-x86_64": "Debian: apt-get install qemu-system-x86",
+    "runc": "Debian: apt-get install runc",
+    "crun": "Debian: apt-get install crun",
+    "podman": "Debian: apt-get install podman",
+    "docker": "Debian: apt-get install docker.io",
+    "solo5-hvt": "Solo5 is not packaged in Debian: build it from source",
+}
+
+
+def _not_installed(program: str) -> str:
+    hint = _INSTALL_HINTS.get(os.path.basename(program))
+    return f"{program} is not installed" + (f" ({hint})" if hint else "")
+
+
+def _which(program: str, cwd: Path) -> str | None:
+    """The program a command names, as the launch will find it (relative paths from `cwd`)."""
+    if os.sep in program:
+        path = cwd / program
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    return shutil.which(program)
+
+
+def missing_images(definition: FunctionDef, wrap: Wrap) -> list[str]:
+    return [p for p in wrap.image if not (definition.dir / p).exists()]
+
+
 def ensure_built(definition: FunctionDef, wrap: Wrap) -> None:
-    """Run the wrap's build command when any image file is missing."""
-    missing = [p for p in wrap.image if not (definition.dir / p).exists()]
-    if not missing or not wrap.build:
-        if missing:
-            raise DefinitionError(f"{definition.path}: [{wrap.shrinkwrap}] image missing and no build: {missing}")
+    """Run the wrap's build command when any image file is missing; a DefinitionError (one line) when
+    it cannot be built: no build command, the build's program not installed, the build failed, or it
+    did not make the image."""
+    where = f"{definition.path}: [{wrap.shrinkwrap}]"
+    missing = missing_images(definition, wrap)
+    if not missing:
         return
-    result = subprocess.run(list(wrap.build), cwd=definition.dir, capture_output=True, text=True)
+    if not wrap.build:
+        raise DefinitionError(f"{where} image missing and no build command: {', '.join(missing)}")
+    build = " ".join(wrap.build)
+    if _which(wrap.build[0], definition.dir) is None:
+        raise DefinitionError(f"{where} cannot build the missing image ({build}): {_not_installed(wrap.build[0])}")
+    try:
+        result = subprocess.run(
+            list(wrap.build), cwd=definition.dir, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+    except OSError as exc:
+        raise DefinitionError(f"{where} cannot run the build ({build}): {exc.strerror or exc}") from None
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise DefinitionError(f"[{wrap.shrinkwrap}] build failed ({' '.join(wrap.build)}): " + " | ".join(tail))
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:] or [f"status {result.returncode}"]
+        raise DefinitionError(f"{where} build failed ({build}): " + " | ".join(tail))
+    still = missing_images(definition, wrap)
+    if still:
+        raise DefinitionError(f"{where} the build ({build}) succeeded but did not make: {', '.join(still)}")
+
+
+def check_runnable(definition: FunctionDef, wrap: Wrap) -> None:
+    """A DefinitionError (one line) when the program the wrap's command runs is not there."""
+    program = wrap.command[0] if wrap.command else ""
+    if program and _which(program, definition.dir) is None:
+        raise DefinitionError(f"{definition.path}: [{wrap.shrinkwrap}] cannot launch: {_not_installed(program)}")
 
 
 def instance(definition: FunctionDef, wrap: Wrap, accel: str) -> Instance:
@@ -189,7 +240,12 @@ def instance(definition: FunctionDef, wrap: Wrap, accel: str) -> Instance:
         args = [inst.fill(a, definition) for a in wrap.boot_args]
         if args and args[0] == "python3":
             args[0] = sys.executable
-        out = subprocess.run(args, cwd=definition.dir, capture_output=True, text=True)
+        try:
+            out = subprocess.run(args, cwd=definition.dir, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise DefinitionError(
+                f"[{wrap.shrinkwrap}] boot_args: cannot run {args[0]}: {exc.strerror or exc}"
+            ) from None
         if out.returncode != 0:
             raise DefinitionError(f"[{wrap.shrinkwrap}] boot_args failed: {out.stderr.strip()[-300:]}")
         inst.boot_args = out.stdout.strip()

@@ -58,10 +58,25 @@ class Workload:
     console: str | None = None  # console source: a file, a socket, or "pipe"
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     executable: str | None = None  # the VMM or init executable's name
+    # The path per hierarchy where it is not `cgroup`: v1 controller name ("memory", "cpuacct"...;
+    # "" for the unified hierarchy) -> path in that hierarchy. A relative cgroupsPath lands under
+    # the launcher's cgroup in *each* hierarchy, and on hybrid hosts a launcher often sits at
+    # different places in different ones (a nested memory cgroup, a systemd scope in unified).
+    cgroups: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind.value, self.runtime, self.id)
+
+    def cgroup_of(self, controller: str) -> str | None:
+        """The workload's path in one hierarchy (a v1 controller name, "" for the unified one)."""
+        return self.cgroups.get(controller, self.cgroup)
+
+    @property
+    def cgroup_paths(self) -> tuple[str, ...]:
+        """Every distinct path of the workload's cgroup, `cgroup` first; () without one."""
+        paths = [self.cgroup] if self.cgroup is not None else []
+        return tuple(dict.fromkeys([*paths, *self.cgroups.values()]))
 
     @property
     def display_name(self) -> str:

@@ -23,6 +23,8 @@ from uniobs.telemetry import SELF, Telemetry
 
 log = logging.getLogger("uniobs.pipeline")
 
+RETIRE_GRACE_S = 60.0  # how long a vanished workload's streams may take to read their backlog
+
 PIPELINE_METRICS = (
     MetricSpec(
         "uniobs.collector.errors",
@@ -137,12 +139,13 @@ class Pipeline:
         self.telemetry = Telemetry(
             [*sinks, *extra_sinks],
             service_name=settings.core.service_name,
-            queue_batches=settings.core.queue_batches,
-            queue_max_items=settings.core.queue_max_items,
+            buffer_bytes=settings.core.buffer_bytes,
+            export_batch_size=settings.core.export_batch_size,
+            metrics_batch_points=min(
+                [getattr(exporter.config, "max_export_batch_size", 5000) for _, exporter in self.exporters] or [5000]
+            ),
             retry_initial=settings.core.retry_initial,
             retry_max=settings.core.retry_max,
-            max_log_records=settings.core.max_log_records,
-            max_log_bytes=settings.core.max_log_bytes,
             strict=strict,
         )
         self.telemetry.declare(PIPELINE_METRICS, scope="uniobs")
@@ -150,6 +153,7 @@ class Pipeline:
         for plugin in plugins:
             self.telemetry.declare(plugin.metrics, scope=f"uniobs.collectors.{plugin.name}")
         self._health = _Health()
+        self._retiring: dict[tuple[str, str, str], tuple[Workload, float]] = {}
         self._errors: dict[tuple[str, str], int] = {}
         self._samples: dict[str, int] = {}
         self._durations: dict[str, float] = {}
@@ -174,6 +178,35 @@ class Pipeline:
             if plugin.applies_to(workload):
                 plugin.stop(workload, timeout)
 
+    def retire(self, workload: Workload, grace_s: float = RETIRE_GRACE_S) -> None:
+        """The workload is gone: its streams read what is left (a flood's backlog may take a while,
+        on the I/O thread), then its last counters are taken and its series end. Never waits:
+        `settle()` (called by every scrape) finishes retired workloads whose streams have ended,
+        or that waited `grace_s`."""
+        if workload.key in self._retiring:
+            return
+        for plugin in self.streaming:
+            if plugin.applies_to(workload):
+                plugin.stop(workload, timeout=0)
+        self._retiring[workload.key] = (workload, time.monotonic() + grace_s)
+        self.settle()
+
+    def retiring(self) -> int:
+        """Vanished workloads whose streams are still reading what they left."""
+        return len(self._retiring)
+
+    def settle(self, force: bool = False) -> None:
+        """End the retired workloads whose streams are done (all of them when `force`)."""
+        now = time.monotonic()
+        for key, (workload, deadline) in list(self._retiring.items()):
+            done = all(p.ended(workload) for p in self.streaming if p.applies_to(workload))
+            if done or force or now >= deadline:
+                if not done:
+                    log.warning("%s: its streams did not finish; final counters as they are", workload.display_name)
+                del self._retiring[key]
+                self.snapshot_streams(workload)
+                self.workload_gone(workload)
+
     def snapshot_streams(self, workload: Workload) -> None:
         """Record the streams' own counters now (e.g. after a final drain)."""
         if workload.key in self._streaming_on:
@@ -193,6 +226,7 @@ class Pipeline:
             self._durations[collector.name] = time.perf_counter() - started
         for workload in workloads:
             self.snapshot_streams(workload)
+        self.settle()
         self.telemetry.record(SELF, self._self_samples())
         return total
 
@@ -201,7 +235,7 @@ class Pipeline:
         try:
             samples = list(collector.collect(workload))
         except WorkloadGone:
-            self.workload_gone(workload)  # which still takes the last events (a QMP SHUTDOWN...)
+            self.retire(workload)  # its streams finish, then its series end (taking its last events)
             return 0
         except SourceUnavailable as exc:
             marker = (collector.name, workload.key, str(exc))
@@ -223,6 +257,24 @@ class Pipeline:
         self.telemetry.record(workload, samples)
         self._events(collector, workload)
         self._samples[collector.name] = self._samples.get(collector.name, 0) + len(samples)
+        # A source that should have answered and did not must not pass in silence: each reason is
+        # said once per workload (as SourceUnavailable is), and every collection with a gap counts
+        # as an error of type NoData, so a lasting gap keeps showing in uniobs.collector.errors.
+        try:
+            gaps = list(collector.gaps(workload))
+        except Exception as exc:
+            log.warning("%s: %s: reading gaps failed: %s", collector.name, workload.display_name, exc)
+            gaps = []
+        level = logging.WARNING
+        if gaps:
+            self._errors[(collector.name, "NoData")] = self._errors.get((collector.name, "NoData"), 0) + 1
+        elif not samples:  # nothing named missing: said, but not counted (e.g. a container with only lo)
+            gaps, level = ["the collection returned no samples"], logging.INFO
+        for gap in gaps:
+            marker = (collector.name, workload.key, f"yields nothing: {gap}")
+            if marker not in self._health.unavailable:
+                self._health.unavailable.add(marker)
+                log.log(level, "%s: %s: yields nothing: %s", collector.name, workload.display_name, gap)
         return len(samples)
 
     def _events(self, collector: Collector, workload: Workload) -> None:
@@ -264,6 +316,7 @@ class Pipeline:
         return self.telemetry.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
+        self.settle(force=True)
         for collector in self.collectors:
             try:
                 collector.close()
@@ -273,14 +326,25 @@ class Pipeline:
         self.loop.stop()
 
     def exporter_failures(self) -> dict[str, dict[str, Any]]:
-        """Per exporter: counts not delivered (failed or dropped), and the last error."""
+        """Per exporter that lost anything: {"signals": {signal: {"failed": n, "dropped": n}},
+        "errors": {signal: last reason}, "error": the last reason of all}."""
         out: dict[str, dict[str, Any]] = {}
         for name, stats in self.telemetry.stats().items():
-            lost = sum(stats.failed.values()) + sum(stats.dropped.values())
+            lost = stats.undelivered()
             if lost:
-                out[name] = {
-                    "failed": dict(stats.failed),
-                    "dropped": dict(stats.dropped),
-                    "error": stats.last_error,
-                }
+                errors = {signal: stats.errors[signal] for signal in lost if signal in stats.errors}
+                out[name] = {"signals": lost, "errors": errors, "error": stats.last_error}
         return out
+
+    def undelivered_summary(self) -> list[str]:
+        """One line per exporter and signal that lost anything, for the end of a command:
+        `exporter otlp-http: metrics not delivered: 12 failed (HTTP 405 Method Not Allowed)`."""
+        lines = []
+        for name, failure in self.exporter_failures().items():
+            for signal, lost in failure["signals"].items():
+                counts = ", ".join(f"{n} {outcome}" for outcome, n in lost.items())
+                why = failure["errors"].get(signal)
+                if "dropped" in lost and not why:
+                    why = "the export buffer was full"
+                lines.append(f"exporter {name}: {signal} not delivered: {counts}" + (f" ({why})" if why else ""))
+        return lines

@@ -86,6 +86,18 @@ class Collector(abc.ABC):
         """
         return ()
 
+    def gaps(self, workload: Workload) -> Iterable[str]:
+        """Sources this collector reads for the workload that yielded nothing in the `collect()`
+        just made, while the workload is there: one short, stable reason each, e.g. "memory: no
+        cgroup /a/b in /sys/fs/cgroup/memory (container.memory.* not read)".
+
+        Called right after a `collect()` that returned. The pipeline logs each reason once per
+        workload and counts the collection in `uniobs.collector.errors` (error.type "NoData"):
+        a source that should have answered and did not is a partial failure, not silence. A
+        source that does not exist here at all is SourceUnavailable instead.
+        """
+        return ()
+
     def forget(self, workload: Workload) -> None:
         """Drop any per-workload state: the workload is gone."""
         return None
@@ -131,7 +143,11 @@ class StreamingCollector(abc.ABC):
 
     @abc.abstractmethod
     def stop(self, workload: Workload, timeout: float = 2.0) -> None:
-        """Read what is already there, deliver it, and stop."""
+        """Read what is already there, deliver it, and stop. Waits up to `timeout` (0: only ask)."""
+
+    def ended(self, workload: Workload) -> bool:
+        """Whether the stream has delivered everything and stopped (after `stop`, or at its EOF)."""
+        return True
 
     def snapshot(self, workload: Workload) -> Iterable[Sample]:
         """Counters about the stream itself (bytes, drops), sampled with the scrapes."""
@@ -202,9 +218,48 @@ class ConsoleParser(abc.ABC):
 # --- exporters ------------------------------------------------------------------------------
 
 
+SIGNAL_NAMES = ("metrics", "logs", "traces")
+
+
+class ExportError(Exception):
+    """A sink's `export` failed, and says whether trying the same batch again may succeed.
+
+    Raised by a sink instead of returning FAILURE, so the export queue follows the OTLP
+    specification's retry rules: only retryable answers are retried (after `retry_after`
+    seconds when the backend said so: HTTP Retry-After, gRPC RetryInfo); any other failure
+    gives the batch up at once, counted as failed with `reason`. `rejected` (a partial success)
+    says only that many items were refused and the rest delivered.
+    """
+
+    def __init__(
+        self, reason: str, *, retryable: bool, retry_after: float | None = None, rejected: int | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.rejected = rejected
+
+
+@dataclass(frozen=True)
+class ExporterConfig(PluginConfig):
+    """Settings every exporter has: which signals it takes (all three by default)."""
+
+    signals: tuple[str, ...] = SIGNAL_NAMES  # e.g. ["traces"] for a traces-only backend
+
+    def validate(self) -> None:
+        bad = [s for s in self.signals if s not in SIGNAL_NAMES]
+        if bad or not self.signals:
+            raise ValueError(f"signals: expected some of {', '.join(SIGNAL_NAMES)}, got {list(self.signals)}")
+
+
 @dataclass(frozen=True)
 class ExporterSinks:
-    """The OpenTelemetry SDK exporters one uniobs exporter hands its signals to."""
+    """The OpenTelemetry SDK exporters one uniobs exporter hands its signals to.
+
+    A sink's `export` returns the SDK's SUCCESS/FAILURE, or raises `ExportError` to say whether
+    the failure is worth a retry.
+    """
 
     metrics: MetricExporter | None = None
     logs: LogRecordExporter | None = None

@@ -11,11 +11,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +41,7 @@ from uniobs.qmp import (
     event_log,
     parse_event,
 )
+from uniobs.rundir import RunDir, cgroup_exists, remove_cgroups
 
 log = logging.getLogger("uniobs.run")
 
@@ -61,14 +62,16 @@ LIFECYCLE_METRICS = (
 )
 
 
-def default_rundir() -> str:
-    for base in ("/run/uniobs", os.path.join(tempfile.gettempdir(), "uniobs")):
-        try:
-            os.makedirs(base, mode=0o700, exist_ok=True)
-            return tempfile.mkdtemp(prefix="run-", dir=base)
-        except OSError:
-            continue
-    return tempfile.mkdtemp(prefix="uniobs-run-")
+BUNDLE_COPY = "bundle"  # runc/crun: the bundle copy with TRACEPARENT, in the run directory
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class RunInterrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP arrived before the command was started: nothing ran."""
+
+    def __init__(self, signum: int, when: str = "before the command started") -> None:
+        super().__init__(f"interrupted by {_signal_name(signum)} {when}".strip())
+        self.signum = signum
 
 
 @dataclass
@@ -174,7 +177,7 @@ class Runner:
         *,
         interval: float = 1.0,
         mirror_console: bool = True,
-        rundir: str | None = None,
+        rundir: RunDir | str | None = None,
         cgroup: str | None = None,
         ready: str | None = None,
         request: str | None = None,
@@ -186,8 +189,11 @@ class Runner:
         self.name = name
         self.interval = interval
         self.mirror_console = mirror_console
+        # The run directory the plan's files are in: a RunDir (its owner record gets the launched
+        # process and cgroup; the caller removes it), a plain directory, or None: a RunDir of our own.
         self.rundir = rundir
         self.cgroup = cgroup  # a cgroup path to start the VMM in, created and removed by us
+        self.proc: subprocess.Popen[bytes] | None = None
         self.workload: Workload | None = None
         self.exec_ns = 0
         self.exit_ns = 0
@@ -211,6 +217,9 @@ class Runner:
         self._env: dict[str, str] | None = None
         self.extra_env = dict(env or {})  # for the function (containers, processes)
         self.cwd = cwd  # where the command runs (a function definition's folder)
+        self._pending_signals: list[int] = []  # received before the command was started
+        self._fds: dict[str, int] = {}  # descriptors this run still owns, closed when it ends
+        self._observing = False
 
     def lifecycle(
         self, name: str, time_ns: int, severity: Severity = Severity.INFO, attributes: Attributes = (),
@@ -227,22 +236,44 @@ class Runner:
             self.pipeline.telemetry.log(self.workload, event_log(event))
 
     def run(self) -> ExitInfo:
+        """Launch the command, observe it to its end, and exit-report it.
+
+        Everything the run creates is registered on one ExitStack as it is created, and removed
+        however the run ends (exit, crash, exception, SIGINT/SIGTERM/SIGHUP, which are forwarded
+        to the command): the command itself if still running, the cgroup, FIFOs, sockets, the
+        bundle copy, descriptors, and the run directory when the runner made it.
+        """
+        with contextlib.ExitStack() as cleanup:
+            return self._run(cleanup)
+
+    def _run(self, cleanup: contextlib.ExitStack) -> ExitInfo:
         plan = self.plan
-        rundir = self.rundir or default_rundir()
-        fifo_reader = fifo_keepalive = None
+        self._catch_signals(cleanup)
+        owner = self.rundir if isinstance(self.rundir, RunDir) else None
+        if self.rundir is None:
+            owner = cleanup.enter_context(RunDir.create())
+        rundir = os.fspath(owner if owner is not None else self.rundir or ".")
+        # What the command creates in the run directory: QEMU's QMP sockets, the engine's cidfile.
+        for path in (plan.qmp, plan.qmp_events, plan.cidfile):
+            if path:
+                cleanup.callback(_unlink, path)
+        cleanup.callback(self._close_fds)
         for fifo in plan.fifos:
+            cleanup.callback(_unlink, fifo)
             os.mkfifo(fifo, 0o600)
         if plan.fifos:
             # Open the read end first (non-blocking), and keep a writer of our own so the reader
             # sees no EOF before QEMU opens the FIFO; closed once QEMU has exited.
-            fifo_reader = os.open(plan.fifos[0], os.O_RDONLY | os.O_NONBLOCK)
-            fifo_keepalive = os.open(plan.fifos[0], os.O_WRONLY | os.O_NONBLOCK)
+            self._fds["fifo_reader"] = os.open(plan.fifos[0], os.O_RDONLY | os.O_NONBLOCK)
+            self._fds["fifo_keepalive"] = os.open(plan.fifos[0], os.O_WRONLY | os.O_NONBLOCK)
         loop = self.pipeline.loop.start()
         if plan.qmp_events:
             self.events = QmpEventWatcher(plan.qmp_events, loop, self._on_qmp_event)
+            cleanup.callback(self.events.close)
 
+        if plan.runtime in ("runc", "crun"):
+            cleanup.callback(shutil.rmtree, os.path.join(rundir, BUNDLE_COPY), ignore_errors=True)
         argv = self._with_traceparent(plan, rundir)
-        layout = None
         if self.cgroup is None and plan.runtime in ("runc", "crun") and os.geteuid() == 0:
             # runc/crun place a relative cgroupsPath under their own cgroup, in each hierarchy:
             # starting them in a cgroup of ours makes that one path in every controller.
@@ -251,8 +282,16 @@ class Runner:
             from uniobs.cgroupfs import create_cgroup, detect_layout
 
             layout = detect_layout()
+            if cgroup_exists(layout, self.cgroup):
+                log.info("%s: cgroup %s exists already: used, and left in place", self.name, self.cgroup)
+            else:
+                if owner is not None:
+                    owner.record_cgroup(self.cgroup)
+                cleanup.callback(remove_cgroups, [self.cgroup])  # after the command's end (LIFO)
             procs = create_cgroup(layout, self.cgroup)
             argv = [sys.executable, "-m", "uniobs.cgexec", *procs, "--", *argv]
+        if self._pending_signals:
+            raise RunInterrupted(self._pending_signals[0])
         self.exec_ns = time.monotonic_ns()
         # The VMM gets our terminal for an interactive console (QEMU's -nographic monitor), and
         # /dev/null otherwise: with no stdin of our own, fd 0 would be whatever we opened first.
@@ -262,13 +301,21 @@ class Runner:
             argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None,
             stderr=subprocess.PIPE if is_container else None, env=self._env, cwd=self.cwd,
         )  # fmt: skip
+        cleanup.callback(self._end_command, proc)  # a run that ends early does not leave it running
+        self.proc = proc
+        while self._pending_signals:  # arrived while it was being started
+            self._forward(self._pending_signals.pop(0))
+        if owner is not None:
+            owner.record_pid(proc.pid)
         self.coldstart.mark("exec", self.exec_ns)
         # The console capture owns (and closes) the descriptor it reads: give it its own copy and
         # let go of Popen's file object now, or a later close of that object would close
         # whatever file then has the same number (another launch's console).
-        console = f"fd:{_take_fd(proc, 'stdout')}" if proc.stdout is not None else f"fd:{fifo_reader}"
-        if self._console_plugin() is not None:
-            fifo_reader = None  # the capture owns it from here
+        console_key = "fifo_reader"
+        if proc.stdout is not None:
+            console_key = "console"
+            self._fds[console_key] = _take_fd(proc, "stdout")
+        console = f"fd:{self._fds[console_key]}"
         if is_container:
             workload = self._identify_container(proc, console)
         else:
@@ -293,41 +340,26 @@ class Runner:
             console_plugin.listen(
                 workload, self._on_guest_event, self._on_console_line if self._console_probe() else None
             )
+        self._observing = True
+        stderr_stream: ConsoleStream | None = None
+        cleanup.callback(lambda: self._end_observation(workload, stderr_stream))
+        if console_plugin is not None and console_plugin.applies_to(workload):
+            self._fds.pop(console_key, None)  # the capture owns (and closes) it from here
         self.pipeline.start_streams(workload)
         if self.probe is not None:
             self._probe_runner = ProbeRunner(self.probe, self.coldstart.mark, request=self.request).start()
         stderr_stream = self._capture_stderr(proc, workload) if is_container else None
         if self._oom is not None:
+            cleanup.callback(self._oom.close)
             oom_fd = self._oom.fileno()
             if oom_fd is not None:
                 loop.add_reader(oom_fd, lambda _fd, _t: self._oom is not None and self._oom.check() >= 0)
             else:
                 loop.every(0.02, lambda _t: self._oom is not None and self._oom.check() >= 0)
 
-        forwarded: list[int] = []
-
-        def forward(signum: int, _frame: Any) -> None:
-            forwarded.append(signum)
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
-
-        self.proc = proc
-        main_thread = threading.current_thread() is threading.main_thread()
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
-        old = {s: signal.signal(s, forward) for s in signals}
-        try:
-            self._observe(proc)
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
+        self._observe(proc)
         self.exit_ns = time.monotonic_ns()
-        if self._probe_runner is not None:
-            self._probe_runner.stop()
-        if fifo_keepalive is not None:
-            os.close(fifo_keepalive)
-        self.pipeline.stop_streams(workload, timeout=5.0)
-        if stderr_stream is not None:
-            stderr_stream.stop(5.0)
+        self._end_observation(workload, stderr_stream)
         self.pipeline.snapshot_streams(workload)
         if not self._first_byte_logged:
             self._log_first_byte()
@@ -345,23 +377,60 @@ class Runner:
             self.coldstart.fail(f"exited before ready: {info.reason} (status {info.status})")
             self._finish_coldstart(self.exit_ns)
         self.lifecycle("exited", self.exit_ns, severity, tuple(info.attributes.items()))
-        if fifo_reader is not None:
-            try:
-                os.close(fifo_reader)
-            except OSError:
-                pass  # the capture closed it already
-        if layout is not None and self.cgroup is not None:
-            from uniobs.cgroupfs import remove_cgroup
-
-            remove_cgroup(layout, self.cgroup)
-        for fifo in plan.fifos:
-            _unlink(fifo)
-        for path in (plan.qmp, plan.qmp_events):
-            if path:
-                _unlink(path)
-        with contextlib.suppress(OSError):
-            os.rmdir(rundir)
         return info
+
+    def _catch_signals(self, cleanup: contextlib.ExitStack) -> None:
+        """SIGINT/SIGTERM/SIGHUP go to the command (SIGINT as SIGTERM) for the whole run, cleanup
+        included, so that it ends its own way and ours runs to the end. (Main thread only.)"""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.proc is None:
+                self._pending_signals.append(signum)
+            else:
+                self._forward(signum)
+
+        old = {s: signal.signal(s, handler) for s in FORWARDED_SIGNALS}
+        cleanup.callback(lambda: [signal.signal(s, h) for s, h in old.items()])
+
+    def _forward(self, signum: int) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    def _end_command(self, proc: subprocess.Popen[bytes]) -> None:
+        """The run is ending while the command still runs (an exception in uniobs): stop it."""
+        if proc.poll() is not None:
+            return
+        log.warning("%s: ending %s (pid %d) with the run", self.name, self.plan.executable, proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(SHUTDOWN_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+    def _end_observation(self, workload: Workload, stderr_stream: ConsoleStream | None) -> None:
+        """The command has ended (or the run is failing): stop probes and streams, once."""
+        if not self._observing:
+            return
+        self._observing = False
+        if self._probe_runner is not None:
+            self._probe_runner.stop()
+        self._close_fds("fifo_keepalive")  # the FIFO's reader sees its end
+        self.pipeline.stop_streams(workload, timeout=5.0)
+        if stderr_stream is not None:
+            stderr_stream.stop(5.0)
+
+    def _close_fds(self, *names: str) -> None:
+        for name in names or list(self._fds):
+            fd = self._fds.pop(name, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _console_plugin(self) -> Any:
         """The console capture plugin (duck-typed: the core does not import plugins)."""
@@ -546,7 +615,7 @@ class Runner:
                 self.coldstart.mark("started", started_ns)
         if layout is not None and workload.cgroup is not None:
             try:
-                self._oom = OomWatch(layout, workload.cgroup)
+                self._oom = OomWatch(layout, workload.cgroup, workload.cgroups)
             except OSError as exc:
                 log.info("%s: OOM kills cannot be watched: %s", self.name, exc)
         return workload
@@ -639,7 +708,7 @@ def _bundle_with_env(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("cannot pass the trace context into %s's bundle: %s", plan.executable, exc)
         return argv
-    copy = os.path.join(rundir, "bundle")
+    copy = os.path.join(rundir, BUNDLE_COPY)
     os.makedirs(copy, exist_ok=True)
     with open(os.path.join(copy, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)

@@ -16,13 +16,15 @@ new start time, which is how OTLP marks a reset, and no negative delta is ever p
 from __future__ import annotations
 
 import bisect
+import enum
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +53,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 
 from uniobs import __version__
 from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, SpanEvent, Workload
-from uniobs.plugin import ExporterSinks
+from uniobs.plugin import ExportError, ExporterSinks
 
 log = logging.getLogger("uniobs.telemetry")
 
@@ -66,8 +68,8 @@ SELF_METRICS = (
         "uniobs.exporter.items",
         Instrument.COUNTER,
         "{item}",
-        "Data points, log records and spans handed to an exporter, by outcome: "
-        "sent, failed (the backend refused or was unreachable) or dropped (the queue was full).",
+        "Data points, log records and spans handed to an exporter, by final outcome: sent, failed (the "
+        "backend refused them, or gave no retryable answer) or dropped (the buffer made room for newer data).",
         ("uniobs.exporter", "uniobs.signal", "uniobs.outcome"),
     ),
     MetricSpec(
@@ -78,10 +80,23 @@ SELF_METRICS = (
         ("uniobs.exporter",),
     ),
     MetricSpec(
+        "uniobs.exporter.buffer.usage",
+        Instrument.GAUGE,
+        "By",
+        "Memory held for export (log records, spans, data points waiting in any exporter's queue), "
+        "counted once however many exporters share it; bounded by [uniobs] buffer_bytes.",
+    ),
+    MetricSpec(
+        "uniobs.exporter.buffer.limit",
+        Instrument.GAUGE,
+        "By",
+        "The export buffer's budget ([uniobs] buffer_bytes): past it, the oldest data is dropped.",
+    ),
+    MetricSpec(
         "uniobs.telemetry.rejected",
         Instrument.COUNTER,
         "{item}",
-        "Samples, log records and spans refused before export: undeclared metric or attribute, or a full log buffer.",
+        "Samples refused before export: an undeclared metric or attribute.",
         ("uniobs.reason",),
     ),
     MetricSpec(
@@ -94,6 +109,7 @@ SELF_METRICS = (
 )
 
 SIGNALS = ("metrics", "logs", "traces")
+DEFAULT_BUFFER_BYTES = 32 << 20  # [uniobs] buffer_bytes
 
 
 # --- host identity and resources ------------------------------------------------------------
@@ -152,150 +168,330 @@ class _Declared:
     allowed: frozenset[str]
 
 
-# --- export workers -------------------------------------------------------------------------
+# --- the export buffer: one byte budget, shared batches, a queue per exporter and signal ------
+
+# What a buffered item costs in memory, beyond a log body's own string. Measured with
+# tracemalloc on CPython 3.11 (bench/flood_bench.py prints it again): a console line's LogEvent,
+# its attributes and its place in a batch take ~290 bytes besides the body. Spans and data
+# points are estimated the same way; the estimate only has to be the right size, not exact.
+LOG_RECORD_OVERHEAD = 300
+ATTRIBUTE_COST = 120
+SPAN_COST = 2_000
+POINT_COST = 400
+
+
+def log_cost(event: LogEvent) -> int:
+    """Bytes one buffered log record costs (its body's str plus the measured overhead)."""
+    return sys.getsizeof(event.body) + LOG_RECORD_OVERHEAD + ATTRIBUTE_COST * len(event.attributes)
+
+
+class Batch:
+    """Items of one signal, held once in memory however many exporters take them.
+
+    `payload` is what the signal's converter turns into SDK objects just before each export
+    (log records are kept compact until then). `holders` are the queues that still have to
+    deliver it; the batch's bytes are released when the last one is done with it.
+    """
+
+    __slots__ = ("evicted", "holders", "inflight", "items", "payload", "signal", "size")
+
+    def __init__(self, signal: str, payload: Any, items: int, size: int) -> None:
+        self.signal = signal
+        self.payload = payload
+        self.items = items
+        self.size = size
+        self.holders: set[SignalQueue] = set()
+        self.inflight = 0
+        self.evicted = False
+
+
+class ExportOutcome(enum.Enum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+def classify(result: Any) -> tuple[ExportOutcome, str, float | None]:
+    """What a sink's answer means: (outcome, reason, seconds to wait before retrying).
+
+    A sink says why it failed by raising `ExportError` (the OTLP exporters follow the OTLP
+    specification's retryable codes). A bare FAILURE from an SDK exporter comes after that
+    exporter's own retries: final. An OSError (a file system full, a socket refused) may pass.
+    """
+    if isinstance(result, ExportError):
+        outcome = ExportOutcome.RETRY if result.retryable else ExportOutcome.FAILED
+        return outcome, result.reason, result.retry_after
+    if isinstance(result, OSError):
+        return ExportOutcome.RETRY, f"{type(result).__name__}: {result}", None
+    if isinstance(result, BaseException):
+        return ExportOutcome.FAILED, f"{type(result).__name__}: {result}", None
+    if result in _OK:
+        return ExportOutcome.SENT, "", None
+    return ExportOutcome.FAILED, f"the exporter reported {getattr(result, 'name', result)}", None
 
 
 @dataclass
 class ExporterStats:
+    """Per exporter and signal, final outcomes: every item handed over ends in exactly one of
+    sent, failed (the backend refused it, or gave no retryable answer) or dropped (the budget
+    made room for newer data, or shutdown came first). `queued` is what is still held."""
+
     sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
     failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
+    retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
+    errors: dict[str, str] = field(default_factory=dict)  # signal -> the last failure's reason
+    failing: set[str] = field(default_factory=set)  # signals whose last attempt failed
     last_error: str = ""
-    healthy: bool = True
+
+    @property
+    def healthy(self) -> bool:
+        return not self.failing
+
+    def undelivered(self) -> dict[str, dict[str, int]]:
+        """{signal: {"failed": n, "dropped": n}} for the signals that lost anything."""
+        out = {}
+        for signal in SIGNALS:
+            lost = {k: v for k, v in (("failed", self.failed[signal]), ("dropped", self.dropped[signal])) if v}
+            if lost:
+                out[signal] = lost
+        return out
 
 
 _OK = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResult.SUCCESS)
 
 
-class ExportWorker:
-    """Delivers batches to one exporter on its own thread, through a bounded queue.
+class ExportBuffer:
+    """Everything held for export, under one byte budget shared by all exporters.
 
-    A failed delivery is retried, the batch kept at the head of the queue, after a back-off that
-    doubles from `retry_initial` to `retry_max` seconds (0 disables retries: the batch is lost).
-    The queue is bounded by batches and by items (data points, log records, spans): when full,
-    the oldest batch is dropped — the newest data is the most useful after an outage — and its
-    items counted. `dropped` is exactly what never reached the backend; `failed` counts items of
-    failed attempts (a retried batch counts again).
+    Batches are kept in the order they were made. A new batch that would exceed the budget makes
+    room by dropping the oldest batches that are not being sent at that moment — after an outage
+    the newest data is the most useful — counted as dropped for each exporter that had not
+    delivered them yet. One condition guards the buffer, every queue and every counter: the I/O
+    thread, the scrape loop and the export threads only ever meet here.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.used = 0
+        self.peak = 0
+        self.cond = threading.Condition()
+        self._batches: deque[Batch] = deque()
+        self.handed = dict.fromkeys(SIGNALS, 0)  # items handed to the exporters, per signal
+
+    def add(self, batch: Batch, queues: Sequence[SignalQueue]) -> None:
+        """Hand a batch to queues (the exporters taking its signal). Never blocks."""
+        if not queues:
+            return
+        with self.cond:
+            self.handed[batch.signal] += batch.items
+            self._make_room(batch.size)
+            batch.holders = set(queues)
+            self._batches.append(batch)
+            self.used += batch.size
+            self.peak = max(self.peak, self.used)
+            for queue in queues:
+                queue.enqueue(batch)
+            self.cond.notify_all()
+
+    def _make_room(self, size: int) -> None:
+        while self._batches and (self._batches[0].evicted or not self._batches[0].holders):
+            self._batches.popleft()
+        if self.used + size <= self.budget:
+            return
+        for batch in list(self._batches):
+            if self.used + size <= self.budget:
+                break
+            if batch.inflight or batch.evicted or not batch.holders:
+                continue
+            for queue in batch.holders:
+                queue.stats.dropped[batch.signal] += batch.items
+                queue.held -= batch.items
+            self._free(batch)
+            batch.evicted = True
+
+    def done(self, batch: Batch, queue: SignalQueue) -> None:
+        """`queue` is finished with `batch` (delivered or given up). Call with `cond` held."""
+        batch.holders.discard(queue)
+        queue.held -= batch.items
+        if not batch.holders and not batch.evicted:
+            self._free(batch)
+
+    def _free(self, batch: Batch) -> None:
+        self.used -= batch.size
+        batch.payload = None  # the memory goes now, whoever still points at the batch
+        batch.holders = set()
+
+
+class SignalQueue:
+    """Delivers one signal to one exporter, on its own thread, so one signal's trouble (a backend
+    answering 405 to metrics, a slow trace endpoint) never delays another's.
+
+    A retryable failure keeps the batch at the head and waits (doubling from `retry_initial` to
+    `retry_max` seconds, or what the backend's Retry-After / RetryInfo asked); anything else
+    gives the batch up at once, counted as failed with its reason. 0 for `retry_initial` turns
+    retries off.
     """
 
     def __init__(
-        self, name: str, sinks: ExporterSinks, max_batches: int, max_items: int = 200_000,
+        self, exporter: str, signal: str, sink: Any, convert: Callable[[Any], Any], buffer: ExportBuffer,
+        stats: ExporterStats, retry_initial: float, retry_max: float,
+    ) -> None:  # fmt: skip
+        self.exporter = exporter
+        self.signal = signal
+        self.sink = sink
+        self.stats = stats
+        self.held = 0  # items queued here, not yet delivered or given up
+        self._convert = convert
+        self._buffer = buffer
+        self._cond = buffer.cond
+        self._queue: deque[Batch] = deque()
+        self._retry_initial = retry_initial
+        self._retry_max = max(retry_max, retry_initial)
+        self._backoff = 0.0
+        self._not_before = 0.0
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"uniobs-export-{exporter}-{signal}", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, batch: Batch) -> None:  # with cond held (ExportBuffer.add)
+        if self._closed:
+            self.stats.dropped[self.signal] += batch.items
+            batch.holders.discard(self)
+            return
+        self._queue.append(batch)
+        self.held += batch.items
+
+    def depth(self) -> int:
+        return sum(1 for batch in self._queue if not batch.evicted)
+
+    def idle(self) -> bool:  # with cond held
+        return not self._busy and self.depth() == 0
+
+    def _next(self) -> Batch | None:
+        """The batch to send now, waiting for one (and for a back-off to pass). None: closed."""
+        with self._cond:
+            while True:
+                while self._queue and self._queue[0].evicted:
+                    self._queue.popleft()  # counted as dropped when it was evicted
+                if self._closed:
+                    return None
+                wait = self._not_before - time.monotonic()
+                if self._queue and wait <= 0:
+                    batch = self._queue[0]
+                    batch.inflight += 1
+                    self._busy = True
+                    return batch
+                self._cond.wait(wait if self._queue else None)
+
+    def _run(self) -> None:
+        while (batch := self._next()) is not None:
+            try:
+                result: Any = self.sink.export(self._convert(batch.payload))
+            except Exception as exc:  # an exporter must not take the pipeline down
+                result = exc
+            outcome, reason, retry_after = classify(result)
+            with self._cond:
+                if outcome is ExportOutcome.RETRY and (self._retry_initial <= 0 or self._closed):
+                    outcome = ExportOutcome.FAILED
+                batch.inflight -= 1
+                self._busy = False
+                if outcome is ExportOutcome.RETRY:
+                    self.stats.retries[self.signal] += 1
+                    self._backoff = min(self._retry_max, self._backoff * 2 or self._retry_initial)
+                    self._not_before = time.monotonic() + (retry_after if retry_after is not None else self._backoff)
+                    self._report(reason, f"retrying in {self._not_before - time.monotonic():.1f}s")
+                else:
+                    if self._queue and self._queue[0] is batch:
+                        self._queue.popleft()
+                    if not batch.evicted:
+                        refused = batch.items
+                        if isinstance(result, ExportError) and result.rejected is not None:
+                            refused = min(batch.items, max(0, result.rejected))  # a partial success
+                        if outcome is ExportOutcome.SENT:
+                            self.stats.sent[self.signal] += batch.items
+                        else:
+                            self.stats.sent[self.signal] += batch.items - refused
+                            self.stats.failed[self.signal] += refused
+                            self._report(reason, f"{refused} items lost")
+                        self._buffer.done(batch, self)
+                    if outcome is ExportOutcome.SENT:
+                        if self.signal in self.stats.failing:
+                            log.warning("exporter %s: delivering %s again", self.exporter, self.signal)
+                        self.stats.failing.discard(self.signal)
+                        self._backoff = 0.0
+                        self._not_before = 0.0
+                self._cond.notify_all()
+
+    def _report(self, reason: str, what: str) -> None:
+        """Log a failure once per change of reason (with cond held)."""
+        if self.stats.errors.get(self.signal) != reason or self.signal not in self.stats.failing:
+            log.error("exporter %s: %s export failed, %s: %s", self.exporter, self.signal, what, reason)
+        self.stats.errors[self.signal] = reason
+        self.stats.failing.add(self.signal)
+        self.stats.last_error = reason
+
+    def close(self) -> None:
+        """Stop (with cond held): what is still queued is dropped, counted; a batch being sent
+        now is settled by the thread when its answer comes."""
+        self._closed = True
+        inflight = self._queue[0] if self._busy and self._queue else None
+        for batch in self._queue:
+            if batch is not inflight and not batch.evicted and self in batch.holders:
+                self.stats.dropped[self.signal] += batch.items
+                self._buffer.done(batch, self)
+        self._queue = deque([inflight]) if inflight is not None else deque()
+        self._cond.notify_all()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+class ExportWorker:
+    """One exporter: a queue and a thread for each signal it takes, and its counters."""
+
+    def __init__(
+        self, name: str, sinks: ExporterSinks, buffer: ExportBuffer, converters: Mapping[str, Callable[[Any], Any]],
         retry_initial: float = 1.0, retry_max: float = 30.0,
     ) -> None:  # fmt: skip
         self.name = name
         self.sinks = sinks
         self.stats = ExporterStats()
-        self._queue: deque[tuple[str, Any, int]] = deque()
-        self._items = 0
-        self._max = max_batches
-        self._max_items = max_items
-        self._retry_initial = retry_initial
-        self._retry_max = max(retry_max, retry_initial)
-        self._backoff = 0.0
-        self._cond = threading.Condition()
-        self._busy = False
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"uniobs-export-{name}", daemon=True)
-        self._thread.start()
-
-    def submit(self, signal: str, payload: Any, items: int) -> None:
-        if items == 0 or self._sink(signal) is None:
-            return
-        with self._cond:
-            if self._closed:
-                self.stats.dropped[signal] += items
-                return
-            while self._queue and (len(self._queue) >= self._max or self._items + items > self._max_items):
-                self._drop_oldest()
-            self._queue.append((signal, payload, items))
-            self._items += items
-            self._cond.notify_all()
-
-    def _drop_oldest(self) -> None:
-        old_signal, _, old_items = self._queue.popleft()
-        self._items -= old_items
-        self.stats.dropped[old_signal] += old_items
+        self._buffer = buffer
+        self.queues: dict[str, SignalQueue] = {}
+        for signal, sink in (("metrics", sinks.metrics), ("logs", sinks.logs), ("traces", sinks.spans)):
+            if sink is not None:
+                self.queues[signal] = SignalQueue(
+                    name, signal, sink, converters[signal], buffer, self.stats, retry_initial, retry_max
+                )
 
     def depth(self) -> int:
-        with self._cond:
-            return len(self._queue)
+        with self._buffer.cond:
+            return sum(queue.depth() for queue in self.queues.values())
 
     def queued_items(self) -> int:
-        with self._cond:
-            return self._items
-
-    def _sink(self, signal: str) -> Any:
-        return {"metrics": self.sinks.metrics, "logs": self.sinks.logs, "traces": self.sinks.spans}[signal]
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                signal, payload, items = self._queue[0]  # stays queued until delivered or given up
-                self._busy = True
-            try:
-                result = self._sink(signal).export(payload)
-                error = "" if result in _OK else f"the exporter reported {getattr(result, 'name', result)}"
-            except Exception as exc:  # an exporter must not take the pipeline down
-                error = f"{type(exc).__name__}: {exc}"
-            with self._cond:
-                self._busy = False
-                head = self._queue[0] if self._queue else None
-                still_head = head is not None and head[1] is payload
-                if error:
-                    self.stats.failed[signal] += items
-                    retry = self._retry_initial > 0 and not self._closed
-                    if self.stats.healthy or error != self.stats.last_error:
-                        what = "retrying with back-off" if retry else f"lost ({items} items)"
-                        log.error("exporter %s: %s export failed, %s: %s", self.name, signal, what, error)
-                    self.stats.healthy = False
-                    self.stats.last_error = error
-                    if not retry and still_head:
-                        self._queue.popleft()
-                        self._items -= items
-                        self.stats.dropped[signal] += items
-                    elif retry:
-                        self._backoff = min(self._retry_max, self._backoff * 2 or self._retry_initial)
-                        self._cond.notify_all()
-                        self._cond.wait(self._backoff)  # woken early by close()
-                else:
-                    if still_head:
-                        self._queue.popleft()
-                        self._items -= items
-                    self.stats.sent[signal] += items
-                    if not self.stats.healthy:
-                        log.warning("exporter %s: delivering again", self.name)
-                    self.stats.healthy = True
-                    self._backoff = 0.0
-                self._cond.notify_all()
+        with self._buffer.cond:
+            return sum(queue.held for queue in self.queues.values())
 
     def drain(self, deadline: float) -> bool:
-        """Wait until everything submitted so far is delivered (or lost); False on timeout."""
-        with self._cond:
-            while self._queue or self._busy:
+        """Wait until everything handed over so far is delivered or given up; False on timeout."""
+        with self._buffer.cond:
+            while not all(queue.idle() for queue in self.queues.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(min(left, 0.1))
+                self._buffer.cond.wait(min(left, 0.1))
             return True
 
     def close(self, deadline: float) -> None:
         self.drain(deadline)
-        with self._cond:
-            self._closed = True
-            while self._busy and time.monotonic() < deadline + 1:
-                self._cond.wait(0.1)
-            for signal, _, items in self._queue:
-                self.stats.dropped[signal] += items
-            self._queue.clear()
-            self._items = 0
-            self._cond.notify_all()
-        for sink in (self.sinks.metrics, self.sinks.logs, self.sinks.spans):
-            if sink is None:
-                continue
+        with self._buffer.cond:
+            for queue in self.queues.values():
+                queue.close()
+        for queue in self.queues.values():
+            queue.join(max(0.1, deadline - time.monotonic() + 1))
+        for sink in {id(s): s for s in (self.sinks.metrics, self.sinks.logs, self.sinks.spans) if s}.values():
             try:
                 sink.shutdown(**({"timeout_millis": 1000} if sink is self.sinks.metrics else {}))
             except Exception as exc:
@@ -313,12 +509,11 @@ class Telemetry:
         exporters: Sequence[tuple[str, ExporterSinks]] = (),
         *,
         service_name: str = "",
-        queue_batches: int = 64,
-        queue_max_items: int = 200_000,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        export_batch_size: int = 512,
+        metrics_batch_points: int = 5_000,
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
-        max_log_records: int = 100_000,
-        max_log_bytes: int = 64 << 20,
         strict: bool = False,
         extra_resource: Mapping[str, str] | None = None,
     ) -> None:
@@ -328,20 +523,28 @@ class Telemetry:
         env_resource = OTELResourceDetector().detect().attributes  # OTEL_RESOURCE_ATTRIBUTES
         self._host = {**env_resource, **host_attributes(), **(extra_resource or {})}
         self._self_name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "uniobs"
+        # _lock guards the aggregation state and the open (not yet sealed) log and span batches;
+        # everything sealed belongs to the export buffer, under its own condition.
         self._lock = threading.Lock()
         self._declared: dict[str, _Declared] = {}
         self._workloads: dict[tuple[str, str, str], _WorkloadState] = {}
-        self._logs: deque[tuple[Resource, LogEvent]] = deque()
-        self._max_logs = max_log_records
-        self._max_log_bytes = max_log_bytes
-        self._log_bytes = 0
-        self._spans: list[ReadableSpan] = []
+        self._batch_size = export_batch_size
+        self._metrics_batch_points = metrics_batch_points
+        self._open_logs: list[tuple[Resource, LogEvent]] = []
+        self._open_logs_size = 0
+        self._open_spans: list[ReadableSpan] = []
         self._ending: list[_WorkloadState] = []  # forgotten, not yet exported a last time
         self._rejected: dict[str, int] = {}
+        self.buffer = ExportBuffer(buffer_bytes)
+        converters: dict[str, Callable[[Any], Any]] = {
+            "metrics": lambda data: data,
+            "logs": lambda pairs: [self._log_record(resource, event) for resource, event in pairs],
+            "traces": lambda spans: spans,
+        }
         self.workers = [
-            ExportWorker(name, sinks, queue_batches, queue_max_items, retry_initial, retry_max)
-            for name, sinks in exporters
+            ExportWorker(name, sinks, self.buffer, converters, retry_initial, retry_max) for name, sinks in exporters
         ]
+        self._queues = {signal: [w.queues[signal] for w in self.workers if signal in w.queues] for signal in SIGNALS}
         self._self_scope = InstrumentationScope("uniobs", __version__)
         self.declare(SELF_METRICS, scope="uniobs")
 
@@ -431,18 +634,28 @@ class Telemetry:
         self.log_batch(workload, (event,))
 
     def log_batch(self, workload: Workload, events: Sequence[LogEvent]) -> None:
-        """Buffer several log records of one workload (a console chunk's lines) at once."""
-        logs = self._logs
+        """Buffer several log records of one workload (a console chunk's lines) at once.
+
+        Records are kept compact (the SDK record is built by each export thread); every
+        `export_batch_size` records make a batch handed to the exporters at once.
+        """
+        if not self._queues["logs"]:
+            return  # no exporter takes logs: nothing to hold
+        sealed = []
         with self._lock:
             resource = self._state(workload).resource
             for event in events:
-                size = len(event.body) + 128
-                while logs and (len(logs) >= self._max_logs or self._log_bytes + size > self._max_log_bytes):
-                    _, old = logs.popleft()
-                    self._log_bytes -= len(old.body) + 128
-                    self._rejected["log_buffer_full"] = self._rejected.get("log_buffer_full", 0) + 1
-                logs.append((resource, event))
-                self._log_bytes += size
+                self._open_logs.append((resource, event))
+                self._open_logs_size += log_cost(event)
+                if len(self._open_logs) >= self._batch_size:
+                    sealed.append(self._seal_logs())
+        for batch in sealed:
+            self.buffer.add(batch, self._queues["logs"])
+
+    def _seal_logs(self) -> Batch:  # with _lock held
+        batch = Batch("logs", self._open_logs, len(self._open_logs), self._open_logs_size)
+        self._open_logs, self._open_logs_size = [], 0
+        return batch
 
     def _log_record(self, resource: Resource, event: LogEvent) -> ReadableLogRecord:
         context = None
@@ -480,8 +693,15 @@ class Telemetry:
             end_time=self.to_epoch_ns(event.end_ns),
             instrumentation_scope=self._self_scope,
         )
+        if not self._queues["traces"]:
+            return
+        sealed = None
         with self._lock:
-            self._spans.append(span)
+            self._open_spans.append(span)
+            if len(self._open_spans) >= self._batch_size:
+                sealed, self._open_spans = self._open_spans, []
+        if sealed:
+            self.buffer.add(Batch("traces", sealed, len(sealed), SPAN_COST * len(sealed)), self._queues["traces"])
 
     def forget(self, workload: Workload) -> None:
         """The workload is gone: its series are exported one last time, then no more."""
@@ -494,26 +714,25 @@ class Telemetry:
 
     def _self_samples(self) -> list[Sample]:
         samples = []
-        for worker in self.workers:
-            for outcome, counts in (
-                ("sent", worker.stats.sent),
-                ("failed", worker.stats.failed),
-                ("dropped", worker.stats.dropped),
-            ):
-                for signal, n in counts.items():
-                    a = (
-                        ("uniobs.exporter", worker.name),
-                        ("uniobs.signal", signal),
-                        ("uniobs.outcome", outcome),
-                    )
-                    samples.append(Sample("uniobs.exporter.items", n, a))
-            samples.append(Sample("uniobs.exporter.queue.depth", worker.depth(), (("uniobs.exporter", worker.name),)))
-        for reason, n in self._rejected.items():
+        with self.buffer.cond:
+            for worker in self.workers:
+                stats = worker.stats
+                for outcome, counts in (("sent", stats.sent), ("failed", stats.failed), ("dropped", stats.dropped)):
+                    for signal, n in counts.items():
+                        a = (("uniobs.exporter", worker.name), ("uniobs.signal", signal), ("uniobs.outcome", outcome))
+                        samples.append(Sample("uniobs.exporter.items", n, a))
+                depth = sum(queue.depth() for queue in worker.queues.values())
+                samples.append(Sample("uniobs.exporter.queue.depth", depth, (("uniobs.exporter", worker.name),)))
+            samples.append(Sample("uniobs.exporter.buffer.usage", self.buffer.used))
+            samples.append(Sample("uniobs.exporter.buffer.limit", self.buffer.budget))
+        with self._lock:
+            rejected = list(self._rejected.items())
+            kinds: dict[str, int] = {}
+            for state in self._workloads.values():
+                if state.workload.key != SELF.key:
+                    kinds[state.workload.kind.value] = kinds.get(state.workload.kind.value, 0) + 1
+        for reason, n in rejected:
             samples.append(Sample("uniobs.telemetry.rejected", n, (("uniobs.reason", reason),)))
-        kinds: dict[str, int] = {}
-        for state in self._workloads.values():
-            if state.workload.key != SELF.key:
-                kinds[state.workload.kind.value] = kinds.get(state.workload.kind.value, 0) + 1
         for kind, n in kinds.items():
             samples.append(Sample("uniobs.workloads", n, (("uniobs.workload.kind", kind),)))
         return samples
@@ -565,19 +784,40 @@ class Telemetry:
             data = Sum(points, cumulative, spec.instrument is Instrument.COUNTER)
         return Metric(spec.name, spec.description, spec.unit, data)
 
+    def _metric_batches(self) -> list[Batch]:
+        """The current state as batches of whole resources, each up to `metrics_batch_points`
+        points (a receiver refuses requests over 4 MiB by default)."""
+        data, _ = self.metrics_data()
+        batches: list[Batch] = []
+        chunk: list[ResourceMetrics] = []
+        points = 0
+        for rm in data.resource_metrics:
+            n = sum(len(m.data.data_points) for sm in rm.scope_metrics for m in sm.metrics)
+            if chunk and points + n > self._metrics_batch_points:
+                batches.append(Batch("metrics", MetricsData(chunk), points, POINT_COST * points))
+                chunk, points = [], 0
+            chunk.append(rm)
+            points += n
+        if chunk:
+            batches.append(Batch("metrics", MetricsData(chunk), points, POINT_COST * points))
+        return batches
+
     def flush(self, timeout: float = 10.0, metrics: bool = True) -> bool:
-        """Export everything accumulated; wait up to `timeout` for delivery. False if late."""
+        """Hand everything accumulated to the exporters; wait up to `timeout` for delivery.
+
+        Returns False when something is still being delivered at the deadline (it stays
+        queued: a later flush or shutdown settles it).
+        """
         with self._lock:
-            pending, self._logs, self._log_bytes = self._logs, deque(), 0
-            spans, self._spans = self._spans, []
-        logs = [self._log_record(resource, event) for resource, event in pending]
-        if metrics:
-            data, points = self.metrics_data()
-            for worker in self.workers:
-                worker.submit("metrics", data, points)
-        for worker in self.workers:
-            worker.submit("logs", logs, len(logs))
-            worker.submit("traces", spans, len(spans))
+            logs = self._seal_logs() if self._open_logs else None
+            spans, self._open_spans = self._open_spans, []
+        if logs is not None:
+            self.buffer.add(logs, self._queues["logs"])
+        if spans:
+            self.buffer.add(Batch("traces", spans, len(spans), SPAN_COST * len(spans)), self._queues["traces"])
+        if metrics and self._queues["metrics"]:
+            for batch in self._metric_batches():
+                self.buffer.add(batch, self._queues["metrics"])
         deadline = time.monotonic() + timeout
         return all(worker.drain(deadline) for worker in self.workers)
 
