@@ -64,6 +64,14 @@ def test_agent_survives_a_console_flood_with_two_exporters_and_counts_exactly(tm
         while time.monotonic() < deadline and health(port)[1]["workloads"] < 1:
             time.sleep(0.2)
         assert health(port)[1]["workloads"] >= 1
+        # The agent follows a VM it finds running from the end of its file console (what is there
+        # is history, not news), once its console opens: a marker line, seen at the receiver, says
+        # the capture is on before the flood begins.
+        with console.open("ab") as f:
+            f.write(b"marker: the flood starts\n")
+        assert receiver.received.wait_for(
+            lambda r: any(rec.body.string_value.startswith("marker:") for _, rec in r.log_records()), timeout=30
+        )
         peaks = []
         for burst in range(3):
             subprocess.run([sys.executable, "-c", FLOOD, "8", "6", str(console), str(burst * 1_000_000)],
@@ -81,13 +89,12 @@ def test_agent_survives_a_console_flood_with_two_exporters_and_counts_exactly(tm
         time.sleep(0.2)
     final = stop_agent(agent)
     receiver.stop()
-    # The agent follows a VM it finds running from the end of its file console (what is there is
-    # history, not news): written = every line after the guest's boot lines, all of them the flood's
-    # (the guest is quiet after booting: beat_ms=600000).
+    # written: the marker and every line after it, all the flood's (the guest is quiet after
+    # booting: beat_ms=600000); the capture may also have read some boot lines before the marker.
     lines = console.read_bytes().split(b"\n")[:-1]
-    first = next(i for i, line in enumerate(lines) if line.startswith(b"flood "))
-    written = len(lines) - first
-    assert written == 3 * BURST_LINES
+    marker = next(i for i, line in enumerate(lines) if line.startswith(b"marker:"))
+    written = len(lines) - marker
+    assert written == 1 + 3 * BURST_LINES
 
     # every item handed to an exporter ended in exactly one outcome, and something was dropped
     for name in ("otlp-http", "file"):
@@ -106,10 +113,10 @@ def test_agent_survives_a_console_flood_with_two_exporters_and_counts_exactly(tm
         for res, _, p in signals.points("uniobs.console.lines")
         if res.get("faas.name") == "flooded"
     ]
-    assert read and max(read) == written, final
+    assert read and written <= max(read) <= written + marker, final  # no line after the marker was missed
     assert final["file"]["handed"]["logs"] >= written
     # no line was delivered twice, and the newest survived (the oldest were dropped first)
     numbers = [int(text.split()[1]) for text in console_records if text.startswith("flood ")]
     assert len(numbers) == len(set(numbers))
     assert max(numbers) == 2_000_000 + BURST_LINES - 1
-    assert final["file"]["handed"]["logs"] - written < 20  # besides the lines: a few lifecycle records
+    assert 0 <= final["file"]["handed"]["logs"] - max(read) < 20  # besides the lines: a few lifecycle records
