@@ -26,7 +26,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from otlp_receiver import HttpReceiver
 
-from uniobs.cgroupfs import create_cgroup, detect_layout, remove_cgroup
+from uniobs.host.cgroup_place import create_cgroup, remove_cgroup
+from uniobs.host.cgroupfs import detect_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
@@ -54,7 +55,9 @@ def main() -> None:
         try:
             for path in paths:
                 files = create_cgroup(layout, path)
-                procs.append(subprocess.Popen([sys.executable, "-m", "uniobs.cgexec", *files, "--", "sleep", "3600"]))
+                procs.append(
+                    subprocess.Popen([sys.executable, "-m", "uniobs.host.cgexec", *files, "--", "sleep", "3600"])
+                )
             if n <= 10 and shutil.which("qemu-system-x86_64") and KERNEL.exists():
                 vm = subprocess.Popen(
                     ["qemu-system-x86_64", "-machine", "microvm", "-accel", "tcg", "-m", "64", "-nodefaults",

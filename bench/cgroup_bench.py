@@ -20,8 +20,9 @@ import subprocess
 import sys
 import time
 
-from uniobs.cgroupfs import create_cgroup, detect_layout, remove_cgroup
 from uniobs.config import Settings
+from uniobs.host.cgroup_place import create_cgroup, remove_cgroup
+from uniobs.host.cgroupfs import detect_layout
 from uniobs.model import Kind, Workload
 from uniobs.pipeline import Pipeline
 
@@ -33,7 +34,7 @@ FILES = ("cpuacct.usage", "cpuacct.stat", "cpu.stat", "memory.usage_in_bytes", "
 
 
 def files_of(layout: object, path: str) -> list[str]:
-    from uniobs.cgroupfs import _cgroup_dirs
+    from uniobs.host.cgroupfs import _cgroup_dirs
 
     dirs, _ = _cgroup_dirs(layout, path)  # type: ignore[arg-type]
     out = []
@@ -67,7 +68,7 @@ def main() -> None:
         try:
             for path in paths:
                 files = create_cgroup(layout, path)
-                procs.append(subprocess.Popen([sys.executable, "-m", "uniobs.cgexec", *files, "--", sleep, "600"]))
+                procs.append(subprocess.Popen([sys.executable, "-m", "uniobs.host.cgexec", *files, "--", sleep, "600"]))
             time.sleep(0.5)
             workloads = [Workload(kind=Kind.CGROUP, runtime="cgroup", id=p, name=p, cgroup=p) for p in paths]
             pipeline = Pipeline(Settings(), export=[], collectors=["cgroup"])

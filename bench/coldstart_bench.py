@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from uniobs.config import Settings
-from uniobs.launch import plan_launch
+from uniobs.lifecycle.run import Runner
+from uniobs.lifecycle.rundir import RunDir
 from uniobs.pipeline import Pipeline
-from uniobs.rundir import RunDir
-from uniobs.runner import Runner
+from uniobs.runtimes.launch import plan_launch
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"

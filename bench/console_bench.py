@@ -21,11 +21,11 @@ from pathlib import Path
 
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 
-from uniobs.capture import ConsoleStream
+from uniobs.guest.capture import ConsoleStream
 from uniobs.ioloop import IoLoop
 from uniobs.model import Kind, LogEvent, Workload
 from uniobs.plugin import ConsoleLine, ExporterSinks
-from uniobs.telemetry import Telemetry
+from uniobs.telemetry.bridge import Telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import ExporterSinks
-from uniobs.telemetry import Telemetry
+from uniobs.telemetry.bridge import Telemetry
 
 
 class EncodeOnly(MetricExporter):

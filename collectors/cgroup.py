@@ -33,7 +33,7 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from uniobs import cgroupfs
+from uniobs.host import cgroupfs
 from uniobs.model import AttributeValue, Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable
 

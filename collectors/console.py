@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from uniobs.capture import ConsoleStream
-from uniobs.coldstart import new_trace_id
-from uniobs.console import DEFAULT_MAX_LINE
-from uniobs.guest import GUEST_STATS_METRICS, GuestTelemetry
+from uniobs.coldstart.trace import new_trace_id
+from uniobs.guest.capture import ConsoleStream
+from uniobs.guest.lines import DEFAULT_MAX_LINE
+from uniobs.guest.parsers.detect import DETECT_LINES, StreamParser
+from uniobs.guest.reported import GUEST_STATS_METRICS, GuestTelemetry
 from uniobs.ioloop import IoLoop
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Workload
-from uniobs.parsers.detect import DETECT_LINES, StreamParser
 from uniobs.plugin import ConsoleLine, ConsoleParser, EventSink, GuestEvent, PluginConfig, StreamingCollector
 from uniobs.registry import PluginError, load_group
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from uniobs import cgroupfs
+from uniobs.host import cgroupfs
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Severity, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
-from uniobs.qmp import (
+from uniobs.runtimes.qmp import (
     EVENTS_WATCHED,
     RUN_STATES,
     QmpBusy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from uniobs.cli import declared_metrics, render_metric_table
+from uniobs.cli.main import declared_metrics, render_metric_table
 from uniobs.registry import Registry
 
 BEGIN, END = "<!-- metrics:begin -->", "<!-- metrics:end -->"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from uniobs import accel
-from uniobs.accel import accel_of, probe
+from uniobs.runtimes import accel
+from uniobs.runtimes.accel import accel_of, probe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +55,8 @@ def _checkout(tmp_path: Path, with_examples: bool) -> Path:
 
 def _accel_cli(root: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(root), "UNIOBS_ACCEL_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "uniobs.accel", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=180, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "uniobs.runtimes.accel", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
 @pytest.mark.qemu

@@ -122,7 +122,8 @@ def container_bundle(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_agent_picks_up_and_lets_go_of_guests_and_containers(tmp_path: Path, container_bundle: Path) -> None:
-    from uniobs.cgroupfs import create_cgroup, detect_layout, remove_cgroup
+    from uniobs.host.cgroup_place import create_cgroup, remove_cgroup
+    from uniobs.host.cgroupfs import detect_layout
 
     out, port = tmp_path / "t.jsonl", free_port()
     agent = start_agent(tmp_path, f"file:{out}", port)
@@ -132,7 +133,7 @@ def test_agent_picks_up_and_lets_go_of_guests_and_containers(tmp_path: Path, con
     vm = guest(tmp_path, "mode=ok run_ms=60000 beat_ms=200")
     try:
         with open(tmp_path / "runc.log", "wb") as runc_log:  # a cgroup of ours: one path in every hierarchy
-            subprocess.run([sys.executable, "-m", "uniobs.cgexec", *procs, "--", "runc", "run", "-d", "--bundle",
+            subprocess.run([sys.executable, "-m", "uniobs.host.cgexec", *procs, "--", "runc", "run", "-d", "--bundle",
                             str(container_bundle), cid], check=True, stdout=runc_log, stderr=runc_log,
                            stdin=subprocess.DEVNULL, timeout=30)  # fmt: skip
         deadline = time.monotonic() + 20

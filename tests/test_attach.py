@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from otlpfile import Signals
 
-from uniobs.procscan import find_by_qmp, parse_qemu, scan_vmms, vmm_info
+from uniobs.runtimes.procscan import find_by_qmp, parse_qemu, scan_vmms, vmm_info
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"

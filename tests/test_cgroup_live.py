@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from uniobs import cgroupfs, discovery
 from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
+from uniobs.host import cgroupfs
+from uniobs.lifecycle import discover as discovery
 from uniobs.model import Kind, Workload
 from uniobs.plugin import WorkloadGone
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from uniobs import cgroupfs, discovery
-from uniobs.cgroupfs import CgroupMode, CgroupStats, DeviceIO, Pressure
 from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
+from uniobs.host import cgroupfs
+from uniobs.host.cgroupfs import CgroupMode, CgroupStats, DeviceIO, Pressure
+from uniobs.lifecycle import discover as discovery
 from uniobs.model import Kind, Sample, Workload
 from uniobs.plugin import SourceUnavailable, WorkloadGone
-from uniobs.telemetry import SELF_METRICS, Telemetry
+from uniobs.telemetry.bridge import SELF_METRICS, Telemetry
 
 TESTDATA = Path(__file__).resolve().parent / "testdata" / "cgroup"
 SCENARIOS = ("v2", "v1_combined", "v1_separate", "hybrid")

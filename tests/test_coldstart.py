@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from otlpfile import Signals
 
-from uniobs.coldstart import ColdStart, traceparent
+from uniobs.coldstart.trace import ColdStart, traceparent
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_report import _chromium, _js_errors, _png_pixels, _screenshot
 
-from uniobs.results import ROWS, lookup
+from uniobs.compare.results import ROWS, lookup
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello-node" / "function.toml"

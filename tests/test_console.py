@@ -10,8 +10,8 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniobs.capture import ConsoleStream
-from uniobs.console import LineSplitter, sanitize
+from uniobs.guest.capture import ConsoleStream
+from uniobs.guest.lines import LineSplitter, sanitize
 from uniobs.ioloop import IoLoop
 from uniobs.plugin import ConsoleLine
 

@@ -24,11 +24,13 @@ from typing import Any
 
 import pytest
 
-from uniobs import cgroupfs, containers, discovery
 from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
 from uniobs.collectors.netns import NetnsCollector, NetnsConfig, parse_net_dev
 from uniobs.collectors.process import ProcessCollector
 from uniobs.config import Settings
+from uniobs.containers import discovery as containers
+from uniobs.host import cgroup_place, cgroupfs
+from uniobs.lifecycle import discover as discovery
 from uniobs.model import Kind, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import SourceUnavailable, WorkloadGone
@@ -240,8 +242,8 @@ def test_the_oom_watch_follows_the_memory_hierarchy(tmp_path: Path) -> None:
     shutil.copytree(NESTED, base)
     layout, w = nested_container(base)
     oom_control = base / f"sys/fs/cgroup/memory{NESTED_MEMORY}/memory.oom_control"
-    watch = cgroupfs.OomWatch(layout, w.cgroup or "", w.cgroups)
-    blind = cgroupfs.OomWatch(layout, NESTED_CPU)  # the one path: a memory cgroup that is not there
+    watch = cgroup_place.OomWatch(layout, w.cgroup or "", w.cgroups)
+    blind = cgroup_place.OomWatch(layout, NESTED_CPU)  # the one path: a memory cgroup that is not there
     try:
         assert watch.check() == 0 and blind.check() == 0
         oom_control.write_text(oom_control.read_text().replace("oom_kill 0", "oom_kill 1"))

@@ -2,7 +2,7 @@
 and the host's), then under Podman; found by `uniobs.containers` and measured by the cgroup and
 netns collectors through the pipeline, in strict mode.
 
-runc is started through `python -m uniobs.cgexec` from a cgroup created for the test in each
+runc is started through `python -m uniobs.host.cgexec` from a cgroup created for the test in each
 v1 hierarchy uniobs reads (or the unified one on v2), with a *relative* cgroupsPath: runc puts
 a container relative to its own cgroup in each hierarchy, so the container lands at
 <test cgroup>/<id> wherever it was launched from. A launcher that sits at different places in
@@ -38,10 +38,12 @@ from typing import Any
 
 import pytest
 
-from uniobs import cgroupfs, containers, discovery
 from uniobs.collectors.cgroup import CgroupCollector
 from uniobs.collectors.netns import NetnsCollector
 from uniobs.config import Settings
+from uniobs.containers import discovery as containers
+from uniobs.host import cgroup_place, cgroupfs
+from uniobs.lifecycle import discover as discovery
 from uniobs.model import Kind, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import SourceUnavailable
@@ -130,7 +132,7 @@ class Launcher:
         with open(out, "wb") as fout, open(err, "wb") as ferr:  # never a pipe: runc -d keeps it open
             self.started.append(cid)
             subprocess.run(
-                [sys.executable, "-m", "uniobs.cgexec", *self.procs, "--",
+                [sys.executable, "-m", "uniobs.host.cgexec", *self.procs, "--",
                  "runc", "run", "-d", "--bundle", str(directory), cid],
                 stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr, check=True, timeout=30,
             )  # fmt: skip
@@ -153,7 +155,7 @@ def _runc_remove(cid: str) -> None:
 def launcher(bundle: Path, tmp_path: Path) -> Iterator[Launcher]:
     layout = cgroupfs.detect_layout(CGROUP_ROOT)
     parent = f"/uniobs-ctest-{os.getpid()}-{secrets.token_hex(3)}"
-    procs = cgroupfs.create_cgroup(layout, parent)
+    procs = cgroup_place.create_cgroup(layout, parent)
     launch = Launcher(layout, parent, procs, tmp_path, [])
     try:
         yield launch
@@ -162,7 +164,7 @@ def launcher(bundle: Path, tmp_path: Path) -> Iterator[Launcher]:
             _runc_remove(cid)
         deadline = time.monotonic() + 10
         while True:  # EBUSY until the killed init is reaped
-            cgroupfs.remove_cgroup(layout, parent)
+            cgroup_place.remove_cgroup(layout, parent)
             if not any(os.path.isdir(os.path.dirname(p)) for p in procs) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -421,7 +423,7 @@ def test_runc_from_a_nested_memory_cgroup(bundle: Path, launcher: Launcher, capl
         assert {cpu_path, memory_path} <= walked and {cpu_path, memory_path} <= set(workload.cgroup_paths)
 
         # the OOM watch of `uniobs run` watches the memory cgroup the container is really in
-        watch = cgroupfs.OomWatch(layout, workload.cgroup, workload.cgroups)
+        watch = cgroup_place.OomWatch(layout, workload.cgroup, workload.cgroups)
         try:
             assert watch.fileno() is not None and watch.check() == 0  # the eventfd registered on its file
         finally:

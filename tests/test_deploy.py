@@ -342,7 +342,7 @@ def served() -> dict[str, set[tuple[str, str]]]:
     uniobs itself: sample name -> set of (label, value)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from uniobs.coldstart import COLDSTART_METRICS
+    from uniobs.coldstart.trace import COLDSTART_METRICS
     from uniobs.config import Settings
     from uniobs.pipeline import Pipeline
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from otlpfile import Signals
 
-from uniobs.launch import plan_launch
-from uniobs.procscan import parse_hvt
+from uniobs.runtimes.launch import plan_launch
+from uniobs.runtimes.procscan import parse_hvt
 
 CONSOLES = Path(__file__).parent / "testdata" / "consoles"
 

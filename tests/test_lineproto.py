@@ -20,23 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uniobs.console import LineSplitter
-from uniobs.guest import (
-    DEFAULT_SPAN_NAME,
-    GUEST_STATS_METRICS,
-    MAX_KNOWN_SPANS,
-    MAX_METRIC_ATTRIBUTES,
-    MAX_METRICS,
-    MAX_OPEN_SPANS,
-    MAX_SERIES_PER_METRIC,
-    MAX_SPAN_NAME,
-    MAX_VALUES_PER_KEY,
-    OVERFLOW_VALUE,
-    VALUE_BUCKETS,
-    GuestOutput,
-    GuestTelemetry,
-)
-from uniobs.lineproto import (
+from uniobs.guest.lineproto import (
     MARKER,
     MAX_ATTRIBUTES,
     MAX_RECORD_BYTES,
@@ -51,9 +35,25 @@ from uniobs.lineproto import (
     parse,
     quote,
 )
+from uniobs.guest.lines import LineSplitter
+from uniobs.guest.reported import (
+    DEFAULT_SPAN_NAME,
+    GUEST_STATS_METRICS,
+    MAX_KNOWN_SPANS,
+    MAX_METRIC_ATTRIBUTES,
+    MAX_METRICS,
+    MAX_OPEN_SPANS,
+    MAX_SERIES_PER_METRIC,
+    MAX_SPAN_NAME,
+    MAX_VALUES_PER_KEY,
+    OVERFLOW_VALUE,
+    VALUE_BUCKETS,
+    GuestOutput,
+    GuestTelemetry,
+)
 from uniobs.model import DURATION_BUCKETS, Instrument, Kind, MetricSpec, Severity, Workload
 from uniobs.plugin import ConsoleLine, Milestone
-from uniobs.telemetry import Telemetry
+from uniobs.telemetry.bridge import Telemetry
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "examples" / "minikernel"

@@ -27,8 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uniobs.model import Severity
-from uniobs.parsers.detect import (
+from uniobs.guest.parsers.detect import (
     REPLAY_LINE_NS,
     ParseResult,
     Phase,
@@ -39,6 +38,7 @@ from uniobs.parsers.detect import (
     read_console,
     replay,
 )
+from uniobs.model import Severity
 from uniobs.plugin import ConsoleLine, ConsoleParser, GuestEvent, Milestone
 from uniobs.registry import Registry
 

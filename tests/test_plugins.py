@@ -30,7 +30,7 @@ from uniobs.plugin import (
     WorkloadGone,
 )
 from uniobs.registry import PluginError, Registry, load_group
-from uniobs.telemetry import SELF, UndeclaredTelemetry
+from uniobs.telemetry.bridge import SELF, UndeclaredTelemetry
 
 ROOT = Path("/work/main")
 KVM_TREE = ROOT / "tests" / "testdata" / "kvm" / "pvm-qemu-2vcpu"
@@ -44,8 +44,8 @@ def contract_workloads(child: Workload, *extra: Workload) -> list[Workload]:
     """
     workloads = [SELF, child, *extra]
     try:
-        from uniobs import discovery
-        from uniobs.cgroupfs import detect_layout
+        from uniobs.host.cgroupfs import detect_layout
+        from uniobs.lifecycle import discover as discovery
 
         workloads += discovery.discover_cgroups(detect_layout("/sys/fs/cgroup"), max_cgroups=20)
     except (ImportError, OSError):

@@ -36,8 +36,8 @@ from uniobs.config import Settings
 from uniobs.model import Kind, Severity, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import ExporterSinks, SourceUnavailable, WorkloadGone
-from uniobs.qmp import QmpBusy, QmpClient, parse_event, parse_stats, parse_stats_schemas
-from uniobs.telemetry import Telemetry
+from uniobs.runtimes.qmp import QmpBusy, QmpClient, parse_event, parse_stats, parse_stats_schemas
+from uniobs.telemetry.bridge import Telemetry
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_qmp import FakeQmp, Peer, line  # the fake QMP server

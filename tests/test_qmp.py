@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from uniobs.plugin import WorkloadGone
-from uniobs.qmp import (
+from uniobs.runtimes.qmp import (
     ALLOWED_COMMANDS,
     MAX_EVENTS,
     MessageFramer,

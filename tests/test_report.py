@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from uniobs import report
-from uniobs.results import ROWS, SCHEMA, ResultsError, load, validate
+from uniobs.compare import report
+from uniobs.compare.results import ROWS, SCHEMA, ResultsError, load, validate
 
 HOSTILE = "<script>alert(1)</script>"
 MB = 1_000_000

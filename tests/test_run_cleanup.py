@@ -23,7 +23,7 @@ import pytest
 import test_run_container as containers
 import test_run_qemu as qemu
 
-from uniobs.rundir import OWNER_FILE, _start_time, default_bases
+from uniobs.lifecycle.rundir import OWNER_FILE, _start_time, default_bases
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="run directories are Linux-only")
 
@@ -56,10 +56,10 @@ QEMU_CGROUP = ("--cgroup", "auto") if os.geteuid() == 0 else ()
 
 def _cgroups() -> set[str]:
     """Every cgroup directory below /uniobs in every hierarchy, as 'HIERARCHY/uniobs/NAME...'."""
-    from uniobs.rundir import cgroup_dirs
+    from uniobs.lifecycle.rundir import cgroup_dirs
 
     try:
-        from uniobs.cgroupfs import detect_layout
+        from uniobs.host.cgroupfs import detect_layout
 
         tops = cgroup_dirs(detect_layout(), "/uniobs")
     except OSError:

@@ -105,7 +105,8 @@ def test_runc_run_of_the_function_is_observed_from_create_to_exit(built: Path, t
     assert console[0] == "@@uniobs/1 mark app_start" and "@@uniobs/1 mark ready port=" + str(port) in console
     assert stdout.decode().splitlines() == console  # the function's stdout, still shown to the user
     # node's own pages (its file pages may be charged to whoever touched them first)
-    assert signals.last("container.memory.usage") > 4 << 20
+    # while it served (the last reading may be taken as node exits and frees its heap)
+    assert max(float(p.get("asInt", 0)) for _, _, p in signals.points("container.memory.usage")) > 4 << 20
     assert signals.last("container.cpu.time", cpu_mode="user") > 0
 
 
@@ -182,12 +183,13 @@ def test_attach_to_a_running_container_by_id_and_follow_it_to_its_end(built: Pat
     bundle = make_bundle(built, tmp_path, ["/usr/bin/node", "-e", "setTimeout(() => {}, 60000)"])
     # Started from a cgroup of its own, so its relative cgroup path is the same in every hierarchy
     # (this host's session sits in a memory cgroup of its own); as `uniobs run` does.
-    from uniobs.cgroupfs import create_cgroup, detect_layout, remove_cgroup
+    from uniobs.host.cgroup_place import create_cgroup, remove_cgroup
+    from uniobs.host.cgroupfs import detect_layout
 
     layout, parent = detect_layout(), f"/uniobs-test-{secrets.token_hex(3)}"
     procs = create_cgroup(layout, parent)
     with open(tmp_path / "runc.log", "wb") as runc_log:
-        subprocess.run([sys.executable, "-m", "uniobs.cgexec", *procs, "--", "runc", "run", "-d", "--bundle",
+        subprocess.run([sys.executable, "-m", "uniobs.host.cgexec", *procs, "--", "runc", "run", "-d", "--bundle",
                         str(bundle), name], check=True, stdout=runc_log, stderr=runc_log,
                        stdin=subprocess.DEVNULL, timeout=30)  # fmt: skip
     try:

@@ -176,7 +176,7 @@ def test_vmm_in_its_own_cgroup_is_measured_like_a_container(tmp_path: Path) -> N
     assert usage and usage[-1][0]["uniobs.cgroup.path"] == cgroup
     assert max(float(p["asInt"]) for _, _, p in usage) >= 32 << 20  # the guest touched 32 MiB
     assert signals.last("container.cpu.time", cpu_mode="user") > 0
-    from uniobs.cgroupfs import detect_layout
+    from uniobs.host.cgroupfs import detect_layout
 
     layout = detect_layout()
     hierarchy = layout.v1.get("memory") or layout.unified

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from uniobs import rundir as rd
 from uniobs.config import Settings
-from uniobs.launch import plan_process
+from uniobs.lifecycle import rundir as rd
+from uniobs.lifecycle.run import RunInterrupted, Runner
 from uniobs.pipeline import Pipeline
-from uniobs.runner import RunInterrupted, Runner
+from uniobs.runtimes.launch import plan_process
 
 
 def owner(path: Path, **fields: Any) -> None:

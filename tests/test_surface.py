@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from uniobs import surface
-from uniobs.surface import attack_surface, image_block, seccomp_profile, surface_of_image, surface_of_process
+from uniobs.compare import surface
+from uniobs.compare.surface import attack_surface, image_block, seccomp_profile, surface_of_image, surface_of_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "examples" / "hello-node" / "container"

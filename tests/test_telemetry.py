@@ -22,7 +22,7 @@ from uniobs.model import (
     Workload,
 )
 from uniobs.plugin import ExportError, ExporterSinks
-from uniobs.telemetry import Telemetry, UndeclaredTelemetry, log_cost
+from uniobs.telemetry.bridge import Telemetry, UndeclaredTelemetry, log_cost
 
 
 class MemoryMetrics(MetricExporter):

@@ -102,9 +102,9 @@ def plugins() -> None:
 
 def declared_metrics(registry: Registry) -> list[tuple[str, MetricSpec]]:
     """Every metric any installed plugin or the core declares, with who declares it."""
-    from uniobs.coldstart import COLDSTART_METRICS
+    from uniobs.coldstart.trace import COLDSTART_METRICS
+    from uniobs.lifecycle.run import LIFECYCLE_METRICS
     from uniobs.pipeline import PIPELINE_METRICS
-    from uniobs.runner import LIFECYCLE_METRICS
     from uniobs.telemetry import SELF_METRICS
 
     out: list[tuple[str, MetricSpec]] = []
@@ -165,9 +165,9 @@ def scrape_once(
     config_path: str | None, export: tuple[str, ...], cgroup_root: str, max_cgroups: int, timeout: float
 ) -> None:
     """Sample the host once (uniobs itself, every container and cgroup) and export: proof the pipeline works."""
-    from uniobs import discovery
-    from uniobs.cgroupfs import detect_layout
-    from uniobs.containers import discover_containers
+    from uniobs.containers.discovery import discover_containers
+    from uniobs.host.cgroupfs import detect_layout
+    from uniobs.lifecycle import discover as discovery
     from uniobs.pipeline import Pipeline
     from uniobs.telemetry import SELF
 
@@ -246,8 +246,8 @@ def run(
     env: dict[str, str] = {}
     cwd = None
     if definition is not None:
-        from uniobs import function as fn
-        from uniobs.accel import probe
+        from uniobs.compare import function as fn
+        from uniobs.runtimes.accel import probe
 
         if command:
             raise click.UsageError("give either --function or a COMMAND, not both")
@@ -276,7 +276,7 @@ def run(
     if not command:
         raise click.UsageError("a COMMAND to run, or --function")
     settings = load_settings(config_path)
-    from uniobs.runner import RunInterrupted
+    from uniobs.lifecycle.run import RunInterrupted
 
     try:
         info, described, function = launch(
@@ -309,7 +309,7 @@ def launch(
     import signal
     import threading
 
-    from uniobs.runner import FORWARDED_SIGNALS, RunInterrupted
+    from uniobs.lifecycle.run import FORWARDED_SIGNALS, RunInterrupted
 
     def interrupted(signum: int, _frame: Any) -> None:
         raise RunInterrupted(signum, "")
@@ -329,11 +329,11 @@ def _launch(
     cgroup: str | None, ready: str | None, request: str | None, env: dict[str, str] | None, cwd: str | None,
     rundir: str | None,
 ) -> tuple[Any, str, str]:  # fmt: skip
-    from uniobs.launch import LaunchError, plan_launch
+    from uniobs.coldstart.probes import ProbeError
+    from uniobs.lifecycle.run import RunInterrupted, Runner
+    from uniobs.lifecycle.rundir import RunDir
     from uniobs.pipeline import Pipeline
-    from uniobs.probes import ProbeError
-    from uniobs.rundir import RunDir
-    from uniobs.runner import RunInterrupted, Runner
+    from uniobs.runtimes.launch import LaunchError, plan_launch
 
     specs = export or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
     try:
@@ -390,10 +390,10 @@ def attach(config_path: str | None, export: tuple[str, ...], name: str | None, i
     import dataclasses
     import os
 
+    from uniobs.lifecycle.attach import Attacher
     from uniobs.model import Kind, Workload
     from uniobs.pipeline import Pipeline
-    from uniobs.procscan import VmmInfo, find_by_qmp, vmm_info
-    from uniobs.runner import Attacher
+    from uniobs.runtimes.procscan import VmmInfo, find_by_qmp, vmm_info
 
     info: VmmInfo | None = None
     container: Workload | None = None
@@ -455,9 +455,9 @@ def parse(config_path: str | None, export: tuple[str, ...], family: str | None, 
     import os
     import time
 
-    from uniobs.console import LineSplitter
+    from uniobs.guest.lines import LineSplitter
+    from uniobs.guest.parsers.detect import replay
     from uniobs.model import Kind, LogEvent, Workload
-    from uniobs.parsers.detect import replay
     from uniobs.pipeline import Pipeline
 
     registry = _registry()
@@ -525,8 +525,8 @@ def compare(
 ) -> None:  # fmt: skip
     """Measure one function as a unikernel and as a container on this host, side by side: image size,
     cold start, memory and CPU at idle and under load, attack surface, observability coverage."""
-    from uniobs import report
-    from uniobs.results import ResultsError, dump, load
+    from uniobs.compare import report
+    from uniobs.compare.results import ResultsError, dump, load
 
     use_color = sys.stdout.isatty() if color is None else color
     undelivered: list[str] = []
@@ -541,8 +541,8 @@ def compare(
                 raise click.UsageError("a FUNCTION.toml to compare, or --from / --diff")
             if runs < 1:
                 raise click.UsageError("--runs: at least 1")
-            from uniobs import compare as cmp
-            from uniobs import function as fn
+            from uniobs.compare import comparison as cmp
+            from uniobs.compare import function as fn
 
             try:
                 fdef = fn.load_definition(definition)
@@ -550,8 +550,8 @@ def compare(
                 raise click.ClickException(str(exc)) from None
             settings = load_settings(config_path)
             specs = list(export) or list(settings.core.export) or [f"file:{out_dir}/telemetry.jsonl"]
-            from uniobs.launch import LaunchError
-            from uniobs.probes import ProbeError
+            from uniobs.coldstart.probes import ProbeError
+            from uniobs.runtimes.launch import LaunchError
 
             _makedirs(out_dir)
             try:
@@ -582,7 +582,7 @@ def compare(
 def agent(config_path: str | None, export: tuple[str, ...]) -> None:
     """Run the long-running host collector: discover every workload (QEMU, hvt, containers), scrape
     them, stream their consoles, export; a health endpoint on loopback; SIGTERM flushes, SIGHUP reloads."""
-    from uniobs.agent import Agent
+    from uniobs.lifecycle.agent import Agent
 
     try:
         runner = Agent(config_path, list(export) or None)
@@ -617,8 +617,8 @@ def _read_bytes(path: str) -> bytes:
 
 def _find_container(target: str) -> Any:
     """A running container by full id, unique id prefix, or name (from state files; no daemon)."""
-    from uniobs.cgroupfs import detect_layout
-    from uniobs.containers import discover_containers
+    from uniobs.containers.discovery import discover_containers
+    from uniobs.host.cgroupfs import detect_layout
 
     try:
         layout = detect_layout()

@@ -31,16 +31,16 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from uniobs import __version__
-from uniobs import function as fn
-from uniobs.accel import probe
+from uniobs.coldstart.probes import http_get, parse_probe
+from uniobs.compare import function as fn
+from uniobs.compare.results import SCHEMA, percentile
 from uniobs.config import Settings
-from uniobs.launch import plan_launch
+from uniobs.lifecycle.run import Runner
+from uniobs.lifecycle.rundir import RunDir
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import ExporterSinks
-from uniobs.probes import http_get, parse_probe
-from uniobs.results import SCHEMA, percentile
-from uniobs.rundir import RunDir
-from uniobs.runner import Runner
+from uniobs.runtimes.accel import probe
+from uniobs.runtimes.launch import plan_launch
 
 log = logging.getLogger("uniobs.compare")
 
@@ -155,7 +155,7 @@ class Measure:
         self.container = runner.coldstart.shrinkwrap == "container"
         self.layout = None
         if self.container and workload.cgroup:
-            from uniobs.cgroupfs import detect_layout
+            from uniobs.host.cgroupfs import detect_layout
 
             try:
                 self.layout = detect_layout()
@@ -166,7 +166,7 @@ class Measure:
         """(memory bytes, CPU seconds) of the container's cgroup."""
         if self.layout is None or self.workload.cgroup is None:
             return None, None
-        from uniobs.cgroupfs import read_stats
+        from uniobs.host.cgroupfs import read_stats
 
         try:
             stats = read_stats(self.layout, self.workload.cgroup, io=False, pressure=False, paths=self.workload.cgroups)
@@ -330,7 +330,7 @@ class Comparison:
         }
 
     def _side(self, kind: str, accel: str) -> dict[str, Any]:
-        from uniobs import surface
+        from uniobs.compare import surface
 
         wrap = self.d.wraps[kind]
         runtime = os.path.basename(wrap.command[0]).split("-")[0] if wrap.command else kind
@@ -356,7 +356,7 @@ class Comparison:
 
     def _launch_one(self, rundir: RunDir, pipeline: Pipeline, coverage: Coverage, wrap: fn.Wrap, accel: str,
                     side: dict[str, Any], first: bool) -> None:  # fmt: skip
-        from uniobs import surface
+        from uniobs.compare import surface
 
         d = self.d
         inst = fn.instance(d, wrap, accel)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uniobs.results import ROWS, comparable, coverage, dump, lookup, validate, winners
+from uniobs.compare.results import ROWS, comparable, coverage, dump, lookup, validate, winners
 
 MISSING = "—"
 STAR = "★"

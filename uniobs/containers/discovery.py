@@ -81,7 +81,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from uniobs import cgroupfs, discovery
+from uniobs.host import cgroupfs
+from uniobs.lifecycle import discover as discovery
 from uniobs.model import LABEL_RESOURCE_ATTRIBUTES, Kind, Workload
 
 log = logging.getLogger("uniobs.containers")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from uniobs.console import DEFAULT_MAX_LINE, LineSplitter
+from uniobs.guest.lines import DEFAULT_MAX_LINE, LineSplitter
 from uniobs.ioloop import IoLoop
 from uniobs.plugin import ConsoleLine
 

@@ -44,7 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from uniobs.lineproto import (
+from uniobs.guest.lineproto import (
     GuestAttributes,
     LogRecordLine,
     Mark,

@@ -1,4 +1,4 @@
-"""`python -m uniobs.cgexec PROCS_FILE... -- COMMAND...`: join cgroups, then exec COMMAND.
+"""`python -m uniobs.host.cgexec PROCS_FILE... -- COMMAND...`: join cgroups, then exec COMMAND.
 
 Used by `uniobs run --cgroup` so the VMM is in its cgroup from its first instruction (moving it
 after the spawn would miss its start-up). No shell is involved.
@@ -12,7 +12,7 @@ import sys
 
 def main(argv: list[str]) -> None:
     if "--" not in argv:
-        sys.exit("usage: python -m uniobs.cgexec PROCS_FILE... -- COMMAND...")
+        sys.exit("usage: python -m uniobs.host.cgexec PROCS_FILE... -- COMMAND...")
     split = argv.index("--")
     procs, command = argv[:split], argv[split + 1 :]
     for path in procs:

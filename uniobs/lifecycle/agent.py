@@ -121,14 +121,14 @@ class Agent:
         found: list[Workload] = []
         layout = None
         if self.config.containers or self.config.cgroups:
-            from uniobs.cgroupfs import detect_layout
+            from uniobs.host.cgroupfs import detect_layout
 
             try:
                 layout = detect_layout()
             except OSError:
                 layout = None
         if self.config.vmms:
-            from uniobs.procscan import scan_vmms
+            from uniobs.runtimes.procscan import scan_vmms
 
             for info in scan_vmms():
                 found.append(
@@ -144,7 +144,7 @@ class Agent:
                     )
                 )
         if self.config.containers:
-            from uniobs.containers import ContainerDiscovery
+            from uniobs.containers.discovery import ContainerDiscovery
 
             if self._containers is None:
                 self._containers = ContainerDiscovery(layout)
@@ -153,7 +153,7 @@ class Agent:
             except OSError as exc:
                 log.warning("container discovery failed: %s", exc)
         if self.config.cgroups and layout is not None:
-            from uniobs import discovery
+            from uniobs.lifecycle import discover as discovery
 
             claimed = {path for w in found for path in w.cgroup_paths}  # every hierarchy's path
             found += [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from uniobs import cgroupfs
+from uniobs.host import cgroupfs
 from uniobs.model import Kind, Workload
 from uniobs.plugin import WorkloadGone
 

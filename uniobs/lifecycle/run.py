@@ -23,16 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uniobs.accel import accel_of
-from uniobs.capture import ConsoleStream
-from uniobs.coldstart import COLDSTART_METRICS, ColdStart
+from uniobs.coldstart.probes import ProbeRunner, parse_probe
+from uniobs.coldstart.trace import COLDSTART_METRICS, ColdStart
+from uniobs.guest.capture import ConsoleStream
 from uniobs.ioloop import IoLoop
-from uniobs.launch import LaunchPlan
+from uniobs.lifecycle.rundir import RunDir, cgroup_exists, remove_cgroups
 from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, Severity, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
-from uniobs.probes import ProbeRunner, parse_probe
-from uniobs.qmp import (
+from uniobs.runtimes.accel import accel_of
+from uniobs.runtimes.launch import LaunchPlan
+from uniobs.runtimes.qmp import (
     EVENTS_WATCHED,
     MessageFramer,
     QmpError,
@@ -41,7 +42,6 @@ from uniobs.qmp import (
     event_log,
     parse_event,
 )
-from uniobs.rundir import RunDir, cgroup_exists, remove_cgroups
 
 log = logging.getLogger("uniobs.run")
 
@@ -279,7 +279,8 @@ class Runner:
             # starting them in a cgroup of ours makes that one path in every controller.
             self.cgroup = f"/uniobs/{os.path.basename(rundir)}"
         if self.cgroup is not None:
-            from uniobs.cgroupfs import create_cgroup, detect_layout
+            from uniobs.host.cgroup_place import create_cgroup
+            from uniobs.host.cgroupfs import detect_layout
 
             layout = detect_layout()
             if cgroup_exists(layout, self.cgroup):
@@ -289,7 +290,7 @@ class Runner:
                     owner.record_cgroup(self.cgroup)
                 cleanup.callback(remove_cgroups, [self.cgroup])  # after the command's end (LIFO)
             procs = create_cgroup(layout, self.cgroup)
-            argv = [sys.executable, "-m", "uniobs.cgexec", *procs, "--", *argv]
+            argv = [sys.executable, "-m", "uniobs.host.cgexec", *procs, "--", *argv]
         if self._pending_signals:
             raise RunInterrupted(self._pending_signals[0])
         self.exec_ns = time.monotonic_ns()
@@ -575,8 +576,9 @@ class Runner:
         runtime's own state files (no daemon). The output pipes hold what it prints meanwhile.
         Logs `created` (state written: cgroup and init process exist) and `started` (the init
         process has exec'd the function)."""
-        from uniobs.cgroupfs import OomWatch, detect_layout
-        from uniobs.containers import ContainerDiscovery
+        from uniobs.containers.discovery import ContainerDiscovery
+        from uniobs.host.cgroup_place import OomWatch
+        from uniobs.host.cgroupfs import detect_layout
 
         plan = self.plan
         deadline = time.monotonic() + CONTAINER_START_TIMEOUT_S
@@ -756,67 +758,3 @@ def _wait_exec(pid: int, deadline: float) -> int | None:
 def _unlink(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-class Attacher:
-    """`uniobs attach`: observe a running VMM without restarting it, until it exits or we are stopped."""
-
-    def __init__(self, pipeline: Pipeline, workload: Workload, *, interval: float = 1.0) -> None:
-        self.pipeline = pipeline
-        self.workload = workload
-        self.interval = interval
-        self._stop = threading.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> str:
-        """Returns why it ended: "exited" (the VMM is gone) or "stopped" (we were interrupted)."""
-        pipeline, workload = self.pipeline, self.workload
-        pipeline.telemetry.declare(LIFECYCLE_METRICS, scope="uniobs.lifecycle")
-        pipeline.telemetry.log(workload, LogEvent(time.monotonic_ns(), "attached", event_name="uniobs.attached"))
-        pipeline.start_streams(workload)
-        old = {s: signal.signal(s, lambda *_: self._stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        export_every = pipeline.settings.core.export_interval
-        next_export = time.monotonic() + export_every
-        try:
-            while not self._stop.is_set():
-                pipeline.scrape([workload])
-                if not _alive(workload.pid):
-                    break
-                if time.monotonic() >= next_export:
-                    pipeline.telemetry.flush(timeout=0.1)
-                    next_export = time.monotonic() + export_every
-                self._stop.wait(self.interval)
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-        ended = "stopped" if self._stop.is_set() and _alive(workload.pid) else "exited"
-        pipeline.stop_streams(workload, timeout=2.0)
-        pipeline.snapshot_streams(workload)
-        pipeline.telemetry.log(
-            workload,
-            LogEvent(
-                time.monotonic_ns(),
-                f"detached: {ended}",
-                event_name=f"uniobs.{ended if ended == 'exited' else 'detached'}",
-            ),
-        )
-        return ended
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (our own exited child) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False

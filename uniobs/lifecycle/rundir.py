@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from uniobs.cgroupfs import CgroupLayout
+    from uniobs.host.cgroupfs import CgroupLayout
 
 log = logging.getLogger("uniobs.rundir")
 
@@ -165,7 +165,7 @@ def sweep(root: str) -> list[str]:
 
 def _below_root(path: str) -> str:
     """A cgroup path below the root, normalised; ValueError for the root or a path with '..'."""
-    from uniobs.cgroupfs import normalize_path
+    from uniobs.host.cgroupfs import normalize_path
 
     relative = normalize_path(path)
     if relative == "/":
@@ -175,7 +175,7 @@ def _below_root(path: str) -> str:
 
 def cgroup_dirs(layout: CgroupLayout, path: str) -> list[str]:
     """The directories of one cgroup path in every hierarchy of `layout` (v1, and cgroup2)."""
-    from uniobs.cgroupfs import CgroupMode
+    from uniobs.host.cgroupfs import CgroupMode
 
     relative = _below_root(path)
     hierarchies = [layout.unified] if layout.mode is CgroupMode.V2 else [*layout.v1.values(), layout.unified]
@@ -192,7 +192,7 @@ def remove_cgroups(paths: Iterable[str], wait_s: float = CGROUP_BUSY_WAIT_S) -> 
 
     A cgroup still holding processes stays (rmdir says EBUSY); one whose last process has just
     exited may be busy for a moment, hence `wait_s`. Returns whether none of them is left."""
-    from uniobs.cgroupfs import detect_layout
+    from uniobs.host.cgroupfs import detect_layout
 
     paths = [_below_root(p) for p in paths]
     try:

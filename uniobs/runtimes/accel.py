@@ -5,8 +5,8 @@ one) emulate instructions so slowly that KVM loses to TCG, and long-mode guests 
 all. So the probe boots the example unikernel (examples/minikernel, mode=ok with a little work)
 under KVM and under TCG, and picks KVM only if it booted to its exit and was not slower.
 
-    python -m uniobs.accel            # prints "kvm" or "tcg"
-    python -m uniobs.accel --explain  # and why, with the probe timings
+    python -m uniobs.runtimes.accel            # prints "kvm" or "tcg"
+    python -m uniobs.runtimes.accel --explain  # and why, with the probe timings
 
 The answer is cached per QEMU binary and /dev/kvm state in /run/uniobs/accel.json (or the temp
 dir; `UNIOBS_ACCEL_CACHE=FILE` puts it elsewhere), so scripts can ask it on every boot.
@@ -35,7 +35,7 @@ PROBE_TIMEOUT_S = 10.0
 BUILD_TIMEOUT_S = 120.0
 PROBE_ARGS = "mode=ok work_ms=20"
 CACHE_ENV = "UNIOBS_ACCEL_CACHE"
-_REPO_SOURCE = Path(__file__).resolve().parent.parent / "examples" / "minikernel"
+_REPO_SOURCE = Path(__file__).resolve().parents[2] / "examples" / "minikernel"
 _REPO_KERNEL = _REPO_SOURCE / "build" / "minikernel.elf"
 
 
@@ -102,7 +102,7 @@ def _repo_kernel() -> tuple[str | None, str]:
         return str(_REPO_KERNEL), ""
     if not (_REPO_SOURCE / "Makefile").exists():
         return None, (
-            "no probe kernel (an installed uniobs has no examples/minikernel; `python -m uniobs.accel "
+            "no probe kernel (an installed uniobs has no examples/minikernel; `python -m uniobs.runtimes.accel "
             "--kernel minikernel.elf` probes once, and caches, with one built from a checkout)"
         )
     cmd = ["make", "-s", "-C", str(_REPO_SOURCE)]
@@ -186,7 +186,7 @@ def accel_of(argv: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m uniobs.accel", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m uniobs.runtimes.accel", description=__doc__.split("\n")[0])
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--kernel", default=None, help="probe kernel (default: examples/minikernel)")
     parser.add_argument("--explain", action="store_true", help="say why, with the probe timings")

@@ -14,7 +14,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from uniobs.launch import HVT_EXE, QEMU_EXE, _split_opts
+from uniobs.runtimes.launch import HVT_EXE, QEMU_EXE, _split_opts
 
 
 @dataclass(frozen=True)

@@ -297,8 +297,8 @@ RUN_SH = """#!/bin/sh
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 append=$(python3 "$here/@BOOT_ARGS@" ${EXTRA:+--extra "$EXTRA"})
-# KVM only where a real probe boot says it works and is faster (uniobs/accel.py); else TCG.
-accel=${ACCEL:-$(python3 -m uniobs.accel 2>/dev/null || echo tcg)}
+# KVM only where a real probe boot says it works and is faster (uniobs/runtimes/accel.py); else TCG.
+accel=${ACCEL:-$(python3 -m uniobs.runtimes.accel 2>/dev/null || echo tcg)}
 echo "hello-node microVM: accelerator $accel" >&2
 exec ${QEMU:-qemu-system-x86_64} -machine microvm,pit=on,rtc=on -accel "$accel" -m ${MEM:-1024} \\
   -nodefaults -nographic -no-reboot -serial stdio \\

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from uniobs.console import DEFAULT_MAX_LINE, sanitize
-from uniobs.parsers._common import BOOT_PHASE
+from uniobs.guest.lines import DEFAULT_MAX_LINE, sanitize
+from uniobs.guest.parsers._common import BOOT_PHASE
 from uniobs.plugin import ConsoleLine, ConsoleParser, GuestEvent, Milestone
 from uniobs.registry import PluginInfo
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from uniobs.guest.parsers._common import FamilyParser, clip, event, exit_severity, int_or_none
 from uniobs.model import Severity
-from uniobs.parsers._common import FamilyParser, clip, event, exit_severity, int_or_none
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 _LOG = re.compile(

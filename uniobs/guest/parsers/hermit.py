@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from uniobs.guest.parsers._common import FamilyParser, clip, event, seconds
 from uniobs.model import Severity
-from uniobs.parsers._common import FamilyParser, clip, event, seconds
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 _PREFIX = re.compile(

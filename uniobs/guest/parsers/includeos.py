@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from uniobs.guest.parsers._common import FamilyParser, clip, event
 from uniobs.model import Severity
-from uniobs.parsers._common import FamilyParser, clip, event
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 _CAPTION = re.compile(r"\s{0,80}#include<os> // Literally")

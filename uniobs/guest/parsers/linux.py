@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from uniobs.guest.parsers._common import FamilyParser, clip, event, int_or_none, strip_rom_handoff
 from uniobs.model import Severity
-from uniobs.parsers._common import FamilyParser, clip, event, int_or_none, strip_rom_handoff
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 # A Linux stamp: five columns of seconds (padded with spaces below 10000 s), six of microseconds.

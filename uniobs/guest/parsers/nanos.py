@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from uniobs.guest.parsers._common import FamilyParser, event, exit_severity, int_or_none, seconds
 from uniobs.model import Severity
-from uniobs.parsers._common import FamilyParser, event, exit_severity, int_or_none, seconds
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 _STAMP = re.compile(r"\[(\d{1,10})\.(\d{1,9})\] ")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from uniobs.guest.parsers._common import FamilyParser, clip, event, int_or_none, snake
 from uniobs.model import Severity
-from uniobs.parsers._common import FamilyParser, clip, event, int_or_none, snake
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 _BANNER = re.compile(r"OSv (v\d[\w.\-+~]{0,62})")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from uniobs.guest.parsers._common import FamilyParser, clip, event, exit_severity, first_match, int_or_none
 from uniobs.model import Severity
-from uniobs.parsers._common import FamilyParser, clip, event, exit_severity, first_match, int_or_none
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 # The four banner lines, as Solo5 prints them (trailing blanks ignored).

@@ -22,8 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from uniobs.model import Severity
-from uniobs.parsers._common import (
+from uniobs.guest.parsers._common import (
     SEABIOS,
     FamilyParser,
     clip,
@@ -33,6 +32,7 @@ from uniobs.parsers._common import (
     split_stamp,
     strip_rom_handoff,
 )
+from uniobs.model import Severity
 from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
 
 # "Info: [libkvmplat] <bootinfo.c @   56> message" or "CRIT: [libvfscore] rootfs.c @ 85   : message".

@@ -1,0 +1,5 @@
+"""`python -m uniobs.cli`."""
+
+from uniobs.cli.main import main
+
+main()

@@ -1,0 +1,8 @@
+"""`uniobs compare`: one function as a unikernel and as a container, side by side.
+
+- `function`: function definitions (FUNCTION.toml) and their instances.
+- `comparison`: measuring each side's launches; the document.
+- `results`: the document's schema, load and dump.
+- `surface`: image and runtime attack surface.
+- `report`: terminal, Markdown, SVG and HTML renderings, and diffs.
+"""

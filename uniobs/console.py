@@ -1,0 +1,6 @@
+"""Moved to `uniobs.guest.lines` (0.2); this alias keeps the old import path for one release."""
+
+import importlib
+import sys
+
+sys.modules[__name__] = importlib.import_module("uniobs.guest.lines")
