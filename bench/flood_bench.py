@@ -142,6 +142,19 @@ def watch_peak(pid: int, stop: threading.Event, out: list[int]) -> None:
         stop.wait(0.2)
 
 
+def health_of(port: int) -> dict[str, Any] | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return json.load(response)  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        return json.load(exc)  # type: ignore[no-any-return]
+    except OSError:
+        return None
+
+
 def final_line(stderr: str) -> dict[str, Any]:
     match = re.search(r"final (\{.*\})", stderr)
     return json.loads(match.group(1)) if match else {}
@@ -194,24 +207,31 @@ def agent_mode(mb: float, rate: float, tmp: Path, receiver: CountingReceiver) ->
     watcher = threading.Thread(target=watch_peak, args=(agent.pid, stop, peaks))
     watcher.start()
     try:
-        time.sleep(2)  # the agent finds the guest
+        time.sleep(2)  # the agent finds the guest, then follows its console from the file's end
+        with console.open("ab") as f:
+            f.write(b"marker: the flood starts\n")
+        time.sleep(2)
         flood = subprocess.run([sys.executable, "-c", FLOODER, str(mb), str(rate), str(console)], timeout=mb / rate * 4)
         flood.check_returncode()
-        time.sleep(3)
         alive = agent.poll() is None
     finally:
         vm.kill()
         vm.wait()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 300  # the agent reads the backlog, then ends the guest's series
+    while time.monotonic() < deadline and agent.poll() is None:
+        status = health_of(health_port)
+        if status is not None and not status["workloads"] and not status["retiring"]:
+            break
+        time.sleep(0.5)
     agent.send_signal(signal.SIGTERM)
     _, stderr = agent.communicate(timeout=60)
     stop.set()
     watcher.join()
     final = final_line(stderr)
-    # lines after the guest's boot (the agent follows a running VM's file console from its end)
+    # the marker and the lines after it (the agent follows a running VM's file console from its end)
     with console.open("rb") as f:
         lines = list(f)
-    written = len(lines) - next(i for i, line in enumerate(lines) if line.startswith(b"flood "))
+    written = len(lines) - next(i for i, line in enumerate(lines) if line.startswith(b"marker:"))
     accounted = all(
         st["sent"][s] + st["failed"][s] + st["dropped"][s] == st["handed"][s]
         for st in final.values()

@@ -19,8 +19,9 @@ from uniobs.coldstart.trace import new_trace_id
 from uniobs.guest.capture import ConsoleStream
 from uniobs.guest.lines import DEFAULT_MAX_LINE
 from uniobs.guest.parsers.detect import DETECT_LINES, StreamParser
-from uniobs.guest.reported import GUEST_STATS_METRICS, GuestTelemetry
+from uniobs.guest.reported import GuestTelemetry
 from uniobs.ioloop import IoLoop
+from uniobs.metrics import GUEST_STATS_METRICS
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Workload
 from uniobs.plugin import ConsoleLine, ConsoleParser, EventSink, GuestEvent, PluginConfig, StreamingCollector
 from uniobs.registry import PluginError, load_group

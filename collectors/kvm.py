@@ -34,8 +34,9 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from uniobs.host.procfs import ProcessGone, ProcFS
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
-from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
+from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable
 
 log = logging.getLogger("uniobs.collectors.kvm")
 
@@ -185,6 +186,7 @@ class KvmCollector(Collector):
     def __init__(self, config: CollectorConfig | None = None) -> None:
         super().__init__(config)
         self._said: dict[tuple[str, str, str], set[str]] = {}
+        self._proc = ProcFS(self.config.proc)
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.kind is Kind.UNIKERNEL and workload.pid is not None
@@ -203,14 +205,14 @@ class KvmCollector(Collector):
         prefix = f"{pid}-"
         dirs = [os.path.join(root, n) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()]
         if not dirs:
-            if _process_gone(self.config.proc, pid):
-                raise WorkloadGone(f"pid {pid} exited")
+            if not self._proc.is_alive(pid):
+                raise ProcessGone(pid)
             raise SourceUnavailable(f"no KVM VM of pid {pid} in {root} (the VMM does not use KVM, e.g. QEMU with TCG)")
         try:
             stats = read_vm_dirs(dirs)
         except FileNotFoundError:
-            if _process_gone(self.config.proc, pid):
-                raise WorkloadGone(f"pid {pid} exited") from None
+            if not self._proc.is_alive(pid):
+                raise ProcessGone(pid) from None
             raise SourceUnavailable(f"the KVM VM of pid {pid} was closed while being read") from None
         if stats.denied and not stats.values:
             raise SourceUnavailable(
@@ -245,12 +247,3 @@ class KvmCollector(Collector):
 
     def forget(self, workload: Workload) -> None:
         self._said.pop(workload.key, None)
-
-
-def _process_gone(proc: str, pid: int) -> bool:
-    """No /proc entry, or a zombie: the VMM has exited."""
-    try:
-        data = _read(f"{proc}/{pid}/stat")
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return data.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"])

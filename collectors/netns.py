@@ -25,13 +25,13 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from uniobs.host import cgroupfs
+from uniobs.host.procfs import InterfaceStats, ProcessGone, ProcFS, parse_net_dev
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
 
@@ -39,48 +39,7 @@ DIRECTION = "network.io.direction"
 INTERFACE = "network.interface.name"
 OTHER_INTERFACE = ":other"
 
-_GONE = (errno.ENOENT, errno.ESRCH)
-
-
-@dataclass(frozen=True, slots=True)
-class InterfaceStats:
-    """One line of /proc/net/dev: cumulative counters of one interface."""
-
-    name: str
-    rx_bytes: int
-    rx_packets: int
-    rx_errors: int
-    rx_dropped: int
-    tx_bytes: int
-    tx_packets: int
-    tx_errors: int
-    tx_dropped: int
-
-
-def parse_net_dev(text: str) -> list[InterfaceStats]:
-    """/proc/<pid>/net/dev (net/core/net-procfs.c, unchanged since Linux 2.6):
-
-        Inter-|   Receive                            ...|  Transmit
-         face |bytes    packets errs drop fifo frame compressed multicast|bytes packets errs drop ...
-            lo:  1194150    7566    0    0    0     0          0         0  1194150 7566 0 0 ...
-          eth0: ...
-
-    Two header lines, then "name: 16 numbers" per interface: 8 receive figures (bytes, packets,
-    errs, drop, fifo, frame, compressed, multicast), 8 transmit ones (bytes, packets, errs,
-    drop, fifo, colls, carrier, compressed). The name is right-aligned and may touch the first
-    number ("eth0:123"), so split at the last colon of the name field, not at whitespace.
-    """
-    out: list[InterfaceStats] = []
-    for line in text.splitlines()[2:]:
-        name, sep, rest = line.partition(":")
-        if not sep:
-            continue
-        fields = rest.split()
-        if len(fields) < 16:
-            continue
-        v = [int(f) for f in fields[:16]]
-        out.append(InterfaceStats(name.strip(), v[0], v[1], v[2], v[3], v[8], v[9], v[10], v[11]))
-    return out
+__all__ = ["InterfaceStats", "NetnsCollector", "NetnsConfig", "parse_net_dev"]  # the parser lives in procfs
 
 
 @dataclass(frozen=True)
@@ -146,6 +105,7 @@ class NetnsCollector(Collector):
         self._owners: dict[tuple[int, int], tuple[tuple[str, str, str], float]] = {}
         self._netns_of: dict[tuple[str, str, str], tuple[int, int]] = {}
         self._exclude = frozenset(self.config.exclude)
+        self._proc = ProcFS(self.config.proc)
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.kind is Kind.CONTAINER and (workload.pid is not None or workload.cgroup is not None)
@@ -170,29 +130,14 @@ class NetnsCollector(Collector):
                 raise SourceUnavailable(f"no cgroup hierarchy under {self.config.root}: {exc}") from None
         return cgroupfs.cgroup_pids(self._layout, workload.cgroup, workload.cgroups)[:4]
 
-    def _read(self, pid: int) -> tuple[tuple[int, int], str] | None:
-        """(namespace, net/dev text) of one process, None if it is gone."""
-        base = f"{self.config.proc}/{pid}"
+    def _read(self, pid: int) -> tuple[tuple[int, int], list[InterfaceStats]] | None:
+        """(namespace, interfaces) of one process, None if it is gone."""
         try:
-            st = os.stat(f"{base}/ns/net")
-            fd = os.open(f"{base}/net/dev", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in _GONE:
-                return None
-            raise
-        try:
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-        except OSError as exc:
-            if exc.errno in _GONE:
-                return None
-            raise
-        finally:
-            os.close(fd)
-        return (st.st_dev, st.st_ino), b"".join(chunks).decode("utf-8", "replace")
+            return self._proc.netns(pid), self._proc.net_dev(pid)
+        except (ProcessGone, FileNotFoundError, ProcessLookupError):  # exited, or exiting (no namespace left)
+            return None
 
-    def _member(self, workload: Workload) -> tuple[tuple[int, int], str]:
+    def _member(self, workload: Workload) -> tuple[tuple[int, int], list[InterfaceStats]]:
         """Read through the workload's pid, else through a process of its cgroup."""
         if workload.pid is not None:
             read = self._read(workload.pid)
@@ -208,18 +153,19 @@ class NetnsCollector(Collector):
 
     def collect(self, workload: Workload) -> Iterable[Sample]:
         host = self._host_netns()
-        netns, text = self._member(workload)
+        netns, interfaces = self._member(workload)
         if netns == host:
             raise SourceUnavailable("shares the host's network namespace: its figures would be the host's")
         now = time.monotonic()
         owner = self._owners.get(netns)
         # A reporter that stopped being scraped without being forgotten loses the namespace.
-        if owner is None or owner[0] == workload.key or now - owner[1] > 3 * self.config.interval:
+        stale_after = 3 * (self.config.interval or 10.0)  # the scheduler fills in an interval left unset
+        if owner is None or owner[0] == workload.key or now - owner[1] > stale_after:
             self._owners[netns] = (workload.key, now)
         else:
             raise SourceUnavailable(f"shares the network namespace of {owner[0][1]} {owner[0][2]}, which reports it")
         self._netns_of[workload.key] = netns
-        return self.samples(workload.key, parse_net_dev(text))
+        return self.samples(workload.key, interfaces)
 
     def samples(self, key: tuple[str, str, str], interfaces: list[InterfaceStats]) -> list[Sample]:
         interfaces = [i for i in interfaces if i.name not in self._exclude]

@@ -1,12 +1,22 @@
 """Process metrics for a workload's main process: the VMM (QEMU, an hvt tender), a container's
 init process, or uniobs itself.
 
-Reads through psutil (Linux `/proc/<pid>/{stat,status,statm,smaps_rollup,fd}`): one `oneshot()`
-per scrape. PSS and USS need `smaps_rollup` (Linux 4.14+), which costs more for large VMMs:
-turn them off with `pss = false`. A container's init is its pid as the host sees it (from the
-runtime's state); its cgroup figures (`collectors/cgroup.py`) count every process of the
-container, these only the init. A container whose init is not known (no state names it) is
-reported once as SourceUnavailable rather than skipped in silence.
+Reads `/proc/<pid>/{stat,statm,status,smaps_rollup,fd}` (and `/proc/stat`'s boot time) through
+`uniobs.host.procfs`, under the `proc` root. PSS and USS need `smaps_rollup` (Linux 4.14+; the
+slower `smaps` otherwise), which costs more for large VMMs: turn them off with `pss = false`. A
+container's init is its pid as the host sees it (from the runtime's state); its cgroup figures
+(`collectors/cgroup.py`) count every process of the container, these only the init. A container
+whose init is not known (no state names it) is reported once as SourceUnavailable rather than
+skipped in silence. A process uniobs may not read (another user's: `fd/` and `smaps_rollup`
+need ptrace access) is SourceUnavailable too, said once.
+
+Not psutil: its procfs root is one module-wide setting (`psutil.PROCFS_PATH`), so a collector
+could not be pointed at its own root; it has no API for page faults, so `stat` was read twice;
+and its errors would be a second translation beside `procfs`'s. The figures are the ones psutil
+gives: CPU times are stat's ticks / SC_CLK_TCK, RSS and virtual size statm's (stat's rss is
+approximate on recent kernels, see `procfs.ProcStatm`), threads stat's num_threads (= status'
+Threads), PSS/USS the same smaps_rollup lines, the start time boot time + starttime (taken once
+per process, as psutil caches it).
 """
 
 from __future__ import annotations
@@ -15,10 +25,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import psutil
-
+from uniobs.host.procfs import DEFAULT_ROOT, ProcessGone, ProcFS
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
-from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
+from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable
 
 CPU_MODE = "cpu.mode"
 
@@ -26,6 +35,12 @@ CPU_MODE = "cpu.mode"
 @dataclass(frozen=True)
 class ProcessConfig(CollectorConfig):
     pss: bool = True  # read smaps_rollup for PSS/USS
+    proc: str = DEFAULT_ROOT  # procfs mount
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.proc.startswith("/"):
+            raise ValueError(f"proc: must be an absolute path (got {self.proc!r})")
 
 
 class ProcessCollector(Collector):
@@ -74,51 +89,55 @@ class ProcessCollector(Collector):
 
     def __init__(self, config: CollectorConfig | None = None) -> None:
         super().__init__(config)
-        self._procs: dict[int, psutil.Process] = {}
+        self._proc = ProcFS(self.config.proc)
+        self._started: dict[int, tuple[int, float]] = {}  # pid -> (stat starttime, epoch seconds)
 
     def applies_to(self, workload: Workload) -> bool:
         if workload.kind is Kind.CONTAINER:
             return True  # its init; collect() says so when that is not known
         return workload.pid is not None and workload.kind in (Kind.UNIKERNEL, Kind.PROCESS)
 
-    def _process(self, pid: int) -> psutil.Process:
-        proc = self._procs.get(pid)
-        if proc is None or not proc.is_running():  # is_running also catches pid reuse
-            proc = self._procs[pid] = psutil.Process(pid)
-        return proc
+    def _start(self, pid: int, starttime: int) -> float:
+        """When the process started (epoch seconds), computed once per process as psutil does: a
+        later clock step moves the uptime, not the start. A new start time is a reused pid."""
+        known = self._started.get(pid)
+        if known is None or known[0] != starttime:
+            known = self._started[pid] = (starttime, starttime / self._proc.hz + self._proc.boot_time())
+        return known[1]
 
     def collect(self, workload: Workload) -> Iterable[Sample]:
         if workload.pid is None:
             raise SourceUnavailable("its init process is not known (no runtime state names a live one)")
+        pid = workload.pid
         try:
-            proc = self._process(workload.pid)
-            with proc.oneshot():
-                if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: its figures read 0
-                    raise psutil.ZombieProcess(workload.pid)
-                cpu = proc.cpu_times()
-                mem = proc.memory_info()
-                ctx = proc.num_ctx_switches()
-                threads = proc.num_threads()
-                fds = proc.num_fds()
-                created = proc.create_time()
-                full = proc.memory_full_info() if self.config.pss else None
-            # minor/major faults: /proc/<pid>/stat fields 10 and 12 (psutil has no API for them)
-            with open(f"/proc/{workload.pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError, ProcessLookupError):
-            self._procs.pop(workload.pid, None)
-            raise WorkloadGone(f"pid {workload.pid} exited") from None
+            st = self._proc.stat(pid)  # a zombie (exited, not yet reaped; its figures read 0) is gone
+            statm = self._proc.statm(pid)
+            status = self._proc.status(pid)
+            fds = self._proc.num_fds(pid)
+            full = self._proc.memory_rollup(pid) if self.config.pss else None
+            created = self._start(pid, st.starttime)
+        except ProcessGone:
+            self._started.pop(pid, None)
+            raise
         samples = [
-            Sample("process.cpu.time", cpu.user, ((CPU_MODE, "user"),)),
-            Sample("process.cpu.time", cpu.system, ((CPU_MODE, "system"),)),
-            Sample("process.memory.usage", mem.rss),
-            Sample("process.memory.virtual", mem.vms),
-            Sample("process.thread.count", threads),
+            Sample("process.cpu.time", st.utime, ((CPU_MODE, "user"),)),
+            Sample("process.cpu.time", st.stime, ((CPU_MODE, "system"),)),
+            Sample("process.memory.usage", statm.rss_bytes),
+            Sample("process.memory.virtual", statm.vms_bytes),
+            Sample("process.thread.count", st.num_threads),
             Sample("process.unix.file_descriptor.count", fds),
-            Sample("process.context_switches", ctx.voluntary, (("process.context_switch.type", "voluntary"),)),
-            Sample("process.context_switches", ctx.involuntary, (("process.context_switch.type", "involuntary"),)),
-            Sample("process.paging.faults", int(fields[7]), (("process.paging.fault_type", "minor"),)),
-            Sample("process.paging.faults", int(fields[9]), (("process.paging.fault_type", "major"),)),
+        ]
+        voluntary, involuntary = status.voluntary_ctxt_switches, status.nonvoluntary_ctxt_switches
+        if voluntary is not None and involuntary is not None:  # Linux 2.6.23+
+            samples.append(
+                Sample("process.context_switches", voluntary, (("process.context_switch.type", "voluntary"),))
+            )
+            samples.append(
+                Sample("process.context_switches", involuntary, (("process.context_switch.type", "involuntary"),))
+            )
+        samples += [
+            Sample("process.paging.faults", st.minflt, (("process.paging.fault_type", "minor"),)),
+            Sample("process.paging.faults", st.majflt, (("process.paging.fault_type", "major"),)),
             Sample("process.uptime", max(0.0, time.time() - created)),
         ]
         if full is not None:
@@ -128,4 +147,4 @@ class ProcessCollector(Collector):
 
     def forget(self, workload: Workload) -> None:
         if workload.pid is not None:
-            self._procs.pop(workload.pid, None)
+            self._started.pop(workload.pid, None)

@@ -6,7 +6,7 @@ it drops). Each scrape sends only read-only queries:
 
 - `query-status`: the run state (`uniobs.vm.status`);
 - `query-cpus-fast`: each vCPU's host thread, whose CPU time is read from
-  `/proc/<pid>/task/<tid>/stat` (utime and stime, in USER_HZ ticks) (`uniobs.vm.vcpu.*`);
+  `/proc/<pid>/task/<tid>/stat` (utime and stime; `uniobs.host.procfs`) (`uniobs.vm.vcpu.*`);
 - `query-memory-size-summary` (QEMU 2.11+): boot plus hot-plugged memory;
 - `query-balloon`, when the VM has a balloon device (skipped quietly otherwise);
 - `query-blockstats`: bytes and operations per block device, at most `max_devices` devices;
@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from uniobs.host.procfs import ProcFS
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Severity, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
 from uniobs.runtimes.qmp import (
@@ -200,7 +200,7 @@ class QemuCollector(Collector):
         # Events of forgotten VMs not yet handed out (bounded): another collector may see the VMM
         # gone first, and the pipeline then forgets the workload before our events() is called.
         self._last_words: collections.OrderedDict[tuple[str, str, str], _Vm] = collections.OrderedDict()
-        self._hz = os.sysconf("SC_CLK_TCK")
+        self._proc = ProcFS(self.config.proc)
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.qmp is not None
@@ -223,7 +223,7 @@ class QemuCollector(Collector):
             return self._scrape(workload, vm)
         except QmpGone as exc:
             self._disconnect(vm)
-            if not was_connected and workload.pid is not None and not process_gone(self.config.proc, workload.pid):
+            if not was_connected and workload.pid is not None and self._proc.is_alive(workload.pid):
                 # QEMU creates the socket file (bind) just before it listens: a VMM that is still
                 # running and refuses us is starting (or exiting), not gone.
                 raise SourceUnavailable(
@@ -324,18 +324,15 @@ class QemuCollector(Collector):
     def _vcpu_times(self, vm: _Vm, workload: Workload, pid: int, vcpus: Sequence[Vcpu]) -> list[Sample]:
         samples: list[Sample] = []
         for cpu in vcpus:
-            path = f"{self.config.proc}/{pid}/task/{cpu.thread_id}/stat"
             try:
-                utime, stime = read_task_times(path)
+                thread = self._proc.task_stat(pid, cpu.thread_id)  # ProcessGone once the VMM has exited
             except (FileNotFoundError, ProcessLookupError):
-                if process_gone(self.config.proc, pid):
-                    raise WorkloadGone(f"pid {pid} exited") from None
                 # QEMU's thread ids are in its own pid namespace; ours may differ (QEMU in a container).
                 self._say_once(vm, "threads", workload, f"vCPU thread {cpu.thread_id} is not a thread of pid {pid}")
                 continue
             index = str(cpu.index)
-            samples.append(Sample("uniobs.vm.vcpu.time", utime / self._hz, ((VCPU, index), (CPU_MODE, "user"))))
-            samples.append(Sample("uniobs.vm.vcpu.time", stime / self._hz, ((VCPU, index), (CPU_MODE, "system"))))
+            samples.append(Sample("uniobs.vm.vcpu.time", thread.utime, ((VCPU, index), (CPU_MODE, "user"))))
+            samples.append(Sample("uniobs.vm.vcpu.time", thread.stime, ((VCPU, index), (CPU_MODE, "system"))))
         return samples
 
     # -- events and state
@@ -413,7 +410,7 @@ class QemuCollector(Collector):
         self._last_words.clear()
 
 
-# --- helpers (pure, or one file read) -------------------------------------------------------
+# --- helpers (pure) -----------------------------------------------------------------------------
 
 
 def select_stats(schemas: Iterable[StatSchema], limit: int) -> dict[tuple[str, str], StatSchema]:
@@ -446,31 +443,3 @@ def stat_samples(
         attributes: Attributes = ((KVM_STAT, name), (VCPU, vcpu))
         samples.append(Sample(metric, value, attributes))
     return samples
-
-
-def read_task_times(path: str) -> tuple[int, int]:
-    """utime and stime, in clock ticks, from a /proc/<pid>/task/<tid>/stat file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = data.rsplit(b")", 1)[1].split()
-    return int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5); the list starts at field 3
-
-
-def process_gone(proc: str, pid: int) -> bool:
-    """True if the process no longer runs: no /proc entry, or a zombie waiting to be reaped."""
-    try:
-        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY)
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    try:
-        data = os.read(fd, 4096)
-    except ProcessLookupError:
-        return True
-    finally:
-        os.close(fd)
-    state = data.rsplit(b")", 1)[1].split()[:1]
-    return state in ([b"Z"], [b"X"])

@@ -1,4 +1,5 @@
-"""Shared fixtures: real OTLP receivers on loopback, a real child process to observe."""
+"""Shared fixtures: real OTLP receivers on loopback, a real child process to observe, the golden
+files of recorded scenarios (`--update-golden`). Shared helpers live in tests/support."""
 
 from __future__ import annotations
 
@@ -13,10 +14,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from otlp_receiver import GrpcReceiver, HttpReceiver
+from support import Golden
 
 from uniobs.model import Kind, Workload
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", default=False,
+        help="rewrite the expected.json of recorded scenarios (tests/testdata/<area>/<scenario>/) from the code",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Golden:
+    """Compares a recorded scenario's output with its expected.json (or rewrites it: --update-golden)."""
+    return Golden(update=bool(request.config.getoption("--update-golden")))
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT, requires_make_gcc, requires_qemu
 
 from uniobs.runtimes import accel
 from uniobs.runtimes.accel import accel_of, probe
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_command_line_says_which_accelerator() -> None:
@@ -26,7 +25,7 @@ def test_the_command_line_says_which_accelerator() -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed")
+@requires_qemu
 def test_the_probe_boots_and_picks_kvm_only_when_it_works_and_is_faster(tmp_path: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(ROOT / "examples" / "minikernel")], check=True)
     cache = tmp_path / "accel.json"  # not the host's /run/uniobs/accel.json
@@ -60,8 +59,8 @@ def _accel_cli(root: Path, cache: Path, *args: str) -> subprocess.CompletedProce
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed")
-@pytest.mark.skipif(shutil.which("make") is None or shutil.which("gcc") is None, reason="needs make and gcc")
+@requires_qemu
+@requires_make_gcc
 def test_first_use_in_a_checkout_builds_the_probe_kernel(tmp_path: Path) -> None:
     root = _checkout(tmp_path, with_examples=True)
     cache = tmp_path / "cache" / "accel.json"  # set aside: a fresh machine has none
@@ -72,7 +71,7 @@ def test_first_use_in_a_checkout_builds_the_probe_kernel(tmp_path: Path) -> None
     assert json.loads(cache.read_text())["probe"]["probed"] is True
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed")
+@requires_qemu
 def test_an_installed_uniobs_without_a_probe_kernel_says_tcg_and_why(tmp_path: Path) -> None:
     root = _checkout(tmp_path, with_examples=False)
     cache = tmp_path / "accel.json"
@@ -91,7 +90,7 @@ def test_no_qemu_is_tcg_not_probed_and_not_cached(tmp_path: Path) -> None:
     assert not (tmp_path / "accel.json").exists()
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed")
+@requires_qemu
 def test_a_failed_probe_kernel_build_is_tcg_with_the_command_to_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,21 +20,12 @@ from typing import Any
 import pytest
 from otlp_receiver import HttpReceiver
 from otlpfile import Signals
+from support import ROOT, free_port, requires_qemu
 
-ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
 CONTAINER = ROOT / "examples" / "hello-node" / "container"
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = [pytest.mark.qemu, requires_qemu]
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,16 +11,13 @@ from pathlib import Path
 
 import pytest
 from otlpfile import Signals
+from support import ROOT, requires_qemu
 
 from uniobs.runtimes.procscan import find_by_qmp, parse_qemu, scan_vmms, vmm_info
 
-ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
-]
+pytestmark = [pytest.mark.qemu, requires_qemu]
 
 
 def test_qemu_command_lines_are_understood() -> None:

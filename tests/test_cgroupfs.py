@@ -1,25 +1,30 @@
 """The cgroup backend and collector on recorded trees (tests/testdata/cgroup/<scenario>/, each
-with a SOURCE file naming where its formats and values come from): layout detection, listing,
-parsers with exact expected values, the metrics through a strict telemetry bridge, counter
-resets, and cgroups that vanish between listing and reading."""
+with a SOURCE file naming where its formats and values come from, and an expected.json of what
+the reader returns for it: layout, listing, discovery, pids, figures and samples), parsers with
+exact expected values, the metrics through a strict telemetry bridge, counter resets, and
+cgroups that vanish between listing and reading."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Golden, scenario_dirs, scenario_params
 
 from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
 from uniobs.host import cgroupfs
-from uniobs.host.cgroupfs import CgroupMode, CgroupStats, DeviceIO, Pressure
+from uniobs.host.cgroupfs import DeviceIO, Pressure
 from uniobs.lifecycle import discover as discovery
+from uniobs.metrics import SELF_METRICS
 from uniobs.model import Kind, Sample, Workload
 from uniobs.plugin import SourceUnavailable, WorkloadGone
-from uniobs.telemetry.bridge import SELF_METRICS, Telemetry
+from uniobs.telemetry.bridge import Telemetry
 
 TESTDATA = Path(__file__).resolve().parent / "testdata" / "cgroup"
 SCENARIOS = ("v2", "v1_combined", "v1_separate", "hybrid")
@@ -62,46 +67,15 @@ def by_key(samples: list[Sample]) -> dict[tuple[str, tuple[tuple[str, Any], ...]
 
 
 def test_every_scenario_names_its_source() -> None:
-    for scenario in SCENARIOS:
-        source = (TESTDATA / scenario / "SOURCE").read_text()
-        assert "Documentation/" in source or "verbatim copy of the real file" in source, scenario
+    for folder in scenario_dirs("cgroup"):
+        source = (folder / "SOURCE").read_text()
+        assert "Documentation/" in source or "verbatim copy of the real file" in source, folder.name
 
 
-def test_layout_pure_v2() -> None:
-    layout = layout_of("v2")
-    assert layout.mode is CgroupMode.V2
-    assert layout.unified == root_of("v2") and dict(layout.v1) == {}
-    assert layout.unified_controllers == {"cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"}
-    assert layout.v2_has("memory") and layout.v2_has("io") and not layout.v2_has("blkio")
-
-
-def test_layout_v1_combined_mount_resolves_both_names_to_one_hierarchy() -> None:
-    layout = layout_of("v1_combined")
-    root = Path(root_of("v1_combined")).resolve()
-    assert layout.mode is CgroupMode.V1 and layout.unified is None
-    assert layout.v1 == {
-        "cpu": str(root / "cpu,cpuacct"),
-        "cpuacct": str(root / "cpu,cpuacct"),
-        "memory": str(root / "memory"),
-        "pids": str(root / "pids"),
-        "blkio": str(root / "blkio"),
-    }  # net_cls,net_prio, cpuset, devices, freezer and name=systemd are not read
-
-
-def test_layout_v1_separate_cpu_and_cpuacct() -> None:
-    layout = layout_of("v1_separate")
-    assert layout.mode is CgroupMode.V1
-    assert layout.v1["cpu"].endswith("/cpu") and layout.v1["cpuacct"].endswith("/cpuacct")
-    assert set(layout.v1) == {"cpu", "cpuacct", "memory", "pids", "blkio"}
-
-
-def test_layout_hybrid() -> None:
-    layout = layout_of("hybrid")
-    assert layout.mode is CgroupMode.HYBRID
-    assert layout.unified == str(Path(root_of("hybrid")) / "unified")
-    assert layout.unified_controllers == {"hugetlb"}  # as on the test host
-    assert set(layout.v1) == {"cpu", "cpuacct", "memory", "pids", "blkio"}
-    assert not layout.v2_has("memory")
+def test_v2_has_reads_a_controller_from_the_unified_hierarchy_only_when_v1_lacks_it() -> None:
+    v2, hybrid = layout_of("v2"), layout_of("hybrid")
+    assert v2.v2_has("memory") and v2.v2_has("io") and not v2.v2_has("blkio")
+    assert not hybrid.v2_has("memory")
 
 
 def test_no_hierarchy_is_an_oserror(tmp_path: Path) -> None:
@@ -115,31 +89,6 @@ def test_no_hierarchy_is_an_oserror(tmp_path: Path) -> None:
 # --- listing --------------------------------------------------------------------------------
 
 
-def test_list_cgroups_v2() -> None:
-    assert cgroupfs.list_cgroups(layout_of("v2")) == [
-        "/",
-        "/init.scope",
-        "/system.slice",
-        DOCKER_V2,
-        "/system.slice/ssh.service",
-        "/user.slice",
-        "/user.slice/user-1000.slice",
-        "/user.slice/user-1000.slice/session-2.scope",
-    ]
-
-
-def test_list_cgroups_v1_is_the_union_of_memory_and_cpuacct_without_following_symlinks() -> None:
-    # containerd.service exists in cpu,cpuacct only; memory/docker/loop is a symlink to ".."
-    assert cgroupfs.list_cgroups(layout_of("v1_combined")) == [
-        "/",
-        "/docker",
-        DOCKER_V1,
-        "/system.slice",
-        "/system.slice/containerd.service",
-    ]
-    assert cgroupfs.list_cgroups(layout_of("hybrid")) == ["/", SNAPSHOT]
-
-
 def test_list_cgroups_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="uniobs.cgroupfs"):
         listed = cgroupfs.list_cgroups(layout_of("v2"), max_cgroups=3)
@@ -147,13 +96,6 @@ def test_list_cgroups_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     assert "stopped at 3 cgroups" in caplog.text
     with pytest.raises(ValueError, match="max_cgroups"):
         cgroupfs.list_cgroups(layout_of("v2"), max_cgroups=0)
-
-
-def test_cgroup_pids() -> None:
-    assert cgroupfs.cgroup_pids(layout_of("v2"), DOCKER_V2) == [23781, 23815, 23816]
-    assert cgroupfs.cgroup_pids(layout_of("v1_combined"), DOCKER_V1) == [4242, 4251, 4252]
-    assert cgroupfs.cgroup_pids(layout_of("hybrid"), SNAPSHOT) == [8212]
-    assert cgroupfs.cgroup_pids(layout_of("v2"), "/system.slice") == []
 
 
 def test_paths_that_leave_the_tree_are_refused() -> None:
@@ -241,95 +183,7 @@ def test_working_set_is_floored_at_zero() -> None:
     assert cgroupfs.working_set(4096, None) == 4096
 
 
-# --- read_stats on each recorded tree, exact values -----------------------------------------
-
-
-def test_read_stats_v2_docker_scope() -> None:
-    assert cgroupfs.read_stats(layout_of("v2"), DOCKER_V2) == CgroupStats(
-        path=DOCKER_V2,
-        cpu_usage_s=4.021384,
-        cpu_user_s=2.903118,
-        cpu_system_s=1.118266,
-        cpu_periods=2712,
-        cpu_throttled_periods=41,
-        cpu_throttled_s=0.983211,
-        memory_usage=188743680,
-        memory_limit=536870912,
-        memory_working_set=188743680 - 41943040,  # memory.current - inactive_file
-        memory_rss=120586240,  # anon
-        memory_cache=62914560,  # file
-        memory_swap=4194304,
-        memory_mapped_file=20971520,
-        memory_pgfault=98213,
-        memory_pgmajfault=87,
-        memory_failcnt=None,  # v1 only
-        memory_events_max=12,
-        memory_oom_events=1,
-        memory_oom_kills=1,
-        pids_current=14,
-        pids_limit=None,  # "max"
-        io=(  # sorted by device number, whatever the kernel's line order
-            DeviceIO("8:0", 90430464, 299008000, 8950, 1252),
-            DeviceIO("8:16", 1459200, 314773504, 192, 353),
-        ),
-        cpu_pressure=Pressure(1.523067, 0.800412),
-        memory_pressure=Pressure(0.03125, 0.029871),
-        io_pressure=Pressure(0.471108, 0.402333),
-    )
-
-
-def test_read_stats_v1_combined_docker() -> None:
-    assert cgroupfs.read_stats(layout_of("v1_combined"), DOCKER_V1) == CgroupStats(
-        path=DOCKER_V1,
-        cpu_usage_s=2.503412876,
-        cpu_user_s=180 / TICK,
-        cpu_system_s=68 / TICK,
-        cpu_periods=1200,
-        cpu_throttled_periods=37,
-        cpu_throttled_s=1.843,
-        memory_usage=78954496,
-        memory_limit=268435456,
-        memory_working_set=78954496 - 16777216,  # usage_in_bytes - total_inactive_file
-        memory_rss=50331648,
-        memory_cache=25165824,
-        memory_swap=2097152,
-        memory_mapped_file=8388608,
-        memory_pgfault=45210,
-        memory_pgmajfault=12,
-        memory_failcnt=3,
-        memory_oom_kills=1,
-        pids_current=3,
-        pids_limit=None,
-        # no _recursive files on this kernel: the plain ones are read
-        io=(DeviceIO("8:0", 10846208, 1273856, 321, 77), DeviceIO("8:16", 0, 4096, 0, 1)),
-    )
-
-
-def test_read_stats_v1_separate_podman() -> None:
-    layout = layout_of("v1_separate")
-    assert cgroupfs.read_stats(layout, LIBPOD) == CgroupStats(
-        path=LIBPOD,
-        cpu_usage_s=0.912345678,
-        cpu_user_s=61 / TICK,
-        cpu_system_s=29 / TICK,
-        cpu_periods=0,
-        cpu_throttled_periods=0,
-        cpu_throttled_s=0.0,
-        memory_usage=33554432,
-        memory_limit=None,  # the 64-bit "unlimited"
-        memory_working_set=33554432 - 3145728,
-        memory_rss=27262976,
-        memory_cache=4194304,
-        memory_swap=None,  # no swap accounting: no swap keys
-        memory_mapped_file=1048576,
-        memory_pgfault=9120,
-        memory_pgmajfault=0,
-        memory_failcnt=0,
-        memory_oom_kills=0,
-        pids_current=4,
-        pids_limit=2048,
-        io=(DeviceIO("254:0", 2097152, 65536, 64, 4),),
-    )
+# --- read_stats beyond the golden files ------------------------------------------------------
 
 
 def test_v1_figures_are_hierarchical_like_v2() -> None:
@@ -345,35 +199,10 @@ def test_v1_figures_are_hierarchical_like_v2() -> None:
     assert stats.memory_failcnt is None  # not recorded for it
 
 
-def test_read_stats_hybrid_real_snapshot() -> None:
-    """The figures of a real cgroup on this host (see hybrid/SOURCE): ~0.6 s CPU under a 50%
-    quota, 48 MiB touched, 8 MiB written and 4 MiB read with O_DIRECT, PSI from unified/."""
-    assert cgroupfs.read_stats(layout_of("hybrid"), SNAPSHOT) == CgroupStats(
-        path=SNAPSHOT,
-        cpu_usage_s=0.655734934,
-        cpu_user_s=15 / TICK,
-        cpu_system_s=50 / TICK,
-        cpu_periods=14,
-        cpu_throttled_periods=13,
-        cpu_throttled_s=0.620527958,
-        memory_usage=56979456,
-        memory_limit=268435456,
-        memory_working_set=56979456,  # total_inactive_file 0
-        memory_rss=54726656,
-        memory_cache=2097152,
-        memory_swap=0,
-        memory_mapped_file=2097152,
-        memory_pgfault=14238,
-        memory_pgmajfault=0,
-        memory_failcnt=0,
-        memory_oom_kills=0,
-        pids_current=1,
-        pids_limit=64,
-        io=(DeviceIO("254:0", 4194304, 8396800, 8, 11),),
-        cpu_pressure=Pressure(0.639671, 0.639671),
-        memory_pressure=Pressure(0.0, 0.0),
-        io_pressure=Pressure(0.010359, 0.010359),
-    )
+def test_hybrid_snapshot_cpu_time_agrees_with_the_unified_cpu_stat() -> None:
+    """The figures of a real cgroup on this host (see hybrid/SOURCE and its expected.json): ~0.6 s
+    CPU under a 50% quota, 48 MiB touched, 8 MiB written and 4 MiB read with O_DIRECT, PSI from unified/."""
+    assert cgroupfs.read_stats(layout_of("hybrid"), SNAPSHOT).cpu_usage_s == 0.655734934
     # the same CPU time seen by the v2 hierarchy's always-present cpu.stat, to the microsecond
     v2_cpu = cgroupfs.parse_flat_keyed((Path(root_of("hybrid")) / "unified/uniobs-snapshot/cpu.stat").read_text())
     assert v2_cpu["usage_usec"] == 655734934 // 1000
@@ -416,9 +245,9 @@ def points(telemetry: Telemetry, metric: str) -> dict[tuple[tuple[str, Any], ...
     }
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_scenario_passes_strict_telemetry(scenario: str) -> None:
-    collector = collector_for(root_of(scenario))
+@pytest.mark.parametrize("folder", scenario_params("cgroup"))
+def test_every_scenario_passes_strict_telemetry(folder: Path) -> None:
+    collector = collector_for(str(folder / "sys" / "fs" / "cgroup"))
     telemetry = strict_telemetry()
     for path in cgroupfs.list_cgroups(collector.layout()):
         telemetry.record(workload(path), collector.collect(workload(path)))  # raises on anything undeclared
@@ -428,59 +257,6 @@ def test_every_scenario_passes_strict_telemetry(scenario: str) -> None:
     assert count > 0 and emitted - {spec.name for spec in SELF_METRICS} <= names  # uniobs' own come too
     for spec in CgroupCollector.metrics:
         assert spec.unit in ("s", "By") or spec.unit.startswith("{"), spec.name
-
-
-def test_collector_samples_v2() -> None:
-    got = by_key(list(collector_for(root_of("v2")).collect(workload(DOCKER_V2))))
-    read, write, dev = ("disk.io.direction", "read"), ("disk.io.direction", "write"), "system.device"
-    expected: dict[tuple[str, tuple[tuple[str, Any], ...]], float | int] = {
-        ("container.cpu.time", (("cpu.mode", "user"),)): 2.903118,
-        ("container.cpu.time", (("cpu.mode", "system"),)): 1.118266,
-        ("uniobs.container.cpu.throttling.periods", ()): 2712,
-        ("uniobs.container.cpu.throttling.throttled_periods", ()): 41,
-        ("uniobs.container.cpu.throttling.throttled_time", ()): 0.983211,
-        ("container.memory.usage", ()): 188743680,
-        ("container.memory.working_set", ()): 146800640,
-        ("container.memory.rss", ()): 120586240,
-        ("uniobs.container.memory.limit", ()): 536870912,
-        ("uniobs.container.memory.cache", ()): 62914560,
-        ("uniobs.container.memory.swap", ()): 4194304,
-        ("container.paging.faults", (("system.paging.fault.type", "major"),)): 87,
-        ("container.paging.faults", (("system.paging.fault.type", "minor"),)): 98213 - 87,
-        ("uniobs.container.memory.failcnt", ()): 12,  # v2: memory.events max
-        ("uniobs.container.memory.oom_kills", ()): 1,
-        ("uniobs.container.pids.count", ()): 14,  # no pids.limit sample: "max"
-        ("container.disk.io", (read, (dev, "8:0"))): 90430464,
-        ("container.disk.io", (write, (dev, "8:0"))): 299008000,
-        ("uniobs.container.disk.operations", (read, (dev, "8:0"))): 8950,
-        ("uniobs.container.disk.operations", (write, (dev, "8:0"))): 1252,
-        ("container.disk.io", (read, (dev, "8:16"))): 1459200,
-        ("container.disk.io", (write, (dev, "8:16"))): 314773504,
-        ("uniobs.container.disk.operations", (read, (dev, "8:16"))): 192,
-        ("uniobs.container.disk.operations", (write, (dev, "8:16"))): 353,
-        **{
-            ("uniobs.container.pressure.stall", (("uniobs.pressure.resource", r), ("uniobs.pressure.scope", s))): v
-            for r, s, v in (
-                ("cpu", "some", 1.523067),
-                ("cpu", "full", 0.800412),
-                ("memory", "some", 0.03125),
-                ("memory", "full", 0.029871),
-                ("io", "some", 0.471108),
-                ("io", "full", 0.402333),
-            )
-        },
-    }
-    assert got == expected
-
-
-def test_a_cgroup_in_cpuacct_only_gives_cpu_time_only() -> None:
-    """containerd.service exists in the cpu,cpuacct hierarchy only (no memory accounting)."""
-    collector = collector_for(root_of("v1_combined"))
-    got = by_key(list(collector.collect(workload("/system.slice/containerd.service"))))
-    assert got == {
-        ("container.cpu.time", (("cpu.mode", "user"),)): 5102 / TICK,
-        ("container.cpu.time", (("cpu.mode", "system"),)): 2204 / TICK,
-    }
 
 
 def test_without_a_user_system_split_one_point_has_no_mode(tmp_path: Path) -> None:
@@ -609,27 +385,6 @@ def test_config_is_validated_naming_the_key() -> None:
 # --- discovery ------------------------------------------------------------------------------
 
 
-def test_discovery_skips_the_root_and_empty_intermediate_cgroups() -> None:
-    found = discovery.discover_cgroups(layout_of("v2"))
-    assert [w.cgroup for w in found] == [
-        "/init.scope",
-        DOCKER_V2,
-        "/system.slice/ssh.service",
-        "/user.slice/user-1000.slice/session-2.scope",
-    ]
-    docker = found[1]
-    assert (docker.kind, docker.runtime, docker.id, docker.name) == (
-        Kind.CGROUP,
-        "cgroup",
-        DOCKER_V2,
-        DOCKER_V2.rsplit("/", 1)[1],
-    )
-    assert [w.cgroup for w in discovery.discover_cgroups(layout_of("v1_separate"))] == [
-        "/libpod_parent/conmon",
-        LIBPOD,
-    ]
-
-
 def test_discovery_keeps_an_intermediate_cgroup_with_processes_of_its_own(tmp_path: Path) -> None:
     root = copy_tree("v1_combined", tmp_path)
     (root / "memory/docker/cgroup.procs").write_text("777\n")  # v1 allows it
@@ -648,3 +403,58 @@ def test_discovery_lets_a_runtime_claim_a_cgroup() -> None:
     containers = [w for w in found if w.kind is Kind.CONTAINER]
     assert [(w.runtime, w.name, w.cgroup) for w in containers] == [("docker", "hello", DOCKER_V2)]
     assert len(found) == 4
+
+
+# --- every recorded tree against its expected.json --------------------------------------------
+
+
+def sample_map(samples: Iterable[Sample]) -> dict[str, float | int]:
+    """{"metric{attribute='value',...}": value}, attributes in the order emitted; a duplicate fails."""
+    return {
+        metric + ("{" + ",".join(f"{k}={v!r}" for k, v in attrs) + "}" if attrs else ""): value
+        for (metric, attrs), value in by_key(list(samples)).items()
+    }
+
+
+def read_tree(folder: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """What the reader returns for one recorded tree: its layout, the cgroups listed and
+    discovered and, for the cgroups expected.json names under "pids", "stats" and "samples"
+    (every discovered one when the scenario has no expected.json yet), their pids, figures
+    (CgroupStats) and the cgroup collector's samples."""
+    root = str(folder / "sys" / "fs" / "cgroup")
+    layout = cgroupfs.detect_layout(root)
+    found = discovery.discover_cgroups(layout)
+
+    def rel(path: str | None) -> str | None:
+        return None if path is None else os.path.relpath(path, root)
+
+    out: dict[str, Any] = {
+        "layout": {
+            "mode": layout.mode.value,
+            "unified": rel(layout.unified),
+            "unified_controllers": sorted(layout.unified_controllers),
+            "v1": {controller: rel(path) for controller, path in sorted(layout.v1.items())},
+        },
+        "cgroups": cgroupfs.list_cgroups(layout),
+        "discovered": [
+            {"cgroup": w.cgroup, "kind": w.kind.value, "runtime": w.runtime, "id": w.id, "name": w.name} for w in found
+        ],
+    }
+    readers = {
+        "pids": lambda path: cgroupfs.cgroup_pids(layout, path),
+        "stats": lambda path: dataclasses.asdict(cgroupfs.read_stats(layout, path)),
+        "samples": lambda path: sample_map(collector_for(root).collect(workload(path))),
+    }
+    for section, read in readers.items():
+        if section in expected or not expected:
+            paths = expected[section] if section in expected else [w.cgroup for w in found if w.cgroup]
+            out[section] = {path: read(path) for path in paths}
+    return out
+
+
+@pytest.mark.parametrize("folder", scenario_params("cgroup"))
+def test_recorded_tree_reads_as_expected(folder: Path, golden: Golden) -> None:
+    if cgroupfs.CLK_TCK != 100:
+        pytest.skip(f"the recorded cpuacct.stat files count USER_HZ 100 ticks; this host's USER_HZ is {TICK}")
+    expected = golden.scenario(folder)
+    golden.check_scenario(folder, read_tree(folder, expected))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +12,10 @@ from typing import Any
 
 import pytest
 from otlpfile import Signals
+from support import ROOT, free_port, requires_node, requires_qemu, requires_root, requires_runc
 
 from uniobs.coldstart.trace import ColdStart, traceparent
 
-ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
 CONTAINER = ROOT / "examples" / "hello-node" / "container"
 QEMU = ["qemu-system-x86_64", "-machine", "microvm", "-accel", "tcg", "-m", "64", "-nodefaults", "-nographic",
@@ -77,7 +75,7 @@ def test_phases_are_cut_only_where_markers_exist() -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed")
+@requires_qemu
 def test_unikernel_cold_start_trace_continues_inside_the_guest(tmp_path: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(KERNEL.parent.parent)], check=True)
     out = tmp_path / "t.jsonl"
@@ -102,7 +100,7 @@ def test_unikernel_cold_start_trace_continues_inside_the_guest(tmp_path: Path) -
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed")
+@requires_qemu
 def test_a_boot_that_fails_ends_the_trace_with_an_error(tmp_path: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(KERNEL.parent.parent)], check=True)
     out = tmp_path / "t.jsonl"
@@ -115,7 +113,7 @@ def test_a_boot_that_fails_ends_the_trace_with_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed")
+@requires_qemu
 def test_a_console_probe_marks_readiness(tmp_path: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(KERNEL.parent.parent)], check=True)
     out = tmp_path / "t.jsonl"
@@ -126,15 +124,10 @@ def test_a_console_probe_marks_readiness(tmp_path: Path) -> None:
     check_consistent(root, phases)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.containers
-@pytest.mark.skipif(shutil.which("runc") is None or os.geteuid() != 0, reason="needs runc and root")
-@pytest.mark.skipif(shutil.which("node") is None, reason="the example container is built from the host's node")
+@requires_runc
+@requires_root
+@requires_node
 def test_container_cold_start_with_readiness_and_first_request(tmp_path: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(CONTAINER)], check=True, capture_output=True)
     port, out = free_port(), tmp_path / "t.jsonl"

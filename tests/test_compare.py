@@ -5,8 +5,8 @@ unikernel, re-rendering and diffing result files, and the HTML report in headles
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import math
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from otlpfile import Signals
+from support import ROOT, requires_node, requires_qemu, requires_root, requires_runc, requires_vmlinuz
 from test_report import _chromium, _js_errors, _png_pixels, _screenshot
 
 from uniobs.compare.results import ROWS, lookup
 
-ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello-node" / "function.toml"
 MINI = ROOT / "examples" / "minikernel" / "function.toml"
 
 pytestmark = [
     pytest.mark.qemu,
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
+    requires_qemu,
 ]
 
 
@@ -60,10 +61,66 @@ def plausible(side: dict[str, Any]) -> None:
         assert side[block].get("method"), f"{block} says how it was measured"
 
 
+def exported(signals: Signals, metric: str, window: dict[str, Any]) -> list[tuple[int, Any]]:
+    """A metric's distinct exported points for a window's instance and span of time, read from the
+    OTLP JSON lines alone: (timeUnixNano, value), the points of one instant (cpu.mode) summed."""
+    by_time: dict[int, dict[tuple[Any, ...], Any]] = {}
+    for resource, attributes, point in signals.points(metric):
+        t = int(point["timeUnixNano"])
+        if (
+            resource.get("faas.instance") == window["instance"]
+            and window["start_unix_nano"] <= t <= window["end_unix_nano"]
+        ):
+            value = int(point["asInt"]) if "asInt" in point else float(point.get("asDouble", 0.0))
+            by_time.setdefault(t, {})[tuple(sorted(attributes.items()))] = value
+    return [(t, math.fsum(v.values()) if len(v) > 1 else next(iter(v.values()))) for t, v in sorted(by_time.items())]
+
+
+def figures_are_the_exported_telemetry(results: dict[str, Any], telemetry: Path) -> None:
+    """The report's memory and CPU figures, recomputed from the exported telemetry file for the
+    instances and instants each side's `windows` name, are equal to it: the same samples."""
+    signals = Signals(telemetry)
+    for side in results["sides"]:
+        container = side["shrinkwrap"] == "container"
+        windows = side["windows"]
+        assert windows and {w["run"] for w in windows} == set(range(1, results["runs_per_side"] + 1))
+        memory: dict[str, list[dict[str, int | None]]] = {}
+        cpu: dict[str, list[float]] = {}
+        for w in windows:
+            mem: dict[str, int | None] = {}
+            for key, metric in (("rss_bytes", "process.memory.usage"), ("pss_bytes", "uniobs.process.memory.pss"),
+                                ("cgroup_bytes", "container.memory.usage")):  # fmt: skip
+                values = [v for _, v in exported(signals, metric, w)]
+                mem[key] = int(statistics.median(values)) if values else None
+            memory.setdefault(w["phase"], []).append(mem)
+            assert mem["rss_bytes"] is not None and mem["pss_bytes"] is not None
+            assert (mem["cgroup_bytes"] is not None) == container
+            times = exported(signals, "container.cpu.time" if container else "process.cpu.time", w)
+            assert len(times) >= 2, "a window has a sample at its start and one at its end"
+            (t0, c0), (t1, c1) = times[0], times[-1]
+            cpu.setdefault(w["phase"], []).append((c1 - c0) / ((t1 - t0) / 1e9) * 100)
+        for phase, per_run in memory.items():
+            for key in ("rss_bytes", "pss_bytes", "cgroup_bytes"):
+                values = [m[key] for m in per_run if m[key] is not None]
+                expected = int(statistics.median(values)) if values else None
+                assert side["memory"][phase][key] == expected, (phase, key)
+            # the runtime CLI's own RSS is the one figure compare measures itself (no collector has it)
+            assert (side["memory"][phase]["runtime_rss_bytes"] is not None) == container
+        for phase, per_run in cpu.items():
+            assert side["cpu"][f"{phase}_percent"] == round(statistics.median(per_run), 2), phase
+        # the timeline: the first launch's exported points of its metric, across its windows
+        first = [w for w in windows if w["run"] == 1]
+        span = {**first[0], "end_unix_nano": first[-1]["end_unix_nano"]}
+        points = exported(signals, "container.memory.usage" if container else "process.memory.usage", span)
+        assert [v for _, v in side["memory"]["timeline"]] == [v for _, v in points]
+        assert len(points) >= 3
+
+
 @pytest.mark.containers
-@pytest.mark.skipif(shutil.which("runc") is None or os.geteuid() != 0, reason="needs runc and root")
-@pytest.mark.skipif(not list(Path("/boot").glob("vmlinuz-*")), reason="no /boot/vmlinuz-* (linux-image-amd64)")
-@pytest.mark.skipif(shutil.which("node") is None, reason="the function is built from the host's node")
+@requires_runc
+@requires_root
+@requires_vmlinuz
+@requires_node
 def test_seed_function_compared_unikernel_vs_container(tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = uniobs("compare", str(HELLO), "--runs", "2", "--idle", "1", "--out", str(out), "--no-color")
@@ -88,6 +145,7 @@ def test_seed_function_compared_unikernel_vs_container(tmp_path: Path) -> None:
     # the same runs reached the configured exporter (the embedded default: a file)
     telemetry = (out / "telemetry.jsonl").read_text()
     assert '"name":"faas.init_duration"' in telemetry and '"name":"coldstart.guest_boot"' in telemetry
+    figures_are_the_exported_telemetry(results, out / "telemetry.jsonl")
     # the HTML report, in a real browser
     browser = _chromium()
     if browser is None:
@@ -124,3 +182,13 @@ def test_one_sided_comparison_then_from_and_diff(tmp_path: Path) -> None:
     bad.write_text('{"schema": "something-else"}')
     refused = uniobs("compare", "--from", str(bad))
     assert refused.returncode != 0 and "not a uniobs comparison" in refused.stderr
+
+
+def test_report_figures_are_the_exported_telemetry(tmp_path: Path) -> None:
+    """`compare` reads what the collectors measure: its memory and CPU figures are computed from the
+    very samples it exported, so the report and the telemetry file agree exactly."""
+    out = tmp_path / "out"
+    result = uniobs("compare", str(MINI), "--runs", "2", "--idle", "0.6", "--out", str(out), "--no-color")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    figures_are_the_exported_telemetry(results, out / "telemetry.jsonl")

@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ROOT, free_port
 
 from uniobs.collectors.cgroup import CgroupCollector
 from uniobs.collectors.netns import NetnsCollector
@@ -50,7 +50,6 @@ from uniobs.plugin import SourceUnavailable
 
 pytestmark = pytest.mark.containers
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hello-node" / "container"
 BUILD = EXAMPLE / "build"
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -71,13 +70,6 @@ def _require(tool: str, hint: str) -> str:
     if path is None:
         pytest.skip(f"{tool} is not installed ({hint})")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _get(url: str, timeout: float = 5.0) -> bytes:
@@ -265,7 +257,7 @@ def test_runc_containers_found_and_measured(
     bundle: Path, launcher: Launcher, netns: Netns, caplog: pytest.LogCaptureFixture
 ) -> None:
     own_id, _ = launcher.run(bundle, netns.name, 8002)
-    host_id, _ = launcher.run(bundle, None, _free_port())
+    host_id, _ = launcher.run(bundle, None, free_port())
     for _ in range(3):  # real traffic over the veth pair
         assert _get(f"http://{netns.container_ip}:8002/") == b"Hello World\n"
 
@@ -405,7 +397,7 @@ def test_runc_from_a_nested_memory_cgroup(bundle: Path, launcher: Launcher, capl
     cid = ""
     pipelines: list[Pipeline] = []
     try:
-        cid, _ = nested_launcher.run(bundle, None, _free_port())
+        cid, _ = nested_launcher.run(bundle, None, free_port())
         init = _runc_state(cid)["pid"]
         cpu_path, memory_path = f"{launcher.parent}/{cid}", f"{nested}/{cid}"
         assert os.path.isdir(memory_root + memory_path) and not os.path.isdir(memory_root + cpu_path)
@@ -497,7 +489,7 @@ def podman_image(bundle: Path) -> Iterator[str]:
 @pytest.fixture
 def podman_container(podman_image: str) -> Iterator[tuple[str, str, int]]:
     name = f"uniobs-test-{secrets.token_hex(3)}"
-    port = _free_port()
+    port = free_port()
     try:
         result = subprocess.run(
             ["podman", *PODMAN_FLAGS, "run", "-d", "--name", name, "--network", "host",

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ROOT
 
 from uniobs.config import build, load
 from uniobs.model import Kind, Sample, Workload
 from uniobs.pipeline import build_exporters
 from uniobs.registry import Registry
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 TOML = DEPLOY / "uniobs.toml"
 UNIT = DEPLOY / "systemd" / "uniobs-agent.service"
@@ -342,8 +342,8 @@ def served() -> dict[str, set[tuple[str, str]]]:
     uniobs itself: sample name -> set of (label, value)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from uniobs.coldstart.trace import COLDSTART_METRICS
     from uniobs.config import Settings
+    from uniobs.metrics import COLDSTART_METRICS
     from uniobs.pipeline import Pipeline
 
     pipeline = Pipeline(Settings(), export=["prometheus:127.0.0.1:0"], strict=True)

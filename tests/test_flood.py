@@ -10,7 +10,6 @@ bench/flood_bench.py measures the peak memory of the same scenario at 300 MB.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -19,13 +18,10 @@ from pathlib import Path
 import pytest
 from otlp_receiver import HttpReceiver
 from otlpfile import Signals
-from test_agent import KERNEL, free_port, health, start_agent, stop_agent
+from support import free_port, requires_qemu
+from test_agent import KERNEL, health, start_agent, stop_agent
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
-]
+pytestmark = [pytest.mark.qemu, pytest.mark.slow, requires_qemu]
 
 BURST_LINES = 123 * 1024  # 8 MB in 64 KiB writes of 1,024 lines of 64 bytes
 FLOOD = r"""

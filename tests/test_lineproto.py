@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ROOT, missing, requires_gcc, requires_node
 
 from uniobs.guest.lineproto import (
     MARKER,
@@ -38,7 +39,6 @@ from uniobs.guest.lineproto import (
 from uniobs.guest.lines import LineSplitter
 from uniobs.guest.reported import (
     DEFAULT_SPAN_NAME,
-    GUEST_STATS_METRICS,
     MAX_KNOWN_SPANS,
     MAX_METRIC_ATTRIBUTES,
     MAX_METRICS,
@@ -51,17 +51,17 @@ from uniobs.guest.reported import (
     GuestOutput,
     GuestTelemetry,
 )
+from uniobs.metrics import GUEST_STATS_METRICS
 from uniobs.model import DURATION_BUCKETS, Instrument, Kind, MetricSpec, Severity, Workload
 from uniobs.plugin import ConsoleLine, Milestone
 from uniobs.telemetry.bridge import Telemetry
 
-ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "examples" / "minikernel"
 KERNEL = KERNEL_DIR / "build" / "minikernel.elf"
 QEMU = shutil.which("qemu-system-x86_64")
 GCC = shutil.which("gcc")
 NODE = shutil.which("node")
-BUILD_TOOLS_MISSING = [tool for tool in ("gcc", "ld", "make") if shutil.which(tool) is None]
+BUILD_TOOLS_MISSING = missing("gcc", "ld", "make")
 
 TRACE_HEX = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_HEX = "00f067aa0ba902b7"
@@ -658,7 +658,7 @@ def assert_clean_guest_output(stdout: str, expect_spans: int) -> GuestOutput:
     return out
 
 
-@pytest.mark.skipif(GCC is None, reason="gcc is not on PATH")
+@requires_gcc
 def test_the_c_emitter_in_the_docs_compiles_freestanding_and_prints_valid_records(tmp_path: Path) -> None:
     assert GCC is not None
     (tmp_path / "uniobs.h").write_text(doc_block("c"))
@@ -701,7 +701,7 @@ def test_the_c_emitter_in_the_docs_compiles_freestanding_and_prints_valid_record
     assert [e.milestone for e in out.events] == [Milestone.APP_START, Milestone.READY]
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not on PATH")
+@requires_node
 def test_the_nodejs_module_in_the_docs_prints_valid_records(tmp_path: Path) -> None:
     assert NODE is not None
     (tmp_path / "uniobs.js").write_text(doc_block("js"))
@@ -732,7 +732,7 @@ def test_the_nodejs_module_in_the_docs_prints_valid_records(tmp_path: Path) -> N
     assert [s.value for s in out.samples] == [3, 0.0123]
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not on PATH")
+@requires_node
 def test_hello_node_app_prints_valid_records_under_the_host_trace() -> None:
     assert NODE is not None
     env = {"PATH": os.environ.get("PATH", ""), "TRACEPARENT": TRACEPARENT, "PORT": "0"}

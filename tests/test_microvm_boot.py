@@ -24,14 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import ROOT, free_port, missing, requires_node, requires_qemu, requires_vmlinuz
 
-ROOT = Path(__file__).resolve().parents[1]
 UNIKERNEL_DIR = ROOT / "examples" / "hello-node" / "unikernel"
 BUILD = UNIKERNEL_DIR / "build"
 QEMU = shutil.which("qemu-system-x86_64")
-VMLINUZ = sorted(Path("/boot").glob("vmlinuz-*"))
-NODE = shutil.which("node")
-MISSING_TOOLS = [tool for tool in ("gcc", "make", "ldd") if shutil.which(tool) is None]
+MISSING_TOOLS = missing("gcc", "make", "ldd")
 
 MARKER = b"@@uniobs/1 "
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -43,9 +41,9 @@ ANSWER_TIMEOUT = 90.0
 pytestmark = [
     pytest.mark.qemu,
     pytest.mark.slow,
-    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not on PATH (Debian: qemu-system-x86)"),
-    pytest.mark.skipif(not VMLINUZ, reason="no /boot/vmlinuz-* to boot (Debian: linux-image-amd64)"),
-    pytest.mark.skipif(NODE is None, reason="node is not on PATH (Debian: nodejs)"),
+    requires_qemu,
+    requires_vmlinuz,
+    requires_node,
     pytest.mark.skipif(bool(MISSING_TOOLS), reason=f"cannot build the microVM: {', '.join(MISSING_TOOLS)} not on PATH"),
 ]
 
@@ -73,12 +71,6 @@ def records(console: bytes, type_: str | None = None) -> list[Record]:
         if type_ is None or rec.type == type_:
             out.append(rec)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def append_line(*extra: str) -> str:

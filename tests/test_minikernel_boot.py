@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import ROOT, missing, requires_qemu
 
-ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "examples" / "minikernel"
 KERNEL = KERNEL_DIR / "build" / "minikernel.elf"
 QEMU = shutil.which("qemu-system-x86_64")
-MISSING_TOOLS = [tool for tool in ("gcc", "ld", "make") if shutil.which(tool) is None]
+MISSING_TOOLS = missing("gcc", "ld", "make")
 
 BANNER = b"minikernel 0.1 (uniobs example unikernel)"
 MARKER = b"@@uniobs/1 "
@@ -36,7 +36,7 @@ ATTR = re.compile(r'([A-Za-z_][\w.]*)=("(?:[^"\\]|\\.)*"|\S+)')
 
 pytestmark = [
     pytest.mark.qemu,
-    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not on PATH"),
+    requires_qemu,
     pytest.mark.skipif(
         bool(MISSING_TOOLS), reason=f"cannot build the minikernel: {', '.join(MISSING_TOOLS)} not on PATH"
     ),

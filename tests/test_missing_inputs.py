@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT, requires_make_gcc, requires_qemu
 
-ROOT = Path(__file__).resolve().parent.parent
 QEMU = shutil.which("qemu-system-x86_64")
 
 
@@ -110,7 +110,7 @@ def _minikernel(tmp_path: Path) -> Path:
     return copy / "function.toml"
 
 
-@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 is not installed")
+@requires_qemu
 def test_no_make_to_build_the_image(tmp_path: Path) -> None:
     path = _minikernel(tmp_path)
     bin_dir = tmp_path / "bin"  # QEMU, and no make
@@ -127,8 +127,8 @@ def test_no_make_to_build_the_image(tmp_path: Path) -> None:
 
 @pytest.mark.qemu
 @pytest.mark.slow
-@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 is not installed")
-@pytest.mark.skipif(shutil.which("make") is None or shutil.which("gcc") is None, reason="needs make and gcc")
+@requires_qemu
+@requires_make_gcc
 def test_compare_builds_the_image_and_without_a_probe_kernel_says_why_it_chose_tcg(tmp_path: Path) -> None:
     # an installed uniobs: the package without the checkout's examples/ (so no probe kernel to build)
     installed = tmp_path / "site"

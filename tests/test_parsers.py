@@ -3,7 +3,8 @@
 Every transcript in tests/testdata/consoles (copied from ../shared/consoles; each file's first
 line names its public source) is replayed through the installed parsers: the family detected,
 which families recognise its lines (exactly its own, or none), and the milestones with the line
-each comes from are checked against EXPECTED; a transcript added without expectations fails.
+each comes from are checked against tests/testdata/consoles/expected.json; a transcript added
+without an entry there fails (`pytest --update-golden` writes it, for review).
 Then one test per transcript checks the values printed there. Formats no transcript shows are
 checked on lines written after the source code cited in each parser's docstring (marked
 "derived"); the Linux microVM is checked on a real capture and, when QEMU is here, booted live.
@@ -11,21 +12,20 @@ checked on lines written after the source code cited in each parser's docstring 
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ROOT, Golden, free_port, missing, requires_qemu, requires_vmlinuz
 
 from uniobs.guest.parsers.detect import (
     REPLAY_LINE_NS,
@@ -42,42 +42,13 @@ from uniobs.model import Severity
 from uniobs.plugin import ConsoleLine, ConsoleParser, GuestEvent, Milestone
 from uniobs.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
 CONSOLES = ROOT / "tests" / "testdata" / "consoles"
+EXPECTED = CONSOLES / "expected.json"  # per transcript: the family detected, and each milestone's line
 FAMILIES = {"solo5", "unikraft", "osv", "nanos", "includeos", "hermit", "linux", "firecracker"}
 
 B, K, A, R, X, C = (
     Milestone.BOOT, Milestone.KERNEL_READY, Milestone.APP_START, Milestone.READY, Milestone.EXIT, Milestone.CRASH,
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Expect:
-    family: str | None
-    milestones: dict[Milestone, int] = field(default_factory=dict)  # milestone -> line number in the file
-
-
-# What each transcript yields. Line numbers count the "# source:" line as line 1.
-EXPECTED: dict[str, Expect] = {
-    "solo5-1.txt": Expect("solo5", {B: 3, K: 13, X: 14}),
-    "solo5-2.txt": Expect("solo5", {B: 3, K: 8, C: 9}),
-    "solo5-3.txt": Expect("solo5", {B: 3, K: 9, A: 10}),
-    "solo5-4.txt": Expect("solo5", {B: 2, K: 8, A: 9, X: 16}),
-    "osv-1.txt": Expect("osv", {B: 3, K: 4, A: 18}),
-    "osv-3.txt": Expect("osv", {B: 3, K: 28, A: 30}),
-    "unikraft-1.txt": Expect("unikraft", {B: 2, K: 18, A: 19}),
-    "unikraft-2.txt": Expect("unikraft", {B: 3}),  # cut in the source before the banner
-    "unikraft-3.txt": Expect("unikraft", {B: 2, C: 4}),
-    "unikraft-4.txt": Expect("unikraft", {B: 2, C: 3}),
-    "nanos-1.txt": Expect("nanos", {B: 2, K: 4, A: 5, C: 7}),
-    "nanos-3.txt": Expect("nanos", {X: 7, K: 9}),  # a klog dump: its header comes before the log
-    "nanos-4.txt": Expect("nanos", {K: 2}),
-    "nanos-5.txt": Expect("nanos", {B: 4, K: 12}),
-    "nanos-6.txt": Expect("nanos", {B: 3, K: 4, A: 5, X: 6}),
-    "includeos-1.txt": Expect("includeos", {B: 3}),  # cut in the source during kernel start
-    "hermit-1.txt": Expect("hermit", {B: 5}),  # cut in the source during kernel start
-    "firecracker-2.txt": Expect("firecracker", {B: 2}),
-}
 
 
 @pytest.fixture(scope="module")
@@ -119,25 +90,23 @@ def test_the_registry_has_every_family() -> None:
         assert info.distribution == "uniobs"
 
 
-def test_every_transcript_has_expectations() -> None:
+def test_every_expectation_has_a_transcript() -> None:
     names = {p.name for p in transcripts()}
     assert names, f"no transcripts in {CONSOLES}"
-    assert names == set(EXPECTED), "transcripts without expectations (or expectations without a transcript)"
+    assert set(json.loads(EXPECTED.read_text())) <= names, f"entries of {EXPECTED.name} without a transcript"
 
 
 @pytest.mark.parametrize("path", transcripts(), ids=lambda p: p.name)
-def test_transcript_family_and_milestones(path: Path, parsers: dict[str, Any]) -> None:
-    expect = EXPECTED.get(path.name)
-    assert expect is not None, f"{path.name}: add its expectations to EXPECTED"
+def test_transcript_family_and_milestones(path: Path, parsers: dict[str, Any], golden: Golden) -> None:
     lines = read_console(path)
     assert lines[0].text.startswith("# source: ")
+    res = replay(path, parsers)
+    milestones = {m.value: line_of(ev) for m, ev in res.milestones.items()}
+    golden.check_entry(EXPECTED, path.name, {"family": res.family, "milestones": milestones})
     recognising = {
         name for name, cls in parser_classes(parsers).items() if any(cls().recognises(line) for line in lines)
     }
-    assert recognising == ({expect.family} if expect.family else set())
-    res = replay(path, parsers)
-    assert res.family == expect.family
-    assert {m: line_of(ev) for m, ev in res.milestones.items()} == expect.milestones
+    assert recognising == ({res.family} if res.family else set())
     # each milestone is reported once per stream
     reported = [ev.milestone for ev in res.events if ev.milestone is not None]
     assert len(reported) == len(set(reported))
@@ -719,19 +688,18 @@ def test_long_hostile_lines_are_parsed_in_linear_time() -> None:
 # --- live: the hello-node microVM under QEMU --------------------------------------------------
 
 UNIKERNEL_DIR = ROOT / "examples" / "hello-node" / "unikernel"
-QEMU = shutil.which("qemu-system-x86_64")
-MISSING = [tool for tool in ("gcc", "make", "ldd", "node") if shutil.which(tool) is None]
+MISSING = missing("gcc", "make", "ldd", "node")
 
 
 @pytest.mark.qemu
 @pytest.mark.slow
-@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not on PATH (Debian: qemu-system-x86)")
-@pytest.mark.skipif(not list(Path("/boot").glob("vmlinuz-*")), reason="no /boot/vmlinuz-* (linux-image-amd64)")
+@requires_qemu
+@requires_vmlinuz
 @pytest.mark.skipif(bool(MISSING), reason=f"cannot build the microVM: {', '.join(MISSING)} not on PATH")
 def test_live_microvm_console_is_linux(tmp_path: Path, parsers: dict[str, Any]) -> None:
     """Boots examples/hello-node/unikernel (quiet) and detects its console as `linux` from what it prints."""
     subprocess.run(["make", "-C", str(UNIKERNEL_DIR)], check=True, capture_output=True, timeout=600)
-    env = {**os.environ, "PORT": str(_free_port())}
+    env = {**os.environ, "PORT": str(free_port())}
     proc = subprocess.Popen(
         ["sh", str(UNIKERNEL_DIR / "build" / "run.sh")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, env=env, start_new_session=True, cwd=ROOT,
@@ -757,13 +725,6 @@ def test_live_microvm_console_is_linux(tmp_path: Path, parsers: dict[str, Any]) 
     assert b"@@uniobs/1 mark ready" in out, out[-2000:].decode("utf-8", "replace")
     res = replay(console, parsers)
     assert res.family == "linux", out[:2000].decode("utf-8", "replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_uniobs_parse_replays_a_recorded_console(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
 from uniobs.config import Settings
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
@@ -32,7 +33,6 @@ from uniobs.plugin import (
 from uniobs.registry import PluginError, Registry, load_group
 from uniobs.telemetry.bridge import SELF, UndeclaredTelemetry
 
-ROOT = Path("/work/main")
 KVM_TREE = ROOT / "tests" / "testdata" / "kvm" / "pvm-qemu-2vcpu"
 
 

@@ -4,8 +4,6 @@ the series back through Prometheus' own HTTP query API."""
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -15,21 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import free_port, requires_prometheus
 
 from uniobs.config import Settings
 from uniobs.model import Workload
 from uniobs.pipeline import Pipeline
 
-pytestmark = [
-    pytest.mark.prometheus,
-    pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian package 'prometheus' is not installed"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = [pytest.mark.prometheus, requires_prometheus]
 
 
 def get_json(url: str) -> Any:

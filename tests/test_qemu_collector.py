@@ -27,12 +27,13 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from support import ROOT, requires_qemu
 
 import uniobs.collectors.kvm as kvm_module
-import uniobs.collectors.qemu as qemu_module
 from uniobs.collectors.kvm import KvmCollector, KvmConfig
 from uniobs.collectors.qemu import QemuCollector, QemuConfig, event_log, select_stats, stat_samples
 from uniobs.config import Settings
+from uniobs.host.procfs import ProcFS, ProcStat
 from uniobs.model import Kind, Severity, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import ExporterSinks, SourceUnavailable, WorkloadGone
@@ -42,7 +43,6 @@ from uniobs.telemetry.bridge import Telemetry
 sys.path.insert(0, str(Path(__file__).parent))
 from test_qmp import FakeQmp, Peer, line  # the fake QMP server
 
-ROOT = Path(__file__).resolve().parents[1]
 QMP_DATA = ROOT / "tests" / "testdata" / "qmp"
 KVM_TREE = ROOT / "tests" / "testdata" / "kvm" / "pvm-qemu-2vcpu"
 KERNEL_DIR = ROOT / "examples" / "minikernel"
@@ -254,7 +254,7 @@ def test_a_refusing_socket_is_gone_only_when_the_vmm_is(sock_path: str) -> None:
 
 # --- real QEMU ------------------------------------------------------------------------------
 
-qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not on PATH")
+qemu = requires_qemu
 
 
 @pytest.fixture(scope="module")
@@ -514,20 +514,20 @@ def test_sigkill_during_a_scrape(
         killer.join(10)
         killed.set()
 
-    execute, read_task_times = QmpClient.execute, qemu_module.read_task_times
+    execute, task_stat = QmpClient.execute, ProcFS.task_stat
 
     def execute_then_die(self: QmpClient, command: str, arguments: Any = None) -> Any:
         if command == at and not killed.is_set():
             kill_from_a_thread()
         return execute(self, command, arguments)
 
-    def read_then_die(path: str) -> tuple[int, int]:
+    def read_then_die(self: ProcFS, pid: int, tid: int) -> ProcStat:
         if at == "vcpu-threads" and not killed.is_set():
             kill_from_a_thread()
-        return read_task_times(path)
+        return task_stat(self, pid, tid)
 
     monkeypatch.setattr(QmpClient, "execute", execute_then_die)
-    monkeypatch.setattr(qemu_module, "read_task_times", read_then_die)
+    monkeypatch.setattr(ProcFS, "task_stat", read_then_die)
     pipeline.scrape([vm.workload])
     assert killed.is_set()
     assert series_ended(pipeline, vm.workload)

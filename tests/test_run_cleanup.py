@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 import test_run_container as containers
 import test_run_qemu as qemu
+from support import requires_gcc, requires_node, requires_qemu, requires_root, requires_runc
 
 from uniobs.lifecycle.rundir import OWNER_FILE, _start_time, default_bases
 
@@ -39,17 +39,8 @@ def _marked(*marks: pytest.MarkDecorator) -> Callable[[F], F]:
     return apply
 
 
-needs_runc = _marked(
-    pytest.mark.containers,
-    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="running containers needs root"),
-    pytest.mark.skipif(shutil.which("node") is None, reason="the example container is built from the host's node"),
-)
-needs_qemu = _marked(
-    pytest.mark.qemu,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
-    pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the example unikernel"),
-)
+needs_runc = _marked(pytest.mark.containers, requires_runc, requires_root, requires_node)
+needs_qemu = _marked(pytest.mark.qemu, requires_qemu, requires_gcc)
 # QEMU in a cgroup of its own too, when we may create one: its removal is checked as well
 QEMU_CGROUP = ("--cgroup", "auto") if os.geteuid() == 0 else ()
 

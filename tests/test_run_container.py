@@ -4,10 +4,8 @@ like a unikernel (console, lifecycle, exit status, OOM kills), with real runc an
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +16,12 @@ from typing import Any
 
 import pytest
 from otlpfile import Signals
+from support import ROOT, free_port, requires_node, requires_root, requires_runc
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "examples" / "hello-node" / "container"
 PODMAN_FLAGS = ["--runtime", "runc", "--cgroup-manager=cgroupfs", "--events-backend=file"]
 
-pytestmark = [
-    pytest.mark.containers,
-    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="running containers needs root"),
-    pytest.mark.skipif(shutil.which("node") is None, reason="the example container is built from the host's node"),
-]
+pytestmark = [pytest.mark.containers, requires_runc, requires_root, requires_node]
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +52,6 @@ def uniobs_run(out: Path, *command: str, timeout: float = 90) -> subprocess.Comp
 
 def cid() -> str:
     return f"uniobs-t-{secrets.token_hex(4)}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_runc_run_of_the_function_is_observed_from_create_to_exit(built: Path, tmp_path: Path) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,23 +11,11 @@ from pathlib import Path
 
 import pytest
 from otlpfile import Signals
+from support import ROOT, free_port, requires_node, requires_qemu, requires_vmlinuz
 
-ROOT = Path(__file__).resolve().parent.parent
 UNIKERNEL = ROOT / "examples" / "hello-node" / "unikernel"
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
-    pytest.mark.skipif(not list(Path("/boot").glob("vmlinuz-*")), reason="no /boot/vmlinuz-* (linux-image-amd64)"),
-    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (nodejs)"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = [pytest.mark.qemu, pytest.mark.slow, requires_qemu, requires_vmlinuz, requires_node]
 
 
 def test_microvm_under_uniobs_run_answers_and_is_observed(tmp_path: Path) -> None:

@@ -13,14 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 from otlpfile import Signals
+from support import ROOT, requires_qemu, requires_root
 
-ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is not installed"),
-]
+pytestmark = [pytest.mark.qemu, requires_qemu]
 
 QEMU = ["qemu-system-x86_64", "-machine", "microvm", "-accel", "tcg", "-m", "64", "-nodefaults", "-nographic",
         "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]  # fmt: skip
@@ -163,7 +160,7 @@ def test_garbage_is_neutralised_counted_and_the_guest_still_reaches_ready(tmp_pa
     assert signals.last("uniobs.console.dropped_bytes") >= 256 * 1024 - 16 * 1024
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creating a cgroup needs root")
+@requires_root
 def test_vmm_in_its_own_cgroup_is_measured_like_a_container(tmp_path: Path) -> None:
     out = tmp_path / "t.jsonl"
     cgroup = f"/uniobs-test/vm-{os.getpid()}"

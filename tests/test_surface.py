@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ROOT, free_port, missing, requires_qemu, requires_root, requires_runc
 
 from uniobs.compare import surface
 from uniobs.compare.surface import attack_surface, image_block, seccomp_profile, surface_of_image, surface_of_process
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "examples" / "hello-node" / "container"
 UNIKERNEL = ROOT / "examples" / "hello-node" / "unikernel"
 MINIKERNEL = ROOT / "examples" / "minikernel"
@@ -41,10 +41,6 @@ QEMU = shutil.which("qemu-system-x86_64")
 UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 SHELL_ELF = Path(os.path.realpath("/bin/sh"))  # Debian: /usr/bin/dash, a PIE with an interpreter
 LOADER = Path(os.path.realpath("/lib64/ld-linux-x86-64.so.2"))
-
-
-def missing(*tools: str) -> list[str]:
-    return [tool for tool in tools if shutil.which(tool) is None]
 
 
 def make(directory: Path, *tools: str, extra: str = "") -> None:
@@ -392,12 +388,6 @@ def status_of(pid: int) -> dict[str, str]:
     return dict(re.findall(r"^(Seccomp\w*):\s*(\S+)", text, re.M))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_listening(pid: int, timeout: float = 20, **kwargs: Any) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -408,7 +398,7 @@ def wait_listening(pid: int, timeout: float = 20, **kwargs: Any) -> dict[str, An
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not on PATH")
+@requires_qemu
 def test_qemu_counts_its_hostfwd_listener_and_nothing_of_the_host(minikernel: Path, tmp_path: Path) -> None:
     port = free_port()
     host_listener = socket.create_server(("127.0.0.1", 0))  # in the same namespace, held by another process
@@ -476,8 +466,8 @@ def run_container(bundle: Path, port: int) -> Iterator[int]:
 
 
 @pytest.mark.containers
-@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
-@pytest.mark.skipif(os.geteuid() != 0, reason="running containers needs root")
+@requires_runc
+@requires_root
 def test_runc_container_listens_once_and_sees_its_dev(container_build: Path, tmp_path: Path) -> None:
     port = free_port()
     bundle = runc_bundle(container_build, tmp_path, port)
@@ -500,8 +490,8 @@ def test_runc_container_listens_once_and_sees_its_dev(container_build: Path, tmp
 
 
 @pytest.mark.containers
-@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
-@pytest.mark.skipif(os.geteuid() != 0, reason="running containers needs root")
+@requires_runc
+@requires_root
 @pytest.mark.skipif(not UNISTD.exists(), reason=f"no {UNISTD} to take syscall names from (linux-libc-dev)")
 def test_runc_container_with_a_seccomp_allow_list(container_build: Path, tmp_path: Path) -> None:
     names = set(re.findall(r"^#define __NR_(\w+)\s", UNISTD.read_text(), re.M)) - {"ptrace", "kexec_load"}

@@ -1,4 +1,5 @@
-"""The telemetry bridge, asserted through the SDK's in-memory exporters and our own metrics sink."""
+"""The telemetry bridge, asserted through the SDK's in-memory exporters and our own metrics sink
+(tests/support/sinks.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import MemoryMetrics, MemorySinks
 
 from uniobs.model import (
     DURATION_BUCKETS,
@@ -23,22 +25,6 @@ from uniobs.model import (
 )
 from uniobs.plugin import ExportError, ExporterSinks
 from uniobs.telemetry.bridge import Telemetry, UndeclaredTelemetry, log_cost
-
-
-class MemoryMetrics(MetricExporter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[MetricsData] = []
-
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> MetricExportResult:
-        self.batches.append(metrics_data)
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
-        return None
 
 
 class Failing(MetricExporter):
@@ -68,10 +54,10 @@ CT = Workload(kind=Kind.CONTAINER, runtime="runc", id="abc123", name="hello-ct",
 
 
 def make(**kw: Any) -> tuple[Telemetry, MemoryMetrics, InMemoryLogRecordExporter, InMemorySpanExporter]:
-    metrics, logs, spans = MemoryMetrics(), InMemoryLogRecordExporter(), InMemorySpanExporter()
-    t = Telemetry([("mem", ExporterSinks(metrics, logs, spans))], **kw)
+    mem = MemorySinks()
+    t = Telemetry([("mem", mem.sinks)], **kw)
     t.declare([COUNTER, GAUGE, HIST], scope="uniobs.collectors.test")
-    return t, metrics, logs, spans
+    return t, mem.metrics, mem.logs, mem.spans
 
 
 def points(data: MetricsData, name: str) -> list[tuple[dict[str, Any], Any]]:

@@ -44,7 +44,9 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class CoreConfig(PluginConfig):
-    interval: float = 10.0  # default scrape interval, seconds, for collectors that set none
+    # Seconds between scrapes for collectors that set none (`run`/`attach --interval` overrides
+    # it). Unset: the command's default, 10 s for the agent, 1 s for `run` and `attach`.
+    interval: float | None = None
     export: tuple[str, ...] = ()  # exporter specs, as for --export
     export_interval: float = 10.0  # seconds between exports of accumulated telemetry
     # Memory held for export, in bytes, shared by every exporter: log records, spans and data points
@@ -57,7 +59,7 @@ class CoreConfig(PluginConfig):
     service_name: str = ""  # uniobs' own resource; OTEL_SERVICE_NAME when empty, then "uniobs"
 
     def validate(self) -> None:
-        if self.interval <= 0 or self.export_interval <= 0:
+        if (self.interval is not None and self.interval <= 0) or self.export_interval <= 0:
             raise ValueError("interval: must be > 0 seconds")
         if self.buffer_bytes < 1 << 20:
             raise ValueError("buffer_bytes: must be >= 1048576 (1 MiB)")

@@ -16,38 +16,16 @@ from typing import Any
 
 from uniobs.config import ConfigError, Settings, check_plugin_names
 from uniobs.ioloop import IoLoop
-from uniobs.model import Instrument, MetricSpec, Sample, Workload
+from uniobs.metrics import PIPELINE_METRICS
+from uniobs.model import LogEvent, Sample, Workload
 from uniobs.plugin import Collector, Exporter, ExporterSinks, SourceUnavailable, StreamingCollector, WorkloadGone
 from uniobs.registry import PluginError, Registry
+from uniobs.scheduler import CollectPool, CollectTimeout, Outcome
 from uniobs.telemetry import SELF, Telemetry
 
 log = logging.getLogger("uniobs.pipeline")
 
 RETIRE_GRACE_S = 60.0  # how long a vanished workload's streams may take to read their backlog
-
-PIPELINE_METRICS = (
-    MetricSpec(
-        "uniobs.collector.errors",
-        Instrument.COUNTER,
-        "{error}",
-        "Failed collections, by collector and error type (vanished workloads are not errors).",
-        ("uniobs.collector", "error.type"),
-    ),
-    MetricSpec(
-        "uniobs.collector.duration",
-        Instrument.GAUGE,
-        "s",
-        "Wall time the last scrape of all workloads took, by collector.",
-        ("uniobs.collector",),
-    ),
-    MetricSpec(
-        "uniobs.collector.samples",
-        Instrument.COUNTER,
-        "{sample}",
-        "Samples collected, by collector.",
-        ("uniobs.collector",),
-    ),
-)
 
 
 def parse_export_spec(spec: str) -> tuple[str, str | None]:
@@ -83,6 +61,17 @@ def build_exporters(specs: Sequence[str], settings: Settings, registry: Registry
         except ValueError as exc:
             raise ConfigError(f"--export {spec}: {exc}") from None
     return built
+
+
+@dataclass
+class _Reading:
+    """What one collection returned, read on a worker thread and accounted for on the scrape's."""
+
+    samples: list[Sample]
+    events: list[LogEvent] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+    events_error: Exception | None = None
+    gaps_error: Exception | None = None
 
 
 @dataclass
@@ -157,6 +146,7 @@ class Pipeline:
         self._errors: dict[tuple[str, str], int] = {}
         self._samples: dict[str, int] = {}
         self._durations: dict[str, float] = {}
+        self._pool = CollectPool()  # threads start at the first scrape
 
     def describe_exporters(self) -> list[str]:
         return [exporter.describe() for _, exporter in self.exporters]
@@ -215,14 +205,15 @@ class Pipeline:
                     self.telemetry.record(workload, plugin.snapshot(workload))
 
     def scrape(self, workloads: Iterable[Workload], collectors: Iterable[Collector] | None = None) -> int:
-        """Collect every applicable (collector, workload) pair once. Returns the sample count."""
+        """Collect every applicable (collector, workload) pair once. Returns the sample count.
+
+        Each `collect()` is bounded by its collector's `timeout` (see `uniobs.scheduler`): one that
+        hangs costs this scrape at most that long, and is counted as error.type "timeout"."""
         workloads = list(workloads)
         total = 0
         for collector in self.collectors if collectors is None else collectors:
             started = time.perf_counter()
-            for workload in workloads:
-                if collector.applies_to(workload):
-                    total += self._collect_one(collector, workload)
+            total += self._collect(collector, [w for w in workloads if collector.applies_to(w)])
             self._durations[collector.name] = time.perf_counter() - started
         for workload in workloads:
             self.snapshot_streams(workload)
@@ -230,41 +221,84 @@ class Pipeline:
         self.telemetry.record(SELF, self._self_samples())
         return total
 
-    def _collect_one(self, collector: Collector, workload: Workload) -> int:
-        key = (collector.name, workload.key)
+    def _collect(self, collector: Collector, workloads: list[Workload]) -> int:
+        """One collector over its workloads, on the worker pool, each call bounded."""
+        todo = []
+        hung = self._pool.hung_keys()
+        for workload in workloads:
+            key = (collector.name, workload.key)
+            if key not in hung:
+                todo.append(workload)
+            else:  # its last call has not returned: no second one beside it, and no second warning
+                said = self._health.failing.get(key, "timeout: its last collect() has not returned")
+                self._failed(collector, workload, "timeout", said)
+        if not todo:
+            return 0
+        outcomes = self._pool.run(
+            lambda workload: self._read(collector, workload),
+            todo,
+            collector.config.timeout,
+            key=lambda workload: (collector.name, workload.key),
+        )
+        return sum(self._account(collector, w, outcome) for w, outcome in zip(todo, outcomes, strict=True))
+
+    @staticmethod
+    def _read(collector: Collector, workload: Workload) -> _Reading:
+        """On a worker thread: collect(), then the events and gaps that go with it."""
+        reading = _Reading(list(collector.collect(workload)))
         try:
-            samples = list(collector.collect(workload))
-        except WorkloadGone:
+            reading.events = list(collector.events(workload))
+        except Exception as exc:
+            reading.events_error = exc
+        try:
+            reading.gaps = list(collector.gaps(workload))
+        except Exception as exc:
+            reading.gaps_error = exc
+        return reading
+
+    def _failed(self, collector: Collector, workload: Workload, error: str, message: str) -> None:
+        """Count a failed collection; log it when it is not what was last said for this pair."""
+        key = (collector.name, workload.key)
+        self._errors[(collector.name, error)] = self._errors.get((collector.name, error), 0) + 1
+        if self._health.failing.get(key) != message:
+            self._health.failing[key] = message
+            log.warning("%s: %s: collection failed: %s", collector.name, workload.display_name, message)
+
+    def _account(self, collector: Collector, workload: Workload, outcome: Outcome[_Reading]) -> int:
+        key = (collector.name, workload.key)
+        exc = outcome.error
+        if isinstance(exc, WorkloadGone):
             self.retire(workload)  # its streams finish, then its series end (taking its last events)
             return 0
-        except SourceUnavailable as exc:
+        if isinstance(exc, SourceUnavailable):
             marker = (collector.name, workload.key, str(exc))
             if marker not in self._health.unavailable:
                 self._health.unavailable.add(marker)
                 log.info("%s: %s: %s (emitting what is available)", collector.name, workload.display_name, exc)
             return 0
-        except Exception as exc:
-            error = type(exc).__name__
-            self._errors[(collector.name, error)] = self._errors.get((collector.name, error), 0) + 1
-            message = f"{error}: {exc}"
-            if self._health.failing.get(key) != message:
-                self._health.failing[key] = message
-                log.warning("%s: %s: collection failed: %s", collector.name, workload.display_name, message)
+        if isinstance(exc, CollectTimeout):
+            self._failed(collector, workload, "timeout", f"timeout: {exc}")
             return 0
+        if exc is not None:
+            self._failed(collector, workload, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+            return 0
+        reading = outcome.value
+        assert reading is not None
+        samples = reading.samples
         if key in self._health.failing:
             del self._health.failing[key]
             log.info("%s: %s: collecting again", collector.name, workload.display_name)
         self.telemetry.record(workload, samples)
-        self._events(collector, workload)
+        for what, error in (("events", reading.events_error), ("gaps", reading.gaps_error)):
+            if error is not None:
+                log.warning("%s: %s: reading %s failed: %s", collector.name, workload.display_name, what, error)
+        for event in reading.events:
+            self.telemetry.log(workload, event)
         self._samples[collector.name] = self._samples.get(collector.name, 0) + len(samples)
         # A source that should have answered and did not must not pass in silence: each reason is
         # said once per workload (as SourceUnavailable is), and every collection with a gap counts
         # as an error of type NoData, so a lasting gap keeps showing in uniobs.collector.errors.
-        try:
-            gaps = list(collector.gaps(workload))
-        except Exception as exc:
-            log.warning("%s: %s: reading gaps failed: %s", collector.name, workload.display_name, exc)
-            gaps = []
+        gaps = reading.gaps
         level = logging.WARNING
         if gaps:
             self._errors[(collector.name, "NoData")] = self._errors.get((collector.name, "NoData"), 0) + 1
@@ -317,6 +351,7 @@ class Pipeline:
 
     def close(self, timeout: float = 10.0) -> None:
         self.settle(force=True)
+        self._pool.close()
         for collector in self.collectors:
             try:
                 collector.close()

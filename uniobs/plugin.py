@@ -1,4 +1,4 @@
-"""The plugin contracts: collectors, streaming collectors, console parsers and exporters.
+"""The plugin contracts: collectors, streaming collectors, console parsers, exporters and runtimes.
 
 A plugin is one small class registered under an entry-point group (see `uniobs.registry`).
 It declares what it emits in one place (`metrics`), validates its configuration at start
@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+import os
+import signal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
-from uniobs.model import Attributes, LogEvent, MetricSpec, Sample, Severity, SpanEvent, Workload
+from uniobs.model import Attributes, Kind, LogEvent, MetricSpec, Sample, Severity, SpanEvent, Workload
 
 if TYPE_CHECKING:
+    import subprocess
+
     from opentelemetry.sdk._logs.export import LogRecordExporter
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -51,11 +55,21 @@ class PluginConfig:
 
 @dataclass(frozen=True)
 class CollectorConfig(PluginConfig):
-    interval: float = 10.0  # seconds between scrapes of each workload
+    """Settings every collector has; the scheduler (`uniobs.scheduler`) applies them.
+
+    `interval` unset (None) means the command's interval: `--interval` of `run`/`attach`, else
+    `[uniobs] interval`, else 10 s in the agent and 1 s in `run`/`attach`. Once the scheduler
+    runs the collector, `config.interval` holds the interval it actually runs at.
+    `timeout` bounds each `collect()` (with its `events()` and `gaps()`): a call still running
+    then is abandoned and counted as error.type "timeout", and that workload is not collected
+    again by this collector until the call returns.
+    """
+
+    interval: float | None = None  # seconds between scrapes of each workload; None: the command's
     timeout: float = 5.0  # seconds one collect() may take before it is abandoned
 
     def validate(self) -> None:
-        if self.interval <= 0:
+        if self.interval is not None and self.interval <= 0:
             raise ValueError("interval: must be > 0 seconds")
         if self.timeout <= 0:
             raise ValueError("timeout: must be > 0 seconds")
@@ -288,3 +302,251 @@ class Exporter(abc.ABC):
     def describe(self) -> str:
         """Where the data goes, for the start-up banner."""
         return self.name
+
+
+# --- runtimes -------------------------------------------------------------------------------
+#
+# A runtime is what uniobs knows about one VMM or container runtime (QEMU, Solo5 hvt, runc/crun,
+# podman/docker, any plain process): which command lines and /proc entries are its, how a launch
+# of it is planned and traced, what the launched workload is, why it ended, and which cold-start
+# phases it has. `Runtime` is stateless (one instance serves every launch and discovery); one
+# launch's state lives in the `Launch` its `start()` returns.
+
+
+class Phase(NamedTuple):
+    """A cold-start phase: from the first of `starts` that was marked to the first of `ends`."""
+
+    name: str
+    starts: tuple[str, ...]
+    ends: tuple[str, ...]
+
+
+# The marks of a launch: `exec`, `first_byte` (console), the guest's milestones (`kernel_ready`,
+# `app_start`, `ready`), `probe_ok`, `request_sent`/`request_done` (uniobs.coldstart.probes), and
+# the runtime's own (`Launch.milestones`, `Launch.coldstart_marks`): `qmp_ready`, `created`, `started`.
+UNIKERNEL_PHASES: tuple[Phase, ...] = (
+    Phase("vmm_spawn", ("exec",), ("qmp_ready", "tender_running")),
+    Phase("guest_boot", ("first_byte",), ("kernel_ready",)),
+    Phase("app_init", ("app_start",), ("ready",)),
+    Phase("readiness", ("ready", "app_start"), ("probe_ok",)),
+    Phase("first_request", ("request_sent",), ("request_done",)),
+)
+CONTAINER_PHASES: tuple[Phase, ...] = (
+    Phase("runtime_create", ("exec",), ("created",)),
+    Phase("runtime_start", ("created",), ("started",)),
+    Phase("app_init", ("started", "app_start"), ("ready",)),
+    Phase("readiness", ("ready", "started"), ("probe_ok",)),
+    Phase("first_request", ("request_sent",), ("request_done",)),
+)
+
+
+class LaunchError(ValueError):
+    """A command uniobs cannot wrap as asked; str() says why and what to do."""
+
+
+@dataclass
+class LaunchPlan:
+    """What `uniobs run` executes for a command, and where it reads the workload: `Runtime.plan`.
+
+    A runtime with more to remember between planning and launching (QEMU's event socket, a
+    container's id) subclasses it.
+    """
+
+    argv: list[str]
+    runtime: str  # the workload's runtime: "qemu", "solo5-hvt", "runc", "podman", "process", ...
+    executable: str
+    console: str  # a capture source: "fd:stdout" (the pipe on the child's stdout) or "fifo:PATH"
+    console_on_stdout: bool  # give the child a pipe for stdout and copy it to ours
+    qmp: str | None = None  # a QMP socket for the collectors
+    fifos: list[str] = field(default_factory=list)  # to create before spawning
+    kernel: str | None = None  # the guest image (or bundle, container image), when the command names one
+    notes: list[str] = field(default_factory=list)  # what was changed, for --verbose output
+    capture_stderr: bool = False  # the command's stderr is the function's: captured as log records
+    cleanup: list[str] = field(default_factory=list)  # files the command creates, removed when the run ends
+    planned_by: str = ""  # the runtime (entry-point name) that made the plan
+
+
+@dataclass(frozen=True)
+class Command:
+    """The command line and environment a launch runs (`Runtime.inject_trace`)."""
+
+    argv: list[str]
+    env: Mapping[str, str] | None = None  # the whole environment; None: uniobs' own
+    created: tuple[str, ...] = ()  # files or folders made for it, removed when the run ends
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+@dataclass
+class ExitInfo:
+    """Why a launched command ended (`Runtime.classify_exit`), and the status `uniobs run` exits with."""
+
+    status: int  # the command's status, or 128+N when a signal N ended it
+    reason: str  # guest-exit, guest-shutdown, guest-reset, guest-panic, host-signal, signal, oom-killed, exit
+    returncode: int  # as Popen reports it: -N for a signal
+    guest_exit_code: int | None = None
+    signal_name: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)  # for the `uniobs.exited` record
+
+    @classmethod
+    def of(
+        cls, returncode: int, reason: str, attributes: dict[str, Any], guest_exit_code: int | None = None
+    ) -> ExitInfo:
+        """An exit with the command's own status."""
+        attributes["uniobs.exit.reason"] = reason
+        if guest_exit_code is not None:
+            attributes["uniobs.guest.exit_code"] = guest_exit_code
+        return cls(returncode, reason, returncode, guest_exit_code, attributes=attributes)
+
+    @classmethod
+    def by_signal(cls, number: int, returncode: int, attributes: dict[str, Any]) -> ExitInfo:
+        """An end by signal `number` (status 128+N)."""
+        name = signal_name(number)
+        attributes.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
+        return cls(128 + number, "signal", returncode, signal_name=name, attributes=attributes)
+
+
+@dataclass(frozen=True)
+class VmmInfo:
+    """A running VMM a runtime recognised in /proc (`Runtime.inspect`): what it is, where it is read."""
+
+    pid: int
+    runtime: str  # the workload's runtime, e.g. "qemu"
+    executable: str
+    name: str  # the function's name as the command line gives it (QEMU -name, the image's name)
+    qmp: str | None = None
+    console: str | None = None  # a capture source (see uniobs.guest.capture), or None
+    console_note: str = ""  # why there is no console, when there is none
+    kernel: str | None = None
+    kind: Kind = Kind.UNIKERNEL
+
+    def workload(self, name: str | None = None) -> Workload:
+        name = name or self.name
+        return Workload(
+            kind=self.kind, runtime=self.runtime, id=f"{name}-{self.pid}", name=name, pid=self.pid, qmp=self.qmp,
+            console=self.console, executable=self.executable,
+        )  # fmt: skip
+
+
+class Launch:
+    """One launch of a command under a runtime, from just before its exec to its exit.
+
+    `uniobs run` calls, in this order: `prepare` (before the exec), `identify` (right after it),
+    `spawned_attributes`, `observe` (once the workload is followed), `ending` (at every wake-up
+    while it runs), `coldstart_marks` (when the cold start is reported), `Runtime.classify_exit`
+    (once it has exited), then `close` (also however the run ends: it may come more than once).
+    Every default does nothing, which fits a command whose only sources are its stdout and its
+    exit status; a runtime with a channel or state of its own (QMP events, a container's OOM
+    watch) subclasses it.
+    """
+
+    def __init__(self, runtime: Runtime, plan: LaunchPlan) -> None:
+        self.runtime = runtime
+        self.plan = plan
+        self.exec_ns = 0  # monotonic time of the exec (set by the runner)
+        # (name, monotonic ns, attributes) the launch saw while it was identified: each is logged
+        # as the lifecycle event `uniobs.NAME` and recorded as the cold-start mark NAME
+        self.milestones: list[tuple[str, int, Attributes]] = []
+
+    def prepare(self, loop: IoLoop, on_event: Callable[[LogEvent], None]) -> None:
+        """Before the exec: start reading the runtime's own channels on `loop` (never a thread of
+        its own). `on_event` logs a record on the workload (dropped while it is not known yet)."""
+        return None
+
+    def identify(self, proc: subprocess.Popen[bytes], *, name: str, console: str, cgroup: str | None) -> Workload:
+        """The workload the started command is (a container: found from the runtime's state).
+
+        Default: the process itself, of the runtime's kind, named `name`, read at `console`."""
+        plan = self.plan
+        return Workload(
+            kind=self.runtime.kind, runtime=plan.runtime, id=f"{name}-{proc.pid}", name=name, pid=proc.pid,
+            qmp=plan.qmp, console=console, executable=plan.executable, cgroup=cgroup,
+        )  # fmt: skip
+
+    def spawned_attributes(self) -> Attributes:
+        """Attributes of the `uniobs.spawned` record beyond `process.command` (QEMU: its accelerator)."""
+        return ()
+
+    def observe(self, loop: IoLoop) -> None:
+        """The workload is followed now: watch what must be seen as it happens (an OOM kill)."""
+        return None
+
+    def ending(self) -> tuple[int, str] | None:
+        """(since when, what) once the runtime has announced the workload's end (QEMU: a QMP
+        SHUTDOWN), so that a VMM that then hangs is ended after a grace period; else None."""
+        return None
+
+    def coldstart_marks(self) -> Mapping[str, int]:
+        """Cold-start marks the runtime's own channels timed (QEMU: `qmp_ready`), monotonic ns."""
+        return {}
+
+    def close(self) -> None:
+        """Stop reading and let go of descriptors; called again is harmless."""
+        return None
+
+
+class Runtime(abc.ABC):
+    """What uniobs knows about one VMM or container runtime, registered under `uniobs.runtimes`.
+
+    A command line is matched against the installed runtimes by name, the `fallback` ones (the
+    built-in `process`) last: the first that `recognises` it plans its launch. The same test
+    picks the runtime of a process found in /proc, which `inspect` then describes.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind] = Kind.UNIKERNEL  # the workloads it runs
+    description: ClassVar[str] = ""
+    program: ClassVar[str] = ""  # its command, for messages ("qemu-system-*"); default: `name`
+    fallback: ClassVar[bool] = False  # asked last: it recognises any command
+    coldstart_phases: ClassVar[tuple[Phase, ...]] = UNIKERNEL_PHASES
+    # Start the command in a cgroup of its own when uniobs may (root) and none was asked for:
+    # runc/crun place a relative cgroupsPath under their own cgroup, in every hierarchy.
+    own_cgroup: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def recognises(self, argv: Sequence[str]) -> bool:
+        """Whether a command line is this runtime's: a command to launch, or a running process's
+        (/proc/PID/cmdline). Cheap and pure: it is asked about every process on the host."""
+
+    def plan(self, argv: Sequence[str], rundir: str | os.PathLike[str], tag: str) -> LaunchPlan:
+        """What `uniobs run` executes (the command plus uniobs' sockets and console capture), with
+        its files in `rundir`, named after `tag`. Pure: nothing is started. Raise LaunchError to
+        refuse a command. Default: the command as it is, its stdout the console."""
+        return LaunchPlan(
+            list(argv), self.name, os.path.basename(argv[0]), console="fd:stdout", console_on_stdout=True,
+            notes=["console: the command's stdout is captured"],
+        )  # fmt: skip
+
+    def function_name(self, plan: LaunchPlan) -> str:
+        """The function's name when the user gives none: the image's file name, else the program's."""
+        return os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
+
+    def inject_trace(
+        self, plan: LaunchPlan, traceparent: str, env: Mapping[str, str], *, rundir: str, cwd: str | None
+    ) -> Command:
+        """The command that hands the launch's W3C `traceparent` (and the function's `env`) to the
+        function, making what it needs in `rundir`. Default: both in the command's environment."""
+        return Command(list(plan.argv), {**os.environ, **env, "TRACEPARENT": traceparent})
+
+    def start(self, plan: LaunchPlan) -> Launch:
+        """A new launch of `plan` (its state lives there)."""
+        return Launch(self, plan)
+
+    def classify_exit(self, returncode: int, launch: Launch) -> ExitInfo:
+        """Why the command ended, from its Popen returncode (-N: signal N) and what `launch` saw.
+        Default: a process's end (`signal`, else `exit` with its status)."""
+        attributes: dict[str, Any] = {"process.exit.code": returncode}
+        if returncode < 0:
+            return ExitInfo.by_signal(-returncode, returncode, attributes)
+        return ExitInfo.of(returncode, "exit", attributes)
+
+    def inspect(self, pid: int, argv: Sequence[str], proc: str = "/proc") -> VmmInfo | None:
+        """A running process whose command line this runtime `recognises`: what it is and where
+        it is read (QMP, console). Default: None, its processes are not discovered from /proc
+        (containers are found from their runtimes' state: uniobs.containers)."""
+        return None

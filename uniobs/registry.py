@@ -1,4 +1,5 @@
-"""Plugin discovery through entry points: `uniobs.collectors`, `uniobs.exporters`, `uniobs.parsers`.
+"""Plugin discovery through entry points: `uniobs.collectors`, `uniobs.exporters`, `uniobs.parsers`,
+`uniobs.runtimes`.
 
 Built-in plugins are declared in uniobs' own pyproject.toml exactly as a third-party package
 declares its own, so both are found, loaded and checked the same way.
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from uniobs.plugin import Collector, ConsoleParser, Exporter, StreamingCollector
+from uniobs.plugin import Collector, ConsoleParser, Exporter, Runtime, StreamingCollector
 
 GROUPS: dict[str, tuple[type, ...]] = {
     "uniobs.collectors": (Collector, StreamingCollector),
     "uniobs.exporters": (Exporter,),
     "uniobs.parsers": (ConsoleParser,),
+    "uniobs.runtimes": (Runtime,),
 }
 
 P = TypeVar("P")
@@ -80,9 +82,10 @@ class Registry:
         self.collectors = load_group("uniobs.collectors", eps("uniobs.collectors"))
         self.exporters = load_group("uniobs.exporters", eps("uniobs.exporters"))
         self.parsers = load_group("uniobs.parsers", eps("uniobs.parsers"))
+        self.runtimes = load_group("uniobs.runtimes", eps("uniobs.runtimes"))
 
     def all(self) -> list[PluginInfo[Any]]:
-        return [*self.collectors.values(), *self.exporters.values(), *self.parsers.values()]
+        return [*self.collectors.values(), *self.exporters.values(), *self.parsers.values(), *self.runtimes.values()]
 
     def exporter(self, name: str) -> PluginInfo[Any]:
         try:

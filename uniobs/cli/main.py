@@ -92,7 +92,7 @@ def say_undelivered(pipeline: Any) -> list[str]:
 
 @main.command()
 def plugins() -> None:
-    """List installed collectors, exporters and parsers, with the package each came from."""
+    """List installed collectors, exporters, parsers and runtimes, with the package each came from."""
     registry = _registry()
     rows = [(p.group.removeprefix("uniobs."), p.name, f"{p.distribution} {p.version}", p.value) for p in registry.all()]
     widths = [max(len(r[i]) for r in [("GROUP", "NAME", "PACKAGE", "OBJECT"), *rows]) for i in range(4)]
@@ -102,16 +102,13 @@ def plugins() -> None:
 
 def declared_metrics(registry: Registry) -> list[tuple[str, MetricSpec]]:
     """Every metric any installed plugin or the core declares, with who declares it."""
-    from uniobs.coldstart.trace import COLDSTART_METRICS
-    from uniobs.lifecycle.run import LIFECYCLE_METRICS
-    from uniobs.pipeline import PIPELINE_METRICS
-    from uniobs.telemetry import SELF_METRICS
+    from uniobs.metrics import CORE_METRICS
 
     out: list[tuple[str, MetricSpec]] = []
     for name, info in sorted(registry.collectors.items()):
         out += [(f"collector {name}", spec) for spec in info.plugin.metrics]
-    out += [("uniobs run/attach", spec) for spec in (*LIFECYCLE_METRICS, *COLDSTART_METRICS)]
-    out += [("uniobs (self)", spec) for spec in (*SELF_METRICS, *PIPELINE_METRICS)]
+    for who, specs in CORE_METRICS:
+        out += [(who, spec) for spec in specs]
     return out
 
 
@@ -203,7 +200,12 @@ def scrape_once(
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @config_options
 @click.option("--name", "-n", help="The function's name (service.name, faas.name). Default: the image's name.")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between scrapes while it runs.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between scrapes for collectors that set no interval of their own (overrides [uniobs] interval). "
+    "[default: [uniobs] interval, else 1]",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Do not copy the guest console to standard output.")
 @click.option(
     "--cgroup",
@@ -232,7 +234,7 @@ def scrape_once(
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
-    config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, quiet: bool,
+    config_path: str | None, export: tuple[str, ...], name: str | None, interval: float | None, quiet: bool,
     cgroup: str | None, ready: str | None, request: str | None, definition: str | None, shrinkwrap: str | None,
     rundir: str | None, command: tuple[str, ...],
 ) -> None:  # fmt: skip
@@ -297,7 +299,8 @@ def run(
 
 
 def launch(
-    settings: Settings, export: list[str], command: list[str], *, name: str | None = None, interval: float = 1.0,
+    settings: Settings, export: list[str], command: list[str], *, name: str | None = None,
+    interval: float | None = None,
     quiet: bool = False, cgroup: str | None = None, ready: str | None = None, request: str | None = None,
     env: dict[str, str] | None = None, cwd: str | None = None, rundir: str | None = None,
 ) -> tuple[Any, str, str]:  # fmt: skip
@@ -325,7 +328,8 @@ def launch(
 
 
 def _launch(
-    settings: Settings, export: list[str], command: list[str], *, name: str | None, interval: float, quiet: bool,
+    settings: Settings, export: list[str], command: list[str], *, name: str | None, interval: float | None,
+    quiet: bool,
     cgroup: str | None, ready: str | None, request: str | None, env: dict[str, str] | None, cwd: str | None,
     rundir: str | None,
 ) -> tuple[Any, str, str]:  # fmt: skip
@@ -333,7 +337,8 @@ def _launch(
     from uniobs.lifecycle.run import RunInterrupted, Runner
     from uniobs.lifecycle.rundir import RunDir
     from uniobs.pipeline import Pipeline
-    from uniobs.runtimes.launch import LaunchError, plan_launch
+    from uniobs.plugin import LaunchError
+    from uniobs.runtimes.select import Runtimes
 
     specs = export or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
     try:
@@ -342,21 +347,19 @@ def _launch(
         raise click.ClickException(f"cannot create the run directory: {_os_error(exc)}") from None
     with owned:
         try:
-            plan = plan_launch(command, owned, "vm")
+            runtimes = Runtimes()
+            plan = runtimes.plan(command, owned, "vm")  # by the installed runtime that recognises it
             pipeline = Pipeline(settings, export=specs)
         except (ConfigError, PluginError, LaunchError) as exc:
             raise click.ClickException(str(exc)) from None
         for note in plan.notes:
             log.info("%s", note)
-        if plan.container_id is not None:
-            default = plan.container_id
-        elif plan.cidfile is not None and plan.kernel:  # podman/docker: the image's name, no registry or tag
-            default = plan.kernel.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
-        else:
-            default = os.path.splitext(os.path.basename(plan.kernel or plan.executable))[0]
-        function = name or default
+        function = name or runtimes.of(plan).function_name(plan)
         if cgroup == "auto":
             cgroup = f"/uniobs/{function}-{os.path.basename(owned.path)}"
+        if cgroup is not None and not cgroup.strip("/"):
+            pipeline.close(1)
+            raise click.UsageError(f"--cgroup {cgroup!r}: a cgroup of its own needs a path below the root")
         try:
             runner = Runner(
                 pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=owned,
@@ -381,34 +384,46 @@ def _launch(
 
 @main.command()
 @config_options
-@click.option("--name", "-n", help="The function's name. Default: QEMU's -name, else the image's name.")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between scrapes.")
+@click.option("--name", "-n", help="The function's name. Default: the VMM's own (QEMU's -name), else the image's name.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between scrapes for collectors that set no interval of their own (overrides [uniobs] interval). "
+    "[default: [uniobs] interval, else 1]",
+)
 @click.argument("target")
-def attach(config_path: str | None, export: tuple[str, ...], name: str | None, interval: float, target: str) -> None:
-    """Observe a running workload until it exits: a QEMU or hvt tender (its PID or QMP socket), or a
-    container (its id, an id prefix, or its name)."""
+def attach(
+    config_path: str | None, export: tuple[str, ...], name: str | None, interval: float | None, target: str
+) -> None:
+    """Observe a running workload until it exits: a VMM an installed runtime recognises (QEMU, an hvt
+    tender...: its PID, or its QMP socket), or a container (its id, an id prefix, or its name)."""
     import dataclasses
     import os
 
     from uniobs.lifecycle.attach import Attacher
-    from uniobs.model import Kind, Workload
+    from uniobs.model import Workload
     from uniobs.pipeline import Pipeline
-    from uniobs.runtimes.procscan import VmmInfo, find_by_qmp, vmm_info
+    from uniobs.plugin import VmmInfo
+    from uniobs.runtimes.select import Runtimes
 
+    try:
+        runtimes = Runtimes()
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
     info: VmmInfo | None = None
     container: Workload | None = None
     if target.isdigit():
-        info = vmm_info(int(target))
+        info = runtimes.inspect(int(target))
         if info is None:
-            raise click.ClickException(f"pid {target}: not a running qemu-system-* or solo5-hvt process")
+            raise click.ClickException(f"pid {target}: not a running {runtimes.programs()} process")
     elif "/" in target or os.path.exists(target):
         if not os.path.exists(target):
             raise click.ClickException(f"{target}: no such QMP socket")
-        info = find_by_qmp(target)
+        info = runtimes.find_by_qmp(target)
         if info is None:
-            raise click.ClickException(f"{target}: no running QEMU uses this QMP socket")
+            raise click.ClickException(f"{target}: no running VMM uses this QMP socket")
     else:
-        container = _find_container(target)
+        container = _find_container(target, runtimes.programs())
     settings = load_settings(config_path)
     specs = list(export) or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
     try:
@@ -427,11 +442,8 @@ def attach(config_path: str | None, export: tuple[str, ...], name: str | None, i
         assert info is not None
         if info.console is None:
             log.warning("console: %s", info.console_note)
-        function = name or info.name
-        workload = Workload(
-            kind=Kind.UNIKERNEL, runtime=info.runtime, id=f"{function}-{info.pid}", name=function, pid=info.pid,
-            qmp=info.qmp, console=info.console, executable=info.executable,
-        )  # fmt: skip
+        workload = info.workload(name)
+        function = workload.display_name
         click.echo(
             f"uniobs: attached to {info.runtime} pid {info.pid} ({function}); qmp {info.qmp or 'none'}, "
             f"console {info.console or 'none'} -> " + ", ".join(pipeline.describe_exporters()),
@@ -615,7 +627,7 @@ def _read_bytes(path: str) -> bytes:
         raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
 
 
-def _find_container(target: str) -> Any:
+def _find_container(target: str, vmms: str) -> Any:
     """A running container by full id, unique id prefix, or name (from state files; no daemon)."""
     from uniobs.containers.discovery import discover_containers
     from uniobs.host.cgroupfs import detect_layout
@@ -628,7 +640,7 @@ def _find_container(target: str) -> Any:
     exact = [w for w in found if target in (w.id, w.name)]
     matches = exact or [w for w in found if w.id.startswith(target)]
     if not matches:
-        raise click.ClickException(f"{target}: not a running QEMU or hvt pid, QMP socket, or container")
+        raise click.ClickException(f"{target}: not a running container, nor a {vmms} pid or QMP socket")
     if len(matches) > 1:
         ids = ", ".join(w.id[:12] for w in matches[:5])
         raise click.ClickException(f"{target}: matches several containers ({ids}); give more of the id")

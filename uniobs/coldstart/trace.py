@@ -5,7 +5,7 @@ events arrived); this module turns those marks into spans and metrics. A phase w
 missing is absent, never invented; a launch that fails before it is ready ends the trace with an
 error status and the reason.
 
-Phases, by shrink-wrap (start mark -> end mark):
+Phases, as each runtime declares them (`Runtime.coldstart_phases`; start mark -> end mark):
 
     unikernel  vmm_spawn    exec -> QMP ready (QEMU) / first console byte (hvt)
                guest_boot   first console byte -> kernel_ready milestone
@@ -16,6 +16,7 @@ Phases, by shrink-wrap (start mark -> end mark):
                runtime_start   created -> the init process exec'd the function
                app_init        started (or app_start) -> ready milestone
                readiness, first_request as above
+    process    as container (only app_init, readiness and first_request can be marked)
 
 The W3C `traceparent` the host passes to the function carries the root span's id, so spans the
 guest reports (line protocol) become its children in the same trace.
@@ -27,53 +28,11 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from uniobs.model import DURATION_BUCKETS, Attributes, Instrument, MetricSpec, Sample, SpanEvent
+from uniobs.metrics import PHASE, RUNTIME, SHRINKWRAP
+from uniobs.model import Attributes, Sample, SpanEvent
+from uniobs.plugin import CONTAINER_PHASES, UNIKERNEL_PHASES, Phase
 
-SHRINKWRAP = "uniobs.shrinkwrap"
-RUNTIME = "uniobs.runtime"
-PHASE = "uniobs.phase"
-
-COLDSTART_METRICS = (
-    MetricSpec(
-        "faas.coldstarts",
-        Instrument.COUNTER,
-        "{coldstart}",
-        "Cold starts observed by uniobs run, by shrink-wrap and runtime.",
-        (SHRINKWRAP, RUNTIME, "error.type"),
-    ),
-    MetricSpec(
-        "faas.init_duration",
-        Instrument.HISTOGRAM,
-        "s",
-        "Cold start duration: from the launch command's exec to the function being ready.",
-        (SHRINKWRAP, RUNTIME),
-        DURATION_BUCKETS,
-    ),
-    MetricSpec(
-        "uniobs.coldstart.phase.duration",
-        Instrument.HISTOGRAM,
-        "s",
-        "Duration of each cold-start phase the host observed.",
-        (SHRINKWRAP, RUNTIME, PHASE),
-        DURATION_BUCKETS,
-    ),
-)
-
-# (phase, start mark, end mark), in order; the first available start mark of a tuple is used.
-UNIKERNEL_PHASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("vmm_spawn", ("exec",), ("qmp_ready", "tender_running")),
-    ("guest_boot", ("first_byte",), ("kernel_ready",)),
-    ("app_init", ("app_start",), ("ready",)),
-    ("readiness", ("ready", "app_start"), ("probe_ok",)),
-    ("first_request", ("request_sent",), ("request_done",)),
-)
-CONTAINER_PHASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("runtime_create", ("exec",), ("created",)),
-    ("runtime_start", ("created",), ("started",)),
-    ("app_init", ("started", "app_start"), ("ready",)),
-    ("readiness", ("ready", "started"), ("probe_ok",)),
-    ("first_request", ("request_sent",), ("request_done",)),
-)
+__all__ = ["CONTAINER_PHASES", "UNIKERNEL_PHASES", "ColdStart", "Phase", "new_span_id", "new_trace_id", "traceparent"]
 
 
 def new_trace_id() -> int:
@@ -93,13 +52,15 @@ def traceparent(trace_id: int, span_id: int) -> str:
 class ColdStart:
     """The marks of one launch, and the trace they make."""
 
-    shrinkwrap: str  # "unikernel" or "container"
+    shrinkwrap: str  # "unikernel", "container" or "process": the runtime's kind
     runtime: str
     trace_id: int = field(default_factory=new_trace_id)
     root_span_id: int = field(default_factory=new_span_id)
     marks: dict[str, int] = field(default_factory=dict)  # mark -> monotonic ns (first occurrence)
     guest_times: dict[str, float] = field(default_factory=dict)  # milestone -> guest-reported uptime (s)
     failure: str | None = None  # why it never became ready
+    # in order; the first available start mark of a phase is used (the runtime's coldstart_phases)
+    phases_spec: tuple[Phase, ...] = UNIKERNEL_PHASES
 
     @property
     def traceparent(self) -> str:
@@ -112,10 +73,6 @@ class ColdStart:
     def fail(self, reason: str) -> None:
         if self.failure is None:
             self.failure = reason
-
-    @property
-    def phases_spec(self) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
-        return UNIKERNEL_PHASES if self.shrinkwrap == "unikernel" else CONTAINER_PHASES
 
     def ready_ns(self) -> int | None:
         """When the function was ready: the first successful probe, else its ready milestone."""

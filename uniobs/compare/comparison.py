@@ -5,7 +5,13 @@ hits both alike) through the same machinery as `uniobs run` (cold-start trace, c
 exporters). After it is ready: memory and CPU are sampled at idle, then under the definition's
 load, then it is stopped. Image size and the static attack surface are measured once from the
 image files, the runtime attack surface once from the running instance. The result is one
-document (`uniobs.results`), rendered by `uniobs.report`.
+document (`uniobs.compare.results`), rendered by `uniobs.compare.report`.
+
+The memory and CPU figures are the exported telemetry: `Measure` has the pipeline's own `process`
+and `cgroup` collectors sample the instance and hands each sample to every exporter at once, and
+the figures are computed afterwards from the data points compare's own in-process exporter
+(`Coverage`) received. The report and what any backend received cannot disagree; each side's
+`windows` say which instance and instants each figure covers.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import logging
+import math
 import os
 import platform
 import re
@@ -22,7 +29,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -33,12 +41,12 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from uniobs import __version__
 from uniobs.coldstart.probes import http_get, parse_probe
 from uniobs.compare import function as fn
-from uniobs.compare.results import SCHEMA, percentile
+from uniobs.compare.results import SCHEMA, MemoryFigures, Window, percentile
 from uniobs.config import Settings
 from uniobs.lifecycle.run import Runner
 from uniobs.lifecycle.rundir import RunDir
 from uniobs.pipeline import Pipeline
-from uniobs.plugin import ExporterSinks
+from uniobs.plugin import Collector, ExporterSinks
 from uniobs.runtimes.accel import probe
 from uniobs.runtimes.launch import plan_launch
 
@@ -52,15 +60,27 @@ LOAD_REQUEST_TIMEOUT_S = 30.0
 
 # --- what the telemetry covered ---------------------------------------------------------------
 
+# The series the report's memory and CPU figures are read from (`figures`), as exported.
+RSS, PSS = "process.memory.usage", "uniobs.process.memory.pss"  # the VMM, or the container's init
+PROCESS_CPU = "process.cpu.time"
+CGROUP_MEMORY, CGROUP_CPU = "container.memory.usage", "container.cpu.time"
+FIGURE_METRICS = frozenset({RSS, PSS, PROCESS_CPU, CGROUP_MEMORY, CGROUP_CPU})
+
+_PointKey = tuple[tuple[tuple[str, Any], ...], int]  # (attributes, time_unix_nano)
+
 
 class Coverage:
-    """An in-process exporter that notes, per function instance, which signals left uniobs."""
+    """An in-process exporter that notes, per function instance, which signals left uniobs, and
+    keeps every exported data point of the series the report's figures are made of."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.metrics: dict[str, set[str]] = {}
         self.logs: dict[str, int] = {}
         self.spans: dict[str, list[str]] = {}
+        # per (instance, metric): each distinct point exported (a series not sampled again since
+        # the last export is exported again unchanged, with its old time: one point)
+        self.points: dict[tuple[str, str], dict[_PointKey, float | int]] = {}
 
     def sinks(self) -> ExporterSinks:
         cov = self
@@ -75,6 +95,12 @@ class Coverage:
                         names = cov.metrics.setdefault(key, set())
                         for sm in rm.scope_metrics:
                             names.update(m.name for m in sm.metrics)
+                            for m in sm.metrics:
+                                if m.name in FIGURE_METRICS:
+                                    points = cov.points.setdefault((key, m.name), {})
+                                    for p in m.data.data_points:
+                                        attrs = tuple(sorted((p.attributes or {}).items()))
+                                        points[(attrs, p.time_unix_nano)] = p.value  # type: ignore[union-attr]
                 return MetricExportResult.SUCCESS
 
             def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -123,104 +149,160 @@ class Coverage:
                                      ("uniobs.guest.records", "uniobs.guest.rejected")),
             }  # fmt: skip
 
+    def instants(self, instance: str, metric: str, start_ns: int, end_ns: int) -> list[tuple[int, float | int]]:
+        """The metric's exported value at each distinct instant in [start_ns, end_ns] (epoch), oldest
+        first; the points of one instant (`cpu.mode` user and system, sampled together) summed."""
+        with self.lock:
+            points = list(self.points.get((instance, metric), {}).items())
+        by_time: dict[int, list[float | int]] = {}
+        for (_, t), value in points:
+            if start_ns <= t <= end_ns:
+                by_time.setdefault(t, []).append(value)
+        return [(t, v[0] if len(v) == 1 else math.fsum(v)) for t, v in sorted(by_time.items())]
+
 
 # --- measuring one launch ------------------------------------------------------------------------
 
 
-def _process_memory(pid: int) -> tuple[int | None, int | None]:
-    try:
-        info = psutil.Process(pid).memory_full_info()
-        return int(info.rss), int(info.pss)
-    except (psutil.Error, OSError):
-        return None, None
+@dataclass
+class _Window:
+    """One measurement window of one launch: its bounds on the clock of exported data points."""
+
+    phase: str  # "idle" or "load"
+    start_ns: int = 0
+    end_ns: int = 0
+    runtime_rss: list[int] = field(default_factory=list)  # measured here: no collector has it
 
 
-def _tree_cpu_s(pid: int) -> float | None:
+@dataclass
+class _Launch:
+    run: int
+    instance: str  # the workload's id: the `faas.instance` of its exported telemetry
+    exec_ns: int  # epoch ns of its exec, for the timeline
+    container: bool
+    windows: list[_Window] = field(default_factory=list)
+
+
+def _rss(pid: int) -> int | None:
     try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-        return sum(sum(p.cpu_times()[:2]) for p in procs)
+        return int(psutil.Process(pid).memory_info().rss)
     except (psutil.Error, OSError):
         return None
 
 
 class Measure:
-    """Memory and CPU of one running instance: the VMM process, or the container's cgroup."""
+    """Samples one running instance every SAMPLE_S, through the pipeline's own collectors.
 
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
+    Each sample is taken by the pipeline's `process` collector (the VMM, or the container's init)
+    and `cgroup` collector (the container's cgroup), recorded as the workload's telemetry and
+    handed to every exporter at once, so that every sample the figures use is exported: the
+    figures are computed from what compare's own exporter received (`figures`), never from a
+    reading of its own. The runner's scrapes of the same workload go on meanwhile; whichever
+    sample of a series is the latest at an export is the one exported, and counted.
+    """
+
+    def __init__(self, runner: Runner, pipeline: Pipeline) -> None:
         workload = runner.workload
         assert workload is not None
         self.workload = workload
+        self.pipeline = pipeline
         self.container = runner.coldstart.shrinkwrap == "container"
-        self.layout = None
-        if self.container and workload.cgroup:
-            from uniobs.host.cgroupfs import detect_layout
+        self.collectors: list[Collector] = [
+            c for c in pipeline.collectors if c.name in ("process", "cgroup") and c.applies_to(workload)
+        ]
+        # The one figure no collector has: the RSS of the runtime's own command (`runc run` in the
+        # foreground, a CLI that stays for the container's life). The pipeline's workload is the
+        # container, whose init the process collector reads; the CLI is not a workload.
+        proc = runner.proc
+        self.runtime_pid = proc.pid if self.container and proc is not None else None
 
+    def sample(self, window: _Window) -> None:
+        for collector in self.collectors:
             try:
-                self.layout = detect_layout()
-            except OSError:
-                self.layout = None
-
-    def cgroup(self) -> tuple[int | None, float | None]:
-        """(memory bytes, CPU seconds) of the container's cgroup."""
-        if self.layout is None or self.workload.cgroup is None:
-            return None, None
-        from uniobs.host.cgroupfs import read_stats
-
-        try:
-            stats = read_stats(self.layout, self.workload.cgroup, io=False, pressure=False, paths=self.workload.cgroups)
-        except Exception:
-            return None, None
-        return stats.memory_usage, stats.cpu_usage_s
-
-    def sample(self) -> dict[str, int | None]:
-        """RSS/PSS of the VMM (or of the runtime's own process), and the container cgroup's memory."""
-        proc = getattr(self.runner, "proc", None)
-        if self.container:
-            memory, _ = self.cgroup()
-            runtime_rss, _ = _process_memory(proc.pid) if proc is not None else (None, None)
-            init_rss, init_pss = _process_memory(self.workload.pid) if self.workload.pid else (None, None)
-            return {"rss_bytes": init_rss, "pss_bytes": init_pss, "cgroup_bytes": memory,
-                    "runtime_rss_bytes": runtime_rss}  # fmt: skip
-        rss, pss = _process_memory(self.workload.pid) if self.workload.pid else (None, None)
-        return {"rss_bytes": rss, "pss_bytes": pss, "cgroup_bytes": None, "runtime_rss_bytes": None}
-
-    def cpu_s(self) -> float | None:
-        if self.container:
-            return self.cgroup()[1]
-        return _tree_cpu_s(self.workload.pid) if self.workload.pid else None
-
-
-def _median_sample(samples: list[dict[str, int | None]]) -> dict[str, int | None]:
-    out: dict[str, int | None] = {}
-    for key in ("rss_bytes", "pss_bytes", "cgroup_bytes", "runtime_rss_bytes"):
-        values = [v for s in samples if (v := s.get(key)) is not None]
-        out[key] = int(statistics.median(values)) if values else None
-    return out
+                samples = list(collector.collect(self.workload))
+            except Exception:  # gone, unavailable or failing: the runner's own scrape of the
+                continue  # same collector reports and counts it; this sample is just missing
+            self.pipeline.telemetry.record(self.workload, samples)
+        self.pipeline.flush(0)  # to every exporter now, without waiting for delivery
+        if self.runtime_pid is not None and (rss := _rss(self.runtime_pid)) is not None:
+            window.runtime_rss.append(rss)
 
 
 def _window(
-    measure: Measure, seconds: float, during: Callable[[], Any] | None = None
-) -> tuple[dict[str, Any], float | None, Any]:
-    """Sample memory every SAMPLE_S for `seconds` (or while `during` runs); CPU % over the window."""
-    samples = []
-    cpu0, t0 = measure.cpu_s(), time.monotonic()
+    measure: Measure, phase: str, seconds: float, during: Callable[[], Any] | None = None
+) -> tuple[_Window, Any]:
+    """Sample every SAMPLE_S for `seconds` (or while `during` runs), from a sample at its start to one
+    at its end: at least two, so a window (a load) shorter than SAMPLE_S still has a CPU figure."""
+    window = _Window(phase, start_ns=time.time_ns())
+    t0 = time.monotonic()
+    measure.sample(window)
     result = None
     if during is not None:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             future = pool.submit(during)
-            while not future.done():
-                samples.append(measure.sample())
-                time.sleep(SAMPLE_S)
+            while not concurrent.futures.wait([future], timeout=SAMPLE_S).done:
+                measure.sample(window)
             result = future.result()
+        measure.sample(window)
     else:
-        while time.monotonic() - t0 < seconds:
-            samples.append(measure.sample())
+        while True:
             time.sleep(SAMPLE_S)
-    cpu1, t1 = measure.cpu_s(), time.monotonic()
-    percent = (cpu1 - cpu0) / (t1 - t0) * 100 if cpu0 is not None and cpu1 is not None and t1 > t0 else None
-    return _median_sample(samples), percent, result
+            measure.sample(window)
+            if time.monotonic() - t0 >= seconds:
+                break
+    window.end_ns = time.time_ns()
+    return window, result
+
+
+def _median(values: Sequence[float | int]) -> int | None:
+    return int(statistics.median(values)) if values else None
+
+
+def _median_sample(samples: Sequence[MemoryFigures]) -> MemoryFigures:
+    def median(values: Iterable[int | None]) -> int | None:
+        return _median([v for v in values if v is not None])
+
+    return {
+        "rss_bytes": median(s["rss_bytes"] for s in samples),
+        "pss_bytes": median(s["pss_bytes"] for s in samples),
+        "cgroup_bytes": median(s["cgroup_bytes"] for s in samples),
+        "runtime_rss_bytes": median(s["runtime_rss_bytes"] for s in samples),
+    }
+
+
+def cpu_percent(instants: Sequence[tuple[int, float | int]]) -> float | None:
+    """CPU time between the first and the last instant over the time between them, in % of a core."""
+    if len(instants) < 2 or instants[-1][0] <= instants[0][0]:
+        return None
+    (t0, c0), (t1, c1) = instants[0], instants[-1]
+    return (c1 - c0) / ((t1 - t0) / 1e9) * 100
+
+
+def figures(coverage: Coverage, launch: _Launch, window: _Window) -> tuple[MemoryFigures, float | None]:
+    """A window's memory (medians over its instants) and CPU %, from the exported data points."""
+
+    def median(metric: str) -> int | None:
+        return _median([v for _, v in coverage.instants(launch.instance, metric, window.start_ns, window.end_ns)])
+
+    memory: MemoryFigures = {
+        "rss_bytes": median(RSS), "pss_bytes": median(PSS), "cgroup_bytes": median(CGROUP_MEMORY),
+        "runtime_rss_bytes": _median(window.runtime_rss),
+    }  # fmt: skip
+    cpu = coverage.instants(launch.instance, CGROUP_CPU if launch.container else PROCESS_CPU, window.start_ns,
+                            window.end_ns)  # fmt: skip
+    return memory, cpu_percent(cpu)
+
+
+def timeline(coverage: Coverage, launch: _Launch) -> list[list[float]]:
+    """[seconds since exec, bytes] at every exported instant of the launch's windows: the container's
+    cgroup memory, or the VMM's RSS."""
+    if not launch.windows:
+        return []
+    metric = CGROUP_MEMORY if launch.container else RSS
+    start, end = launch.windows[0].start_ns, launch.windows[-1].end_ns
+    return [
+        [round((t - launch.exec_ns) / 1e9, 3), v] for t, v in coverage.instants(launch.instance, metric, start, end)
+    ]
 
 
 def _send_load(load: fn.Load, url: str) -> dict[str, Any]:
@@ -287,6 +369,7 @@ class Comparison:
         self.progress = progress
         self.idle_s = idle_s
         self.undelivered: list[str] = []  # per exporter and signal, what the run could not deliver
+        self.launches: dict[str, list[_Launch]] = {}  # per shrink-wrap, the launches that were measured
 
     def run(self) -> dict[str, Any]:
         d = self.d
@@ -304,7 +387,12 @@ class Comparison:
             self.progress(f"accelerator: {reason}")
         coverage = Coverage()
         pipeline = Pipeline(self.settings, export=self.export, extra_sinks=[("compare", coverage.sinks())])
+        missing = {"process", "cgroup"} - {c.name for c in pipeline.collectors}
+        if missing:
+            log.warning("collectors %s are disabled: the memory and CPU figures they give are left out",
+                        ", ".join(sorted(missing)))  # fmt: skip
         sides: dict[str, dict[str, Any]] = {kind: self._side(kind, accel) for kind in d.wraps}
+        self.launches = {kind: [] for kind in d.wraps}
         total = self.runs * len(d.wraps)
         step = 0
         try:
@@ -312,13 +400,14 @@ class Comparison:
                 for kind, wrap in d.wraps.items():
                     step += 1
                     self.progress(f"[{step}/{total}] {kind} run {round_ + 1}/{self.runs}")
-                    self._one(pipeline, coverage, wrap, accel, sides[kind], first=round_ == 0)
+                    self._one(pipeline, coverage, wrap, accel, sides[kind], round_ + 1)
         finally:
             pipeline.flush(10)
             pipeline.close(5)
             self.undelivered = pipeline.undelivered_summary()
-        for side in sides.values():
-            self._summarise(side)
+        # Every sample has reached compare's own exporter now: the figures are read from there.
+        for kind, side in sides.items():
+            self._summarise(side, self.launches[kind], coverage)
         return {
             "schema": SCHEMA,
             "function": {"name": d.name, "definition": str(d.path), "description": d.description},
@@ -334,7 +423,6 @@ class Comparison:
 
         wrap = self.d.wraps[kind]
         runtime = os.path.basename(wrap.command[0]).split("-")[0] if wrap.command else kind
-        runtime = "qemu" if runtime == "qemu" else runtime
         paths = fn.image_paths(self.d, wrap)
         label = wrap.label or kind
         if kind == "unikernel":
@@ -344,21 +432,21 @@ class Comparison:
             "image": surface.image_block(paths),
             "attack_surface": surface.surface_of_image(paths),
             "coldstart": {"samples_s": [], "phase_samples": {}, "failures": 0},
-            "memory": {"idle_samples": [], "load_samples": [], "timeline": []},
-            "cpu": {"idle_samples": [], "load_samples": []},
+            "memory": {}, "cpu": {},
             "load": None, "observability": {},
         }  # fmt: skip
 
     def _one(self, pipeline: Pipeline, coverage: Coverage, wrap: fn.Wrap, accel: str, side: dict[str, Any],
-             first: bool) -> None:  # fmt: skip
+             run: int) -> None:  # fmt: skip
         with RunDir.create() as rundir:  # the launch's sockets, FIFO and bundle copy, removed however it ends
-            self._launch_one(rundir, pipeline, coverage, wrap, accel, side, first)
+            self._launch_one(rundir, pipeline, coverage, wrap, accel, side, run)
 
     def _launch_one(self, rundir: RunDir, pipeline: Pipeline, coverage: Coverage, wrap: fn.Wrap, accel: str,
-                    side: dict[str, Any], first: bool) -> None:  # fmt: skip
+                    side: dict[str, Any], run: int) -> None:  # fmt: skip
         from uniobs.compare import surface
 
         d = self.d
+        first = run == 1
         inst = fn.instance(d, wrap, accel)
         command = fn.command_for(d, wrap, inst)
         env = {k: inst.fill(v, d) for k, v in wrap.env.items()}
@@ -380,20 +468,11 @@ class Comparison:
             if not runner.coldstart_done or proc is None or proc.poll() is not None or runner.workload is None:
                 runner.stop()
                 return
-            measure = Measure(runner)
-            exec_ns = runner.coldstart.marks.get("exec", 0)
-            timeline: list[list[float]] = []
-
-            def sample_timeline() -> None:
-                s = measure.sample()
-                value = s["cgroup_bytes"] if measure.container else s["rss_bytes"]
-                if value is not None:
-                    timeline.append([round((time.monotonic_ns() - exec_ns) / 1e9, 3), value])
-
-            sample_timeline()
-            idle, idle_cpu, _ = _window(measure, self.idle_s)
-            sample_timeline()
-            measured["idle"], measured["idle_cpu"] = idle, idle_cpu
+            measure = Measure(runner, pipeline)
+            exec_ns = pipeline.telemetry.to_epoch_ns(runner.coldstart.marks.get("exec", 0))
+            launch = _Launch(run, runner.workload.id, exec_ns, measure.container)
+            idle, _ = _window(measure, "idle", self.idle_s)
+            launch.windows.append(idle)
             if first and runner.workload is not None and runner.workload.pid:
                 config = os.path.join(rundir, "bundle", "config.json")
                 measured["surface"] = surface.surface_of_process(
@@ -402,10 +481,9 @@ class Comparison:
                 )
             if d.load is not None:
                 url = inst.fill(d.load.url, d)
-                loaded, load_cpu, load_result = _window(measure, 0, lambda: _send_load(d.load, url))  # type: ignore[arg-type]
-                sample_timeline()
-                measured["load"], measured["load_cpu"], measured["load_result"] = loaded, load_cpu, load_result
-            measured["timeline"] = timeline
+                loaded, measured["load_result"] = _window(measure, "load", 0, lambda: _send_load(d.load, url))  # type: ignore[arg-type]
+                launch.windows.append(loaded)
+            measured["launch"] = launch
             runner.stop()
 
         watcher = threading.Thread(target=watch, name="uniobs-compare", daemon=True)
@@ -421,15 +499,11 @@ class Comparison:
         side["coldstart"]["samples_s"].append((ready_ns - cs.marks["exec"]) / 1e9)
         for phase, start, end in cs.phases():
             side["coldstart"]["phase_samples"].setdefault(phase, []).append((end - start) / 1e9)
-        if "idle" in measured:
-            side["memory"]["idle_samples"].append(measured["idle"])
-            side["cpu"]["idle_samples"].append(measured["idle_cpu"])
-        if "load" in measured:
-            side["memory"]["load_samples"].append(measured["load"])
-            side["cpu"]["load_samples"].append(measured["load_cpu"])
+        if "launch" in measured:
+            self.launches[side["shrinkwrap"]].append(measured["launch"])
+        if "load_result" in measured:
             side["load"] = measured["load_result"]
         if first:
-            side["memory"]["timeline"] = measured.get("timeline", [])
             if "surface" in measured:
                 side["attack_surface"].update({k: v for k, v in measured["surface"].items() if k != "method"})
                 side["attack_surface"]["method"] = (
@@ -439,7 +513,7 @@ class Comparison:
                 pipeline.flush(5)
                 side["observability"] = coverage.of(runner.workload.id)
 
-    def _summarise(self, side: dict[str, Any]) -> None:
+    def _summarise(self, side: dict[str, Any], launches: Sequence[_Launch], coverage: Coverage) -> None:
         cs = side["coldstart"]
         samples = cs["samples_s"]
         phases = cs.pop("phase_samples")
@@ -450,28 +524,49 @@ class Comparison:
         cs["method"] = ("exec of the launch command to the first successful readiness probe (else the function's "
                         "`ready` milestone), timed by uniobs run on the host's monotonic clock; phases from the "
                         "cold-start trace")  # fmt: skip
-        memory = side["memory"]
-        memory["idle"] = _median_sample(memory.pop("idle_samples")) if memory["idle_samples"] else {}
-        memory["load"] = _median_sample(memory.pop("load_samples")) if memory["load_samples"] else {}
-        memory.pop("idle_samples", None)
-        memory.pop("load_samples", None)
-        memory["timeline_metric"] = "cgroup memory" if side["shrinkwrap"] == "container" else "VMM RSS"
-        memory["method"] = (
-            "median of samples every 0.2 s once ready: for a unikernel the VMM process's RSS and PSS "
-            "(/proc/<pid>/smaps_rollup; guest memory it touched included); for a container its cgroup's memory "
-            "(memory.usage_in_bytes or memory.current, page cache included), the function process's RSS/PSS, and "
-            "the runtime's own resident process (runc run in the foreground). They measure different things."
-        )
-        cpu = side["cpu"]
-        for key in ("idle", "load"):
-            values = [v for v in cpu.pop(f"{key}_samples") if v is not None]
-            cpu[f"{key}_percent"] = round(statistics.median(values), 2) if values else None
-        cpu["method"] = ("CPU time over the window divided by its length, in % of one core: the VMM process tree, or "
-                         "the container's cgroup (cpuacct/cpu.stat)")  # fmt: skip
+        # Per window, then the median over the launches, as the figures of one launch are.
+        memory: dict[str, list[MemoryFigures]] = {"idle": [], "load": []}
+        cpu: dict[str, list[float]] = {"idle": [], "load": []}
+        windows: list[Window] = []
+        for launch in launches:
+            for w in launch.windows:
+                mem, percent = figures(coverage, launch, w)
+                memory[w.phase].append(mem)
+                if percent is not None:
+                    cpu[w.phase].append(percent)
+                windows.append({"run": launch.run, "phase": w.phase, "instance": launch.instance,
+                                "start_unix_nano": w.start_ns, "end_unix_nano": w.end_ns})  # fmt: skip
+        first = next((launch for launch in launches if launch.run == 1), None)
+        container = side["shrinkwrap"] == "container"
+        side["memory"] = {
+            "idle": _median_sample(memory["idle"]) if memory["idle"] else {},
+            "load": _median_sample(memory["load"]) if memory["load"] else {},
+            "timeline": timeline(coverage, first) if first is not None else [],
+            "timeline_metric": "cgroup memory" if container else "VMM RSS",
+            "method": (
+                "median of samples every 0.2 s once ready, as uniobs exported them (each sample is taken by the "
+                f"pipeline's collectors and handed to the exporters at once; see `windows`): for a unikernel the VMM "
+                f"process's RSS and PSS ({RSS}, {PSS}: /proc/<pid>/smaps_rollup; guest memory it touched included); "
+                f"for a container its cgroup's memory ({CGROUP_MEMORY}: memory.usage_in_bytes or memory.current, page "
+                "cache included) and the function process's RSS/PSS; and, measured by compare itself since no "
+                "collector reads it, the runtime's own resident process (runc run in the foreground). They measure "
+                "different things."
+            ),
+        }
+        side["cpu"] = {
+            "idle_percent": round(statistics.median(cpu["idle"]), 2) if cpu["idle"] else None,
+            "load_percent": round(statistics.median(cpu["load"]), 2) if cpu["load"] else None,
+            "method": (
+                "CPU time between the first and the last exported sample of the window divided by the time between "
+                f"them, in % of one core: the VMM process ({PROCESS_CPU}, user + system), or the container's cgroup "
+                f"({CGROUP_CPU}: cpuacct/cpu.stat)"
+            ),
+        }
         side["observability"]["method"] = (
             "what uniobs exported for the first instance: metric names, log records, cold-start phases, spans and "
             "metrics the guest reported through the line protocol"
         )
+        side["windows"] = windows
 
 
 def progress_printer(stream: Any = sys.stderr) -> Callable[[str], None]:

@@ -22,9 +22,7 @@ keep it readable by any tool; the helpers here build and check them.
       "coldstart": {"samples_s": [...], "median_s": x, "p95_s": x, "min_s": x, "max_s": x,
                     "failures": N, "phases": {"guest_boot": {"median_s": x, "samples_s": [...]}, ...},
                     "method": "..."},
-      "memory": {"idle": {"rss_bytes": N|null, "pss_bytes": N|null, "cgroup_bytes": N|null,
-                          "runtime_rss_bytes": N|null},
-                 "load": {... same keys ...},
+      "memory": {"idle": MEMORY, "load": MEMORY,    # {} when not measured
                  "timeline": [[seconds since launch, bytes], ...], "timeline_metric": "...",
                  "method": "..."},
       "cpu": {"idle_percent": x|null, "load_percent": x|null, "method": "..."},
@@ -33,10 +31,18 @@ keep it readable by any tool; the helpers here build and check them.
                          "listening_sockets": N|null, "syscalls": N|null, "seccomp_profile_syscalls": N|null,
                          "host_devices": [...], "method": "..."},
       "observability": {"metrics": [names...], "logs": N, "trace_phases": [...],
-                        "guest_spans": N, "guest_metrics": N, "method": "..."}
+                        "guest_spans": N, "guest_metrics": N, "method": "..."},
+      "windows": [WINDOW, ...]        # since uniobs 0.2; absent from older files
     }
 
-Every figure block carries "method": how it was measured, in words a reader can check.
+    MEMORY = {"rss_bytes": N|null, "pss_bytes": N|null, "cgroup_bytes": N|null, "runtime_rss_bytes": N|null}
+    WINDOW = {"run": 1, "phase": "idle" | "load", "instance": "<faas.instance>",
+              "start_unix_nano": N, "end_unix_nano": N}
+
+Every figure block carries "method": how it was measured, in words a reader can check. The memory
+and CPU figures are computed from the telemetry uniobs exported: each `windows` entry names the
+instance (its `faas.instance` resource attribute) and the span of time (the data points'
+`timeUnixNano`) one measurement window covered, so they can be checked against any backend.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 SCHEMA = "uniobs.compare/1"
 
@@ -71,6 +77,25 @@ ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("attack_surface.host_devices", "host devices exposed", "list", "lower"),
     ("observability.coverage", "observability: signals obtained", "count", "higher"),
 )
+
+
+class MemoryFigures(TypedDict):
+    """MEMORY: one window's (or the median launch's) memory figures, in bytes."""
+
+    rss_bytes: int | None
+    pss_bytes: int | None
+    cgroup_bytes: int | None
+    runtime_rss_bytes: int | None
+
+
+class Window(TypedDict):
+    """WINDOW: which exported telemetry one measurement window's figures were computed from."""
+
+    run: int
+    phase: str
+    instance: str
+    start_unix_nano: int
+    end_unix_nano: int
 
 
 class ResultsError(ValueError):

@@ -82,6 +82,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from uniobs.host import cgroupfs
+from uniobs.host.procfs import ProcError, ProcFS
 from uniobs.lifecycle import discover as discovery
 from uniobs.model import LABEL_RESOURCE_ATTRIBUTES, Kind, Workload
 
@@ -634,6 +635,7 @@ class ContainerDiscovery:
         self.run_dir = run_dir.rstrip("/") or "/"
         self.var_lib = var_lib.rstrip("/") or "/"
         self.proc_dir = proc_dir  # None: trust state files' pids without checking them
+        self._proc = ProcFS(proc_dir) if proc_dir is not None else None
         self.limits = limits or Limits()
         self.limits.validate()
         self.scan = scan
@@ -848,14 +850,13 @@ class ContainerDiscovery:
 
     def _live_pid(self, pid: int | None, start: int | None) -> int | None:
         """The pid if it still is the container's process (same start time when known)."""
-        if pid is None or self.proc_dir is None:
+        if pid is None or self._proc is None:
             return pid
         try:
-            with open(f"{self.proc_dir}/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+            st = self._proc.stat(pid, zombie_ok=True)  # a zombie init still holds its pid: the container's
+        except (ProcError, OSError):
             return None
-        if start is not None and (len(fields) < 20 or int(fields[19]) != start):
+        if start is not None and st.starttime != start:
             return None  # the pid was reused
         return pid
 

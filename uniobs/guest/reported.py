@@ -54,6 +54,7 @@ from uniobs.guest.lineproto import (
     SpanRecord,
     parse,
 )
+from uniobs.metrics import REASON_ATTR, RECORD_TYPE_ATTR
 from uniobs.model import (
     DURATION_BUCKETS,
     Attributes,
@@ -89,27 +90,7 @@ DEFAULT_SPAN_NAME = "guest.span"  # a span whose start and end both lack name=
 VALUE_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
 
 RECORD_TYPES = ("mark", "metric", "span", "log")
-RECORD_TYPE_ATTR = "uniobs.guest.record_type"
-REASON_ATTR = "uniobs.reason"
 
-# Declared by the collector that owns the console stream (not by GuestTelemetry).
-GUEST_STATS_METRICS = (
-    MetricSpec(
-        "uniobs.guest.records",
-        Instrument.COUNTER,
-        "{record}",
-        "Line-protocol records the guest printed that were accepted, by record type (mark, metric, span, log).",
-        (RECORD_TYPE_ATTR,),
-    ),
-    MetricSpec(
-        "uniobs.guest.rejected",
-        Instrument.COUNTER,
-        "{record}",
-        "Line-protocol records refused, or accepted with a field dropped or rewritten, by reason "
-        "(malformed, oversized, unknown_type, bad_value, bad_name, forged, cardinality, unknown_version).",
-        (REASON_ATTR,),
-    ),
-)
 
 Declare = Callable[[Sequence[MetricSpec]], None]
 

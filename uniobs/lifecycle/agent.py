@@ -1,12 +1,13 @@
 """`uniobs agent`: the long-running host collector.
 
-One loop on the main thread: every `discovery_interval` it finds the host's workloads (QEMU and
-hvt tenders from /proc, containers from the runtimes' state and the cgroup tree, optionally plain
-cgroups), starts the streams of new ones (consoles it can reach) and ends the series of those
-that went away; collectors run on their own intervals; telemetry is handed to the export workers
+One loop on the main thread: every `discovery_interval` it finds the host's workloads (VMMs the
+installed runtimes recognise in /proc: QEMU, hvt tenders...; containers from the runtimes' state
+and the cgroup tree, optionally plain cgroups), starts the streams of new ones (consoles it can
+reach) and ends the series of those that went away; collectors run on their own intervals, each
+collect() bounded by its timeout (`uniobs.scheduler`); telemetry is handed to the export workers
 (bounded queues, retry with back-off) without ever waiting on a backend. A health endpoint on
-loopback says whether exports are succeeding. SIGTERM flushes within `shutdown_timeout`;
-SIGHUP re-reads the configuration and rebuilds the pipeline (a bad new file keeps the old one).
+loopback says whether exports are succeeding. SIGTERM flushes within `shutdown_timeout`; SIGHUP
+re-reads the configuration and rebuilds the pipeline (a bad new file keeps the old one).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from uniobs.config import ConfigError, Settings, build, load
-from uniobs.model import Kind, LogEvent, Workload
+from uniobs.model import LogEvent, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import PluginConfig
 from uniobs.registry import PluginError
+from uniobs.runtimes.select import Runtimes
+from uniobs.scheduler import Scheduler
 
 log = logging.getLogger("uniobs.agent")
 
@@ -38,7 +41,7 @@ STREAM_RETRIES = 10  # discovery rounds to wait for a new VMM's console socket t
 class AgentConfig(PluginConfig):
     discovery_interval: float = 5.0  # seconds between looks for new and vanished workloads
     health: str = "127.0.0.1:13133"  # the health endpoint; "" turns it off
-    vmms: bool = True  # QEMU processes (with a QMP socket) and hvt tenders
+    vmms: bool = True  # VMMs an installed runtime recognises in /proc: QEMU, hvt tenders...
     containers: bool = True  # runc, crun, containerd, Docker, Podman, Kubernetes
     cgroups: bool = False  # every other cgroup too (systemd services...)
     max_workloads: int = 5000
@@ -102,12 +105,13 @@ class Agent:
         self.settings, self.config = load_agent(config_path)
         self.pipeline = self._pipeline(self.settings)
         self.workloads: dict[tuple[str, str, str], Workload] = {}
-        self._next_scrape: dict[str, float] = {}
+        self.scheduler = Scheduler(self.pipeline)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._started = time.monotonic()
         self._failing_since: dict[str, float] = {}
         self._containers: Any = None
+        self._runtimes = Runtimes(self.pipeline.registry.runtimes)  # which processes are VMMs
         self.health = Health(self.config.health, self.status) if self.config.health else None
         self._stream_retries: dict[tuple[str, str, str], int] = {}  # consoles not reachable yet
 
@@ -128,21 +132,7 @@ class Agent:
             except OSError:
                 layout = None
         if self.config.vmms:
-            from uniobs.runtimes.procscan import scan_vmms
-
-            for info in scan_vmms():
-                found.append(
-                    Workload(
-                        kind=Kind.UNIKERNEL,
-                        runtime=info.runtime,
-                        id=f"{info.name}-{info.pid}",
-                        name=info.name,
-                        pid=info.pid,
-                        qmp=info.qmp,
-                        console=info.console,
-                        executable=info.executable,
-                    )
-                )
+            found += [info.workload() for info in self._runtimes.discover()]
         if self.config.containers:
             from uniobs.containers.discovery import ContainerDiscovery
 
@@ -203,41 +193,25 @@ class Agent:
 
     # -- the loop
 
-    def _due_collectors(self) -> list[Any]:
-        now = time.monotonic()
-        due = []
-        for collector in self.pipeline.collectors:
-            interval = getattr(collector.config, "interval", self.settings.core.interval)
-            if self._next_scrape.get(collector.name, 0.0) <= now:
-                due.append(collector)
-                self._next_scrape[collector.name] = now + interval
-        return due
-
     def run(self) -> int:
         main_thread = threading.current_thread() is threading.main_thread()
         if main_thread:
             signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
             signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        next_discovery = next_export = 0.0
+        next_discovery = 0.0
         log.info("agent started: exporting to %s", ", ".join(self.pipeline.describe_exporters()))
         while not self._stop.is_set():
-            now = time.monotonic()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            now = time.monotonic()
             if now >= next_discovery:
                 self.reconcile()
                 next_discovery = now + self.config.discovery_interval
-            due = self._due_collectors()
-            if due:
-                self.pipeline.scrape(list(self.workloads.values()), due)
-            self.pipeline.settle()  # vanished workloads whose consoles have read their backlog
-            if now >= next_export:
-                self.pipeline.telemetry.flush(timeout=0.0)  # hand over; never wait on a backend here
-                next_export = now + self.settings.core.export_interval
-            wake = min([next_discovery, next_export, *self._next_scrape.values()]) - time.monotonic()
-            self._stop.wait(max(0.05, min(wake, 1.0)))
+            # collectors on their intervals, hand-over to the exporters, vanished workloads settled
+            self.scheduler.tick(list(self.workloads.values()))
+            self._stop.wait(max(0.0, min(next_discovery - time.monotonic(), self.scheduler.wait_s())))
         return self.shutdown()
 
     def shutdown(self) -> int:
@@ -285,7 +259,7 @@ class Agent:
             log.warning("health: a new address takes a restart; still serving %s", self.config.health)
             config = dataclasses.replace(config, health=self.config.health)
         self.config = config
-        self._next_scrape.clear()
+        self.scheduler = Scheduler(pipeline)  # every collector due now, at its new interval
         for workload in self.workloads.values():
             try:
                 pipeline.start_streams(workload)

@@ -8,9 +8,11 @@ import signal
 import threading
 import time
 
-from uniobs.lifecycle.run import LIFECYCLE_METRICS
+from uniobs.host.procfs import ProcError, ProcFS
+from uniobs.metrics import LIFECYCLE_METRICS
 from uniobs.model import LogEvent, Workload
 from uniobs.pipeline import Pipeline
+from uniobs.scheduler import WATCH_INTERVAL_S, Scheduler
 
 log = logging.getLogger("uniobs.run")
 
@@ -18,10 +20,10 @@ log = logging.getLogger("uniobs.run")
 class Attacher:
     """`uniobs attach`: observe a running VMM without restarting it, until it exits or we are stopped."""
 
-    def __init__(self, pipeline: Pipeline, workload: Workload, *, interval: float = 1.0) -> None:
+    def __init__(self, pipeline: Pipeline, workload: Workload, *, interval: float | None = None) -> None:
         self.pipeline = pipeline
         self.workload = workload
-        self.interval = interval
+        self.interval = interval  # for collectors that set none; None: [uniobs] interval, else 1 s
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -34,17 +36,13 @@ class Attacher:
         pipeline.telemetry.log(workload, LogEvent(time.monotonic_ns(), "attached", event_name="uniobs.attached"))
         pipeline.start_streams(workload)
         old = {s: signal.signal(s, lambda *_: self._stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        export_every = pipeline.settings.core.export_interval
-        next_export = time.monotonic() + export_every
+        scheduler = Scheduler(pipeline, interval=self.interval, default_interval=WATCH_INTERVAL_S)
         try:
             while not self._stop.is_set():
-                pipeline.scrape([workload])
-                if not _alive(workload.pid):
+                scheduler.tick([workload])  # every collector at once, then each on its interval
+                if not _alive(workload.pid):  # checked at every wake-up, at least each second
                     break
-                if time.monotonic() >= next_export:
-                    pipeline.telemetry.flush(timeout=0.1)
-                    next_export = time.monotonic() + export_every
-                self._stop.wait(self.interval)
+                self._stop.wait(scheduler.wait_s())
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
@@ -73,7 +71,6 @@ def _alive(pid: int | None) -> bool:
         return True
     # a zombie (our own exited child) counts as gone
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
+        return ProcFS().is_alive(pid)
+    except (ProcError, OSError):
         return False

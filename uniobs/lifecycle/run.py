@@ -13,56 +13,29 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from uniobs.coldstart.probes import ProbeRunner, parse_probe
-from uniobs.coldstart.trace import COLDSTART_METRICS, ColdStart
+from uniobs.coldstart.trace import ColdStart
 from uniobs.guest.capture import ConsoleStream
-from uniobs.ioloop import IoLoop
 from uniobs.lifecycle.rundir import RunDir, cgroup_exists, remove_cgroups
-from uniobs.model import Attributes, Instrument, Kind, LogEvent, MetricSpec, Sample, Severity, Workload
+from uniobs.metrics import COLDSTART_METRICS, LIFECYCLE_METRICS
+from uniobs.model import Attributes, LogEvent, Sample, Severity, Workload
 from uniobs.pipeline import Pipeline
-from uniobs.plugin import ConsoleLine, GuestEvent, Milestone
-from uniobs.runtimes.accel import accel_of
-from uniobs.runtimes.launch import LaunchPlan
-from uniobs.runtimes.qmp import (
-    EVENTS_WATCHED,
-    MessageFramer,
-    QmpError,
-    QmpEvent,
-    decode_message,
-    event_log,
-    parse_event,
-)
+from uniobs.plugin import ConsoleLine, ExitInfo, GuestEvent, Launch, LaunchPlan, Milestone, signal_name
+from uniobs.runtimes.select import Runtimes
+from uniobs.scheduler import WATCH_INTERVAL_S, Scheduler
 
 log = logging.getLogger("uniobs.run")
 
 TRACEPARENT_LABEL = "uniobs.traceparent"  # read by the console capture (collectors/console.py)
-CONTAINER_RUNTIMES = frozenset({"runc", "crun", "podman", "docker"})
-CONTAINER_START_TIMEOUT_S = 60.0  # how long the runtime may take to create the container
-SHUTDOWN_GRACE_S = 10.0  # after QMP SHUTDOWN, how long QEMU may take to exit before we end it
+SHUTDOWN_GRACE_S = 10.0  # after its runtime announced its end (QMP SHUTDOWN), how long a VMM may take to exit
+FIRST_SCRAPE_S = 0.05  # the first scrape, this long after the spawn
 
-LIFECYCLE_METRICS = (
-    MetricSpec(
-        "uniobs.workload.exits",
-        Instrument.COUNTER,
-        "{exit}",
-        "Workload exits by reason: guest-exit (the guest chose its status), guest-shutdown, "
-        "guest-reset, guest-panic, host-signal, signal (the VMM was killed), exit (a process ended).",
-        ("uniobs.exit.reason",),
-    ),
-)
-
-
-BUNDLE_COPY = "bundle"  # runc/crun: the bundle copy with TRACEPARENT, in the run directory
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -70,100 +43,8 @@ class RunInterrupted(Exception):
     """SIGINT, SIGTERM or SIGHUP arrived before the command was started: nothing ran."""
 
     def __init__(self, signum: int, when: str = "before the command started") -> None:
-        super().__init__(f"interrupted by {_signal_name(signum)} {when}".strip())
+        super().__init__(f"interrupted by {signal_name(signum)} {when}".strip())
         self.signum = signum
-
-
-@dataclass
-class ExitInfo:
-    status: int  # what `uniobs run` exits with: the VMM's status, or 128+signal
-    reason: str
-    returncode: int
-    guest_exit_code: int | None = None
-    signal_name: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-
-class QmpEventWatcher:
-    """Reads asynchronous QMP events on the shared I/O loop (its own QMP socket: no queries here).
-
-    It connects as soon as QEMU listens, which also times "QMP ready" for the cold-start trace.
-    The only command it sends is the capabilities handshake.
-    """
-
-    def __init__(self, path: str, loop: IoLoop, on_event: Callable[[QmpEvent], None]) -> None:
-        self.path = path
-        self.ready_ns: int | None = None
-        self.events: list[QmpEvent] = []
-        self._loop = loop
-        self._on_event = on_event
-        self._sock: socket.socket | None = None
-        self._framer = MessageFramer()
-        self._done = threading.Event()
-        self._greeted = False
-        loop.every(0.002, self._try_connect)
-
-    def _try_connect(self, now_ns: int) -> bool:
-        if self._sock is not None or self._done.is_set():
-            return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            return True  # not listening yet: try again
-        self._sock = sock
-        self._loop.add_reader(sock.fileno(), self._readable)
-        return False
-
-    def _readable(self, fd: int, arrival_ns: int) -> bool:
-        sock = self._sock
-        if sock is None:
-            return False
-        try:
-            chunk = sock.recv(65536)
-        except BlockingIOError:
-            return True
-        except OSError:
-            chunk = b""
-        messages = None
-        if chunk:
-            try:
-                messages = [decode_message(m) for m in self._framer.feed(chunk)]
-            except QmpError as exc:
-                log.warning("qmp events %s: %s; no more events from it", self.path, exc)
-        if messages is None:
-            self.close()
-            return False
-        for message in messages:
-            if "QMP" in message and not self._greeted:
-                self._greeted = True
-                self.ready_ns = arrival_ns
-                sock.sendall(b'{"execute": "qmp_capabilities"}\n')
-            elif "event" in message:
-                try:
-                    event = parse_event(message, arrival_ns)
-                except QmpError:
-                    continue
-                self.events.append(event)
-                self._on_event(event)
-        return True
-
-    def close(self) -> None:
-        self._done.set()
-        if self._sock is not None:
-            sock, self._sock = self._sock, None
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-
-    def shutdown_reason(self) -> str | None:
-        for event in reversed(self.events):
-            if event.name == "SHUTDOWN":
-                return str(event.data.get("reason", "unknown"))
-        return None
-
-    def panicked(self) -> bool:
-        return any(event.name == "GUEST_PANICKED" for event in self.events)
 
 
 class Runner:
@@ -175,7 +56,7 @@ class Runner:
         plan: LaunchPlan,
         name: str,
         *,
-        interval: float = 1.0,
+        interval: float | None = None,
         mirror_console: bool = True,
         rundir: RunDir | str | None = None,
         cgroup: str | None = None,
@@ -187,7 +68,7 @@ class Runner:
         self.pipeline = pipeline
         self.plan = plan
         self.name = name
-        self.interval = interval
+        self.interval = interval  # for collectors that set none; None: [uniobs] interval, else 1 s
         self.mirror_console = mirror_console
         # The run directory the plan's files are in: a RunDir (its owner record gets the launched
         # process and cgroup; the caller removes it), a plain directory, or None: a RunDir of our own.
@@ -197,17 +78,15 @@ class Runner:
         self.workload: Workload | None = None
         self.exec_ns = 0
         self.exit_ns = 0
-        self.events: QmpEventWatcher | None = None
+        # what uniobs knows about the command's runtime, and this launch's own state under it
+        self.runtime = Runtimes(pipeline.registry.runtimes).of(plan)
+        self.launch: Launch | None = None
         pipeline.telemetry.declare(LIFECYCLE_METRICS, scope="uniobs.lifecycle")
         pipeline.telemetry.declare(COLDSTART_METRICS, scope="uniobs.coldstart")
         self._exits: dict[str, int] = {}
         self._first_byte_logged = False
         self._stuck = False
-        self._oom: Any = None  # an OomWatch on the container's memory cgroup
-        shrinkwrap = "container" if plan.runtime in CONTAINER_RUNTIMES else "unikernel"
-        if plan.runtime == "process":
-            shrinkwrap = "process"
-        self.coldstart = ColdStart(shrinkwrap, plan.runtime)
+        self.coldstart = ColdStart(self.runtime.kind.value, plan.runtime, phases_spec=self.runtime.coldstart_phases)
         self.probe = parse_probe(ready) if ready else None
         self.request = request
         if request is not None:
@@ -231,9 +110,10 @@ class Runner:
             self.workload, LogEvent(time_ns, body, severity, attributes, event_name=f"uniobs.{name}")
         )
 
-    def _on_qmp_event(self, event: QmpEvent) -> None:
+    def _on_runtime_event(self, event: LogEvent) -> None:
+        """What the runtime's own channel reported (QMP events), on the workload once it is known."""
         if self.workload is not None:
-            self.pipeline.telemetry.log(self.workload, event_log(event))
+            self.pipeline.telemetry.log(self.workload, event)
 
     def run(self) -> ExitInfo:
         """Launch the command, observe it to its end, and exit-report it.
@@ -254,9 +134,8 @@ class Runner:
             owner = cleanup.enter_context(RunDir.create())
         rundir = os.fspath(owner if owner is not None else self.rundir or ".")
         # What the command creates in the run directory: QEMU's QMP sockets, the engine's cidfile.
-        for path in (plan.qmp, plan.qmp_events, plan.cidfile):
-            if path:
-                cleanup.callback(_unlink, path)
+        for path in plan.cleanup:
+            cleanup.callback(_remove, path)
         cleanup.callback(self._close_fds)
         for fifo in plan.fifos:
             cleanup.callback(_unlink, fifo)
@@ -267,14 +146,12 @@ class Runner:
             self._fds["fifo_reader"] = os.open(plan.fifos[0], os.O_RDONLY | os.O_NONBLOCK)
             self._fds["fifo_keepalive"] = os.open(plan.fifos[0], os.O_WRONLY | os.O_NONBLOCK)
         loop = self.pipeline.loop.start()
-        if plan.qmp_events:
-            self.events = QmpEventWatcher(plan.qmp_events, loop, self._on_qmp_event)
-            cleanup.callback(self.events.close)
+        launch = self.launch = self.runtime.start(plan)
+        launch.prepare(loop, self._on_runtime_event)  # its own channels, read from the exec on
+        cleanup.callback(launch.close)
 
-        if plan.runtime in ("runc", "crun"):
-            cleanup.callback(shutil.rmtree, os.path.join(rundir, BUNDLE_COPY), ignore_errors=True)
-        argv = self._with_traceparent(plan, rundir)
-        if self.cgroup is None and plan.runtime in ("runc", "crun") and os.geteuid() == 0:
+        argv = self._with_traceparent(plan, rundir, cleanup)
+        if self.cgroup is None and self.runtime.own_cgroup and os.geteuid() == 0:
             # runc/crun place a relative cgroupsPath under their own cgroup, in each hierarchy:
             # starting them in a cgroup of ours makes that one path in every controller.
             self.cgroup = f"/uniobs/{os.path.basename(rundir)}"
@@ -293,14 +170,13 @@ class Runner:
             argv = [sys.executable, "-m", "uniobs.host.cgexec", *procs, "--", *argv]
         if self._pending_signals:
             raise RunInterrupted(self._pending_signals[0])
-        self.exec_ns = time.monotonic_ns()
+        self.exec_ns = launch.exec_ns = time.monotonic_ns()
         # The VMM gets our terminal for an interactive console (QEMU's -nographic monitor), and
         # /dev/null otherwise: with no stdin of our own, fd 0 would be whatever we opened first.
         stdin = None if os.isatty(0) else subprocess.DEVNULL
-        is_container = plan.runtime in CONTAINER_RUNTIMES
         proc = subprocess.Popen(
             argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None,
-            stderr=subprocess.PIPE if is_container else None, env=self._env, cwd=self.cwd,
+            stderr=subprocess.PIPE if plan.capture_stderr else None, env=self._env, cwd=self.cwd,
         )  # fmt: skip
         cleanup.callback(self._end_command, proc)  # a run that ends early does not leave it running
         self.proc = proc
@@ -317,22 +193,15 @@ class Runner:
             console_key = "console"
             self._fds[console_key] = _take_fd(proc, "stdout")
         console = f"fd:{self._fds[console_key]}"
-        if is_container:
-            workload = self._identify_container(proc, console)
-        else:
-            kind = Kind.UNIKERNEL if plan.runtime in ("qemu", "solo5-hvt") else Kind.PROCESS
-            workload = Workload(
-                kind=kind, runtime=plan.runtime, id=f"{self.name}-{proc.pid}", name=self.name, pid=proc.pid,
-                qmp=plan.qmp, console=console, executable=plan.executable, cgroup=self.cgroup,
-                labels={EVENTS_WATCHED: "true"} if plan.qmp_events else {},
-            )  # fmt: skip
+        workload = launch.identify(proc, name=self.name, console=console, cgroup=self.cgroup)
         workload = dataclasses.replace(
             workload, labels={**workload.labels, TRACEPARENT_LABEL: self.coldstart.traceparent}
         )
         self.workload = workload
-        spawned: Attributes = (("process.command", plan.executable),)
-        if plan.runtime == "qemu":
-            spawned += (("uniobs.vm.accelerator", accel_of(plan.argv)),)
+        for milestone, time_ns, attributes in launch.milestones:  # a container's created, started
+            self.lifecycle(milestone, time_ns, attributes=attributes)
+            self.coldstart.mark(milestone, time_ns)
+        spawned: Attributes = (("process.command", plan.executable), *launch.spawned_attributes())
         self.lifecycle("spawned", self.exec_ns, attributes=spawned)
         console_plugin = self._console_plugin()
         if console_plugin is not None and self.mirror_console and plan.console_on_stdout:
@@ -349,14 +218,9 @@ class Runner:
         self.pipeline.start_streams(workload)
         if self.probe is not None:
             self._probe_runner = ProbeRunner(self.probe, self.coldstart.mark, request=self.request).start()
-        stderr_stream = self._capture_stderr(proc, workload) if is_container else None
-        if self._oom is not None:
-            cleanup.callback(self._oom.close)
-            oom_fd = self._oom.fileno()
-            if oom_fd is not None:
-                loop.add_reader(oom_fd, lambda _fd, _t: self._oom is not None and self._oom.check() >= 0)
-            else:
-                loop.every(0.02, lambda _t: self._oom is not None and self._oom.check() >= 0)
+        stderr_stream = self._capture_stderr(proc, workload)
+        cleanup.callback(launch.close)  # (again) before the command's end and its cgroup's removal
+        launch.observe(loop)
 
         self._observe(proc)
         self.exit_ns = time.monotonic_ns()
@@ -364,9 +228,8 @@ class Runner:
         self.pipeline.snapshot_streams(workload)
         if not self._first_byte_logged:
             self._log_first_byte()
-        if self.events is not None:
-            self.events.close()
-        info = self._exit_info(proc.returncode)
+        info = self.runtime.classify_exit(proc.returncode, launch)
+        launch.close()
         self._exits[info.reason] = self._exits.get(info.reason, 0) + 1
         self.pipeline.telemetry.record(
             workload, [Sample("uniobs.workload.exits", n, (("uniobs.exit.reason", r),)) for r, n in self._exits.items()]
@@ -438,25 +301,25 @@ class Runner:
         return next((p for p in self.pipeline.streaming if p.name == "console"), None)
 
     def _observe(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until the command exits: collectors on their intervals (each at the first tick, right
+        after the spawn, so short-lived guests get VMM stats too), telemetry handed over every
+        export_interval, and at every wake-up (at least each second) the run's own duties."""
         assert self.workload is not None
-        export_every = self.pipeline.settings.core.export_interval
-        next_export = time.monotonic() + export_every
-        wait = 0.05  # a first scrape right after the spawn: short-lived guests get VMM stats too
+        scheduler = Scheduler(self.pipeline, interval=self.interval, default_interval=WATCH_INTERVAL_S)
+        wait = FIRST_SCRAPE_S
         while True:
             try:
                 proc.wait(timeout=wait)
                 return
             except subprocess.TimeoutExpired:
-                wait = self.interval
-            self.pipeline.scrape([self.workload])
+                pass
+            scheduler.tick([self.workload])
             if not self._first_byte_logged:
                 self._first_byte_logged = self._log_first_byte()
-            if time.monotonic() >= next_export:
-                self.pipeline.telemetry.flush(timeout=0.1)  # never block the watch on a backend
-                next_export = time.monotonic() + export_every
             self._reap_if_stuck(proc)
             if not self._coldstart_done and self._coldstart_complete():
                 self._finish_coldstart(time.monotonic_ns())
+            wait = scheduler.wait_s()
 
     def stop(self) -> None:
         """Ask the launched command to end (SIGTERM): what `uniobs compare` does after measuring."""
@@ -471,27 +334,17 @@ class Runner:
 
     # -- the cold-start trace
 
-    def _with_traceparent(self, plan: LaunchPlan, rundir: str) -> list[str]:
-        """The command with the W3C traceparent passed to the function: on the kernel command line
-        for unikernels (QEMU -append, hvt guest arguments), as TRACEPARENT for containers."""
-        tp = self.coldstart.traceparent
-        argv = list(plan.argv)
-        if plan.runtime == "qemu":
-            if plan.append_index is not None:
-                argv[plan.append_index] = f"{argv[plan.append_index]} traceparent={tp}".strip()
-            elif plan.kernel is not None:
-                argv += ["-append", f"traceparent={tp}"]
-        elif plan.runtime == "solo5-hvt":
-            argv.append(f"traceparent={tp}")
-        env = {**self.extra_env, "TRACEPARENT": tp}
-        if plan.runtime in ("podman", "docker"):
-            at = argv.index("run") + 1
-            argv[at:at] = [word for k, v in env.items() for word in ("-e", f"{k}={v}")]
-        elif plan.runtime in ("runc", "crun"):
-            argv = _bundle_with_env(argv, plan, rundir, env, self.cwd)
-        elif plan.runtime not in ("qemu", "solo5-hvt"):
-            self._env = {**os.environ, **env}
-        return argv
+    def _with_traceparent(self, plan: LaunchPlan, rundir: str, cleanup: contextlib.ExitStack) -> list[str]:
+        """The command with the W3C traceparent (and the function's environment) passed to the
+        function the runtime's way (`Runtime.inject_trace`): on the kernel command line for
+        unikernels, as TRACEPARENT for containers and processes."""
+        command = self.runtime.inject_trace(
+            plan, self.coldstart.traceparent, self.extra_env, rundir=rundir, cwd=self.cwd
+        )
+        for path in command.created:  # the bundle copy of runc/crun
+            cleanup.callback(_remove, path)
+        self._env = dict(command.env) if command.env is not None else None
+        return command.argv
 
     def _console_probe(self) -> bool:
         return self.probe is not None and self.probe.kind == "console"
@@ -527,8 +380,8 @@ class Runner:
         cs = self.coldstart
         workload = self.workload
         assert workload is not None
-        if self.events is not None and self.events.ready_ns is not None:
-            cs.mark("qmp_ready", self.events.ready_ns)
+        for mark, time_ns in (self.launch.coldstart_marks() if self.launch is not None else {}).items():
+            cs.mark(mark, time_ns)  # QEMU: qmp_ready
         plugin = self._console_plugin()
         stream = plugin.stream(workload) if plugin is not None else None
         if stream is not None and stream.first_byte_ns is not None:
@@ -548,16 +401,16 @@ class Runner:
                            body=f"cold start failed: {cs.failure}")  # fmt: skip
 
     def _reap_if_stuck(self, proc: subprocess.Popen[bytes]) -> None:
-        """QEMU announced SHUTDOWN but has not exited: do not wait for it forever."""
-        shutdown = (
-            next((e for e in reversed(self.events.events) if e.name == "SHUTDOWN"), None) if self.events else None
-        )
-        if shutdown is None:
+        """The runtime announced the workload's end (QMP SHUTDOWN) but it has not exited: do not
+        wait for it forever."""
+        ending = self.launch.ending() if self.launch is not None else None
+        if ending is None:
             return
-        waited = (time.monotonic_ns() - shutdown.arrival_monotonic_ns) / 1e9
+        since_ns, what = ending
+        waited = (time.monotonic_ns() - since_ns) / 1e9
         if waited > SHUTDOWN_GRACE_S and not self._stuck:
             self._stuck = True
-            log.warning("%s: QEMU announced SHUTDOWN %.0fs ago and is still running; terminating it", self.name, waited)
+            log.warning("%s: %s %.0fs ago and is still running; terminating it", self.name, what, waited)
             self.lifecycle("vmm_stuck", time.monotonic_ns(), Severity.ERROR, (("uniobs.waited_s", round(waited, 1)),))
             proc.terminate()
         elif waited > 2 * SHUTDOWN_GRACE_S:
@@ -570,80 +423,6 @@ class Runner:
             return False
         self.lifecycle("console_first_byte", stream.first_byte_ns)
         return True
-
-    def _identify_container(self, proc: subprocess.Popen[bytes], console: str) -> Workload:
-        """Find the container the runtime is creating: its id, init pid and cgroup, from the
-        runtime's own state files (no daemon). The output pipes hold what it prints meanwhile.
-        Logs `created` (state written: cgroup and init process exist) and `started` (the init
-        process has exec'd the function)."""
-        from uniobs.containers.discovery import ContainerDiscovery
-        from uniobs.host.cgroup_place import OomWatch
-        from uniobs.host.cgroupfs import detect_layout
-
-        plan = self.plan
-        deadline = time.monotonic() + CONTAINER_START_TIMEOUT_S
-        cid = plan.container_id
-        while cid is None and proc.poll() is None and time.monotonic() < deadline:
-            try:
-                cid = Path(plan.cidfile or "").read_text().strip() or None
-            except OSError:
-                time.sleep(0.002)
-        try:
-            layout = detect_layout()
-        except OSError:
-            layout = None
-        found = None
-        created_ns = None
-        if cid is not None:
-            finder = ContainerDiscovery(layout, scan=False, use_sockets=False)
-            while proc.poll() is None and time.monotonic() < deadline:
-                found = finder.lookup(cid)
-                if found is not None and found.pid is not None:
-                    created_ns = time.monotonic_ns()
-                    break
-                time.sleep(0.002)
-        if found is None:
-            name = self.name
-            found = Workload(kind=Kind.CONTAINER, runtime=plan.runtime, id=cid or f"{name}-{proc.pid}", name=name)
-            log.warning("%s: the container's state was not found; measuring its runtime's output only", name)
-        workload = dataclasses.replace(found, name=self.name or found.name, console=console, executable=plan.executable)
-        self.workload = workload
-        if created_ns is not None and workload.pid is not None:
-            self.lifecycle("created", created_ns, attributes=(("container.id", workload.id),))
-            self.coldstart.mark("created", created_ns)
-            started_ns = _wait_exec(workload.pid, deadline)
-            if started_ns is not None:
-                self.lifecycle("started", started_ns)
-                self.coldstart.mark("started", started_ns)
-        if layout is not None and workload.cgroup is not None:
-            try:
-                self._oom = OomWatch(layout, workload.cgroup, workload.cgroups)
-            except OSError as exc:
-                log.info("%s: OOM kills cannot be watched: %s", self.name, exc)
-        return workload
-
-    def _container_exit(self, returncode: int, attrs: dict[str, Any]) -> ExitInfo:
-        """runc/crun/podman/docker run exit with the container's status (128+N when a signal ended it)."""
-        kills = self._oom.check() if self._oom is not None else 0
-        if self._oom is not None:
-            # an OOM notification followed by a SIGKILL exit is an OOM kill, even when the cgroup
-            # was removed before the kernel's counter moved
-            if not kills and self._oom.ooms and returncode == 128 + signal.SIGKILL:
-                kills = self._oom.ooms
-            self._oom.close()
-        if returncode < 0:  # the runtime's CLI itself was killed
-            name = _signal_name(-returncode)
-            attrs.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
-            return ExitInfo(128 - returncode, "signal", returncode, signal_name=name, attributes=attrs)
-        if kills:
-            attrs.update({"uniobs.exit.reason": "oom-killed", "uniobs.container.oom_kills": kills})
-            return ExitInfo(returncode, "oom-killed", returncode, attributes=attrs)
-        if returncode > 128:
-            name = _signal_name(returncode - 128)
-            attrs.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
-            return ExitInfo(returncode, "signal", returncode, signal_name=name, attributes=attrs)
-        attrs["uniobs.exit.reason"] = "exit"
-        return ExitInfo(returncode, "exit", returncode, attributes=attrs)
 
     def _capture_stderr(self, proc: subprocess.Popen[bytes], workload: Workload) -> ConsoleStream | None:
         """The function's stderr, as log records with log.iostream=stderr (and copied to ours)."""
@@ -660,69 +439,6 @@ class Runner:
         mirror = sys.stderr.buffer if self.mirror_console else None
         return ConsoleStream(f"fd:{_take_fd(proc, 'stderr')}", on_lines, mirror=mirror).start(self.pipeline.loop)
 
-    def _exit_info(self, returncode: int) -> ExitInfo:
-        attrs: dict[str, Any] = {"process.exit.code": returncode}
-        if self.plan.runtime in CONTAINER_RUNTIMES:
-            return self._container_exit(returncode, attrs)
-        if self.events is not None and self.events.ready_ns is not None:
-            attrs["uniobs.qmp.ready_s"] = round((self.events.ready_ns - self.exec_ns) / 1e9, 6)
-        if returncode < 0:
-            name = signal.Signals(-returncode).name
-            attrs.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
-            return ExitInfo(128 - returncode, "signal", returncode, signal_name=name, attributes=attrs)
-        reason = "exit"
-        guest_code = None
-        if self.plan.runtime == "qemu":
-            shutdown = self.events.shutdown_reason() if self.events is not None else None
-            if self.events is not None and self.events.panicked():
-                reason = "guest-panic"
-            elif shutdown is not None:
-                reason = {"host-signal": "host-signal", "guest-reset": "guest-reset", "guest-panic": "guest-panic"}.get(
-                    shutdown, "guest-shutdown"
-                )
-                attrs["qemu.shutdown.reason"] = shutdown
-            elif returncode % 2 == 1 and "isa-debug-exit" in " ".join(self.plan.argv):
-                # isa-debug-exit: the guest wrote N and QEMU exited with (N << 1) | 1
-                reason, guest_code = "guest-exit", returncode >> 1
-        elif self.plan.runtime == "solo5-hvt":
-            reason, guest_code = "guest-exit", returncode  # the tender exits with solo5_exit(N)'s N
-        attrs["uniobs.exit.reason"] = reason
-        if guest_code is not None:
-            attrs["uniobs.guest.exit_code"] = guest_code
-        return ExitInfo(returncode, reason, returncode, guest_exit_code=guest_code, attributes=attrs)
-
-
-def _bundle_with_env(
-    argv: list[str], plan: LaunchPlan, rundir: str, env: dict[str, str], cwd: str | None = None
-) -> list[str]:
-    """runc/crun read the environment from the bundle's config.json: run a copy of the bundle's
-    config (root file system still the original's) with the variables added."""
-    import json
-
-    bundle = os.path.join(cwd or os.getcwd(), plan.kernel or ".")
-    try:
-        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-        root = config["root"]["path"]
-        config["root"]["path"] = root if os.path.isabs(root) else os.path.abspath(os.path.join(bundle, root))
-        process_env = [e for e in config["process"].get("env", []) if e.split("=", 1)[0] not in env]
-        config["process"]["env"] = process_env + [f"{k}={v}" for k, v in env.items()]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("cannot pass the trace context into %s's bundle: %s", plan.executable, exc)
-        return argv
-    copy = os.path.join(rundir, BUNDLE_COPY)
-    os.makedirs(copy, exist_ok=True)
-    with open(os.path.join(copy, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f)
-    out = list(argv)
-    for i, arg in enumerate(out[:-1]):
-        if arg in ("-b", "--bundle"):
-            out[i + 1] = copy
-            return out
-    run = out.index("run")
-    out[run + 1 : run + 1] = ["--bundle", copy]
-    return out
-
 
 def _take_fd(proc: subprocess.Popen[bytes], stream: str) -> int:
     """A duplicate of the child's stdout/stderr pipe for the capture, Popen's own copy closed."""
@@ -733,28 +449,14 @@ def _take_fd(proc: subprocess.Popen[bytes], stream: str) -> int:
     return fd
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"SIG{number}"
-
-
-def _wait_exec(pid: int, deadline: float) -> int | None:
-    """When the container's init process has exec'd the function (its comm is no longer the
-    runtime's init: runc shows `runc:[2:INIT]`, crun `crun`, ...). Polled every millisecond."""
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                comm = f.read().strip()
-        except OSError:
-            return None
-        if not comm.startswith((b"runc", b"crun", b"exe", b"conmon")):
-            return time.monotonic_ns()
-        time.sleep(0.001)
-    return None
-
-
 def _unlink(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def _remove(path: str) -> None:
+    """A file, or a folder with what is in it."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _unlink(path)

@@ -5,7 +5,8 @@
 - `resource`: the host's identity and uniobs' own workload (`SELF`).
 """
 
-from uniobs.telemetry.bridge import SELF_METRICS, Telemetry, UndeclaredTelemetry
+from uniobs.metrics import SELF_METRICS
+from uniobs.telemetry.bridge import Telemetry, UndeclaredTelemetry
 from uniobs.telemetry.export import DEFAULT_BUFFER_BYTES, SIGNALS, ExportBuffer, ExporterStats, ExportWorker, log_cost
 from uniobs.telemetry.resource import SELF, host_attributes
 

@@ -45,6 +45,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 from uniobs import __version__
+from uniobs.metrics import SELF_METRICS
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, SpanEvent, Workload
 from uniobs.plugin import ExporterSinks
 from uniobs.telemetry.export import (
@@ -65,53 +66,6 @@ log = logging.getLogger("uniobs.telemetry")
 
 class UndeclaredTelemetry(Exception):
     """A sample names a metric or attribute its plugin did not declare (strict mode only)."""
-
-
-# uniobs' own metrics, on uniobs' own resource.
-SELF_METRICS = (
-    MetricSpec(
-        "uniobs.exporter.items",
-        Instrument.COUNTER,
-        "{item}",
-        "Data points, log records and spans handed to an exporter, by final outcome: sent, failed (the "
-        "backend refused them, or gave no retryable answer) or dropped (the buffer made room for newer data).",
-        ("uniobs.exporter", "uniobs.signal", "uniobs.outcome"),
-    ),
-    MetricSpec(
-        "uniobs.exporter.queue.depth",
-        Instrument.GAUGE,
-        "{batch}",
-        "Batches waiting in an exporter's queue.",
-        ("uniobs.exporter",),
-    ),
-    MetricSpec(
-        "uniobs.exporter.buffer.usage",
-        Instrument.GAUGE,
-        "By",
-        "Memory held for export (log records, spans, data points waiting in any exporter's queue), "
-        "counted once however many exporters share it; bounded by [uniobs] buffer_bytes.",
-    ),
-    MetricSpec(
-        "uniobs.exporter.buffer.limit",
-        Instrument.GAUGE,
-        "By",
-        "The export buffer's budget ([uniobs] buffer_bytes): past it, the oldest data is dropped.",
-    ),
-    MetricSpec(
-        "uniobs.telemetry.rejected",
-        Instrument.COUNTER,
-        "{item}",
-        "Samples refused before export: an undeclared metric or attribute.",
-        ("uniobs.reason",),
-    ),
-    MetricSpec(
-        "uniobs.workloads",
-        Instrument.GAUGE,
-        "{workload}",
-        "Workloads with live telemetry, by kind.",
-        ("uniobs.workload.kind",),
-    ),
-)
 
 
 # --- metric state ---------------------------------------------------------------------------

@@ -1,0 +1,488 @@
+"""QEMU (`qemu-system-*`, 7.0+; tested with 7.2): planning a launch, reading a running QEMU's
+command line, the QMP event channel of a launch, and how its exit reads.
+
+What a launch adds to the user's own command:
+- two QMP sockets of our own, always added even when the command has its own `-qmp`: QEMU's
+  monitor serves one client per socket, so sharing the user's would lock out their tooling.
+  One is for the stats collector (synchronous queries), one for the event watcher.
+- lossless console capture of the first serial port from its first byte:
+  - `-serial stdio`, or `-nographic` without `-serial`: QEMU's stdout becomes our pipe and we
+    copy it to our own stdout, so the user still sees the console;
+  - any other `-serial` (`file:`, `unix:`, `tcp:`, `pty`, `null`, `chardev:ID`): it is turned
+    into the equivalent `-chardev` with `logfile=` pointing at a FIFO we read, so the user's
+    backend keeps working beside our copy;
+  - no serial port at all (`-nodefaults`): a `null` chardev with our `logfile=` is added.
+- the W3C traceparent on the kernel command line (`-append`).
+
+What a running QEMU's command line says (`parse_qemu`): the QMP socket (`-qmp unix:PATH`, or
+`-chardev socket,id=X,path=PATH,server=on` with `-mon chardev=X,mode=control`), the first serial
+port's backend (a socket, a pty, a file, a chardev `logfile=`), the guest image and name
+(`-name guest=NAME`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from uniobs.model import Attributes, LogEvent, Workload
+from uniobs.plugin import Command, ExitInfo, Launch, LaunchError, LaunchPlan, Runtime, VmmInfo
+from uniobs.runtimes.accel import accel_of
+from uniobs.runtimes.common import image_name
+from uniobs.runtimes.qmp import (
+    EVENTS_WATCHED,
+    MessageFramer,
+    QmpError,
+    QmpEvent,
+    decode_message,
+    event_log,
+    parse_event,
+)
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from uniobs.ioloop import IoLoop
+
+log = logging.getLogger("uniobs.run")
+
+QEMU_EXE = re.compile(r"^qemu-system-[a-z0-9_]+$")
+
+# QEMU options that take a value (so the value is not mistaken for an option).
+_QEMU_FLAGS_WITHOUT_VALUE = frozenset(
+    {"-nographic", "-nodefaults", "-no-reboot", "-no-shutdown", "-S", "-snapshot", "-enable-kvm", "-no-hpet",
+     "-daemonize", "-no-user-config", "-full-screen", "-s", "-version", "-h", "-help", "-noautoconsole"}
+)  # fmt: skip
+
+
+# --- planning a launch ----------------------------------------------------------------------
+
+
+@dataclass
+class QemuPlan(LaunchPlan):
+    qmp_events: str | None = None  # the event watcher's QMP socket
+    append_index: int | None = None  # position of the -append value, for the traceparent
+
+
+def _split_opts(value: str) -> list[str]:
+    """QEMU option strings: comma-separated, ",," is a literal comma."""
+    parts, current, i = [], "", 0
+    while i < len(value):
+        if value[i] == ",":
+            if value[i + 1 : i + 2] == ",":
+                current += ","
+                i += 2
+                continue
+            parts.append(current)
+            current = ""
+        else:
+            current += value[i]
+        i += 1
+    parts.append(current)
+    return parts
+
+
+def _serial_to_chardev(spec: str, chardev_id: str) -> str:
+    """A `-serial` value as an equivalent `-chardev` value (without logfile)."""
+    kind, _, rest = spec.partition(":")
+    if spec in ("pty", "null", "stdio", "vc"):
+        return f"{spec},id={chardev_id}"
+    if kind == "file":
+        return f"file,id={chardev_id},path={rest}"
+    if kind == "unix":
+        path, *opts = _split_opts(rest)
+        extra = "".join(f",{o}" if "=" in o else f",{o}=on" for o in opts if o)
+        return f"socket,id={chardev_id},path={path}{extra}"
+    if kind == "tcp":
+        hostport, *opts = _split_opts(rest)
+        host, _, port = hostport.rpartition(":")
+        extra = "".join(f",{o}" if "=" in o else f",{o}=on" for o in opts if o)
+        return f"socket,id={chardev_id},host={host or '0.0.0.0'},port={port}{extra}"
+    if kind == "mon":
+        raise LaunchError(f"-serial {spec}: a serial port shared with the monitor; use -serial stdio or a chardev")
+    raise LaunchError(
+        f"-serial {spec}: this backend cannot be captured beside its own output; use -serial stdio, file:, "
+        "unix:, tcp:, pty, null or chardev:ID"
+    )
+
+
+def plan_qemu(argv: Sequence[str], rundir: str | os.PathLike[str], tag: str) -> QemuPlan:
+    rundir = Path(rundir)
+    out = [argv[0]]
+    serials: list[tuple[int, str]] = []  # (index in out of the value, value)
+    chardevs: dict[str, int] = {}  # id -> index in out of the -chardev value
+    nographic = False
+    kernel: str | None = None
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        opt = arg if not arg.startswith("--") else arg[1:]  # QEMU accepts --opt too
+        if opt in _QEMU_FLAGS_WITHOUT_VALUE or not opt.startswith("-") or i + 1 >= len(argv):
+            out.append(arg)
+            nographic = nographic or opt == "-nographic"
+            i += 1
+            continue
+        value = argv[i + 1]
+        out += [arg, value]
+        if opt == "-serial":
+            serials.append((len(out) - 1, value))
+        elif opt == "-chardev":
+            for o in _split_opts(value)[1:]:
+                if o.startswith("id="):
+                    chardevs[o[3:]] = len(out) - 1
+        elif opt == "-kernel":
+            kernel = value
+        i += 2
+
+    notes: list[str] = []
+    fifo = str(rundir / f"{tag}-console.fifo")
+    plan = QemuPlan(out, "qemu", os.path.basename(argv[0]), console="", console_on_stdout=False, kernel=kernel)
+    first = serials[0] if serials else None
+    if (first is not None and first[1] == "stdio") or (first is None and nographic):
+        plan.console = "fd:stdout"
+        plan.console_on_stdout = True
+        notes.append("console: QEMU's stdout (the serial port on stdio) is captured and copied to ours")
+    elif first is not None and first[1].startswith("chardev:"):
+        chardev_id = first[1].partition(":")[2]
+        if chardev_id not in chardevs:
+            raise LaunchError(f"-serial {first[1]}: no -chardev with id={chardev_id}")
+        index = chardevs[chardev_id]
+        existing = [o for o in _split_opts(out[index]) if o.startswith("logfile=")]
+        if existing:
+            plan.console = f"file:{existing[0][len('logfile=') :]}"
+            notes.append(f"console: following the chardev's own logfile {plan.console[5:]}")
+        else:
+            out[index] += f",logfile={fifo},logappend=off"
+            plan.console, plan.fifos = f"fifo:{fifo}", [fifo]
+            notes.append(f"console: chardev {chardev_id} also logs to {fifo}")
+    elif first is not None:
+        index, spec = first
+        chardev_id = "uniobs-serial0"
+        out[index] = f"chardev:{chardev_id}"
+        out[index - 1 : index - 1] = [
+            "-chardev",
+            f"{_serial_to_chardev(spec, chardev_id)},logfile={fifo},logappend=off",
+        ]
+        plan.console, plan.fifos = f"fifo:{fifo}", [fifo]
+        notes.append(f"console: -serial {spec} became a chardev that also logs to {fifo}")
+    else:
+        out += ["-chardev", f"null,id=uniobs-serial0,logfile={fifo},logappend=off", "-serial", "chardev:uniobs-serial0"]
+        plan.console, plan.fifos = f"fifo:{fifo}", [fifo]
+        notes.append("console: the command had no serial port; one was added, logged to " + fifo)
+
+    plan.qmp = str(rundir / f"{tag}-qmp.sock")
+    plan.qmp_events = str(rundir / f"{tag}-events.sock")
+    plan.cleanup = [plan.qmp, plan.qmp_events]  # QEMU creates them; it leaves them behind
+    out += ["-qmp", f"unix:{plan.qmp},server=on,wait=off", "-qmp", f"unix:{plan.qmp_events},server=on,wait=off"]
+    # insertions may have moved -append: find its value again
+    plan.append_index = next((j + 1 for j in range(len(out) - 1) if out[j] in ("-append", "--append")), None)
+    plan.notes = notes
+    return plan
+
+
+# --- a running QEMU's command line ----------------------------------------------------------
+
+
+def _opts(value: str) -> dict[str, str]:
+    """QEMU "backend,key=val,..." (or only "key=val,..."): the bare first word under key ""."""
+    parts = _split_opts(value)
+    out: dict[str, str] = {}
+    for i, part in enumerate(parts):
+        key, eq, val = part.partition("=")
+        if eq:
+            out[key] = val
+        elif i == 0:
+            out[""] = key
+        else:
+            out[key] = "on"
+    out.setdefault("", "")
+    return out
+
+
+def _pairs(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """(option, value) for every QEMU option that takes one (flags carry an empty value)."""
+    out = []
+    i = 1
+    while i < len(argv):
+        opt = argv[i][1:] if argv[i].startswith("--") else argv[i]
+        if opt.startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            out.append((opt, argv[i + 1]))
+            i += 2
+        else:
+            out.append((opt, ""))
+            i += 1
+    return out
+
+
+def _chardev_source(opts: dict[str, str]) -> str | None:
+    if "logfile" in opts:
+        return f"tail:{opts['logfile']}"
+    backend = opts[""]
+    if backend == "socket" and "path" in opts and opts.get("server") in ("on", "", None):
+        return f"unix:{opts['path']}"
+    if backend == "file" and "path" in opts:
+        return f"tail:{opts['path']}"
+    return None
+
+
+def parse_qemu(pid: int, argv: Sequence[str]) -> VmmInfo:
+    pairs = _pairs(argv)
+    chardevs: dict[str, dict[str, str]] = {}
+    monitors: list[str] = []
+    qmp = None
+    serial: str | None = None
+    name = kernel = None
+    for opt, value in pairs:
+        if opt == "-chardev":
+            opts = _opts(value)
+            if "id" in opts:
+                chardevs[opts["id"]] = opts
+        elif opt == "-mon":
+            opts = _opts(value)
+            if opts.get("mode") == "control" and "chardev" in opts:
+                monitors.append(opts["chardev"])
+        elif opt == "-qmp" and qmp is None and value.startswith("unix:"):
+            qmp = _split_opts(value[5:])[0]
+        elif opt == "-serial" and serial is None:
+            serial = value
+        elif opt == "-name":  # "-name foo" or "-name guest=foo,debug-threads=on"
+            for part in _split_opts(value):
+                key, eq, val = part.partition("=")
+                if not eq or key == "guest":
+                    name = val if eq else key
+                    break
+        elif opt == "-kernel":
+            kernel = value
+    if qmp is None:
+        for chardev_id in monitors:
+            opts = chardevs.get(chardev_id, {})
+            if opts.get("") == "socket" and "path" in opts:
+                qmp = opts["path"]
+                break
+    console = None
+    note = ""
+    if serial is None:
+        note = "no -serial option (stdio or none): the console belongs to QEMU's parent"
+    elif serial.startswith("chardev:"):
+        opts = chardevs.get(serial[8:], {})
+        console = _chardev_source(opts) if opts else None
+        if console is None:
+            note = f"serial chardev {serial[8:]} ({opts.get('', '?')}) cannot be read beside its owner"
+    elif serial.startswith("unix:"):
+        path_opts = _opts(serial[5:])
+        console = f"unix:{path_opts['']}" if path_opts.get("server") in ("on", "") else None
+    elif serial.startswith("file:"):
+        console = f"tail:{serial[5:]}"
+    elif serial == "pty":
+        console = "pty:?"  # resolved from /proc by QemuRuntime.inspect (the pts number is not on the command line)
+    else:
+        note = f"-serial {serial} cannot be read beside its owner; launch with `uniobs run` for a full console"
+    exe = os.path.basename(argv[0])
+    return VmmInfo(pid, "qemu", exe, name or image_name(kernel) or f"qemu-{pid}", qmp, console, note, kernel)
+
+
+def pty_of(pid: int, proc: str = "/proc") -> str | None:
+    """The slave side of the one pseudo-terminal a process holds the master of (fdinfo tty-index)."""
+    found = []
+    try:
+        fds = os.listdir(f"{proc}/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"{proc}/{pid}/fd/{fd}") != "/dev/ptmx":
+                continue
+            with open(f"{proc}/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("tty-index:"):
+                        found.append(f"/dev/pts/{int(line.split()[1])}")
+        except (OSError, ValueError):
+            continue
+    return found[0] if len(found) == 1 else None
+
+
+# --- one launch: the QMP event channel ------------------------------------------------------
+
+
+class QmpEventWatcher:
+    """Reads asynchronous QMP events on the shared I/O loop (its own QMP socket: no queries here).
+
+    It connects as soon as QEMU listens, which also times "QMP ready" for the cold-start trace.
+    The only command it sends is the capabilities handshake.
+    """
+
+    def __init__(self, path: str, loop: IoLoop, on_event: Callable[[QmpEvent], None]) -> None:
+        self.path = path
+        self.ready_ns: int | None = None
+        self.events: list[QmpEvent] = []
+        self._loop = loop
+        self._on_event = on_event
+        self._sock: socket.socket | None = None
+        self._framer = MessageFramer()
+        self._done = threading.Event()
+        self._greeted = False
+        loop.every(0.002, self._try_connect)
+
+    def _try_connect(self, now_ns: int) -> bool:
+        if self._sock is not None or self._done.is_set():
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            return True  # not listening yet: try again
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._readable)
+        return False
+
+    def _readable(self, fd: int, arrival_ns: int) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            chunk = b""
+        messages = None
+        if chunk:
+            try:
+                messages = [decode_message(m) for m in self._framer.feed(chunk)]
+            except QmpError as exc:
+                log.warning("qmp events %s: %s; no more events from it", self.path, exc)
+        if messages is None:
+            self.close()
+            return False
+        for message in messages:
+            if "QMP" in message and not self._greeted:
+                self._greeted = True
+                self.ready_ns = arrival_ns
+                sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+            elif "event" in message:
+                try:
+                    event = parse_event(message, arrival_ns)
+                except QmpError:
+                    continue
+                self.events.append(event)
+                self._on_event(event)
+        return True
+
+    def close(self) -> None:
+        self._done.set()
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def shutdown_reason(self) -> str | None:
+        for event in reversed(self.events):
+            if event.name == "SHUTDOWN":
+                return str(event.data.get("reason", "unknown"))
+        return None
+
+    def panicked(self) -> bool:
+        return any(event.name == "GUEST_PANICKED" for event in self.events)
+
+
+class QemuLaunch(Launch):
+    """One QEMU launch: its QMP events (logged, and read for the exit) and the accelerator it asked for."""
+
+    def __init__(self, runtime: Runtime, plan: LaunchPlan) -> None:
+        super().__init__(runtime, plan)
+        self.watcher: QmpEventWatcher | None = None
+
+    def prepare(self, loop: IoLoop, on_event: Callable[[LogEvent], None]) -> None:
+        path = self.plan.qmp_events if isinstance(self.plan, QemuPlan) else None
+        if path:
+            self.watcher = QmpEventWatcher(path, loop, lambda event: on_event(event_log(event)))
+
+    def identify(self, proc: subprocess.Popen[bytes], *, name: str, console: str, cgroup: str | None) -> Workload:
+        workload = super().identify(proc, name=name, console=console, cgroup=cgroup)
+        if self.watcher is None:
+            return workload
+        return dataclasses.replace(workload, labels={EVENTS_WATCHED: "true"})  # the collector leaves them to us
+
+    def spawned_attributes(self) -> Attributes:
+        return (("uniobs.vm.accelerator", accel_of(self.plan.argv)),)
+
+    def ending(self) -> tuple[int, str] | None:
+        events = self.watcher.events if self.watcher is not None else []
+        shutdown = next((e for e in reversed(events) if e.name == "SHUTDOWN"), None)
+        return None if shutdown is None else (shutdown.arrival_monotonic_ns, "QEMU announced SHUTDOWN")
+
+    def coldstart_marks(self) -> Mapping[str, int]:
+        ready = self.watcher.ready_ns if self.watcher is not None else None
+        return {"qmp_ready": ready} if ready is not None else {}
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+
+
+# --- the runtime ----------------------------------------------------------------------------
+
+_SHUTDOWN_REASONS = {"host-signal": "host-signal", "guest-reset": "guest-reset", "guest-panic": "guest-panic"}
+
+
+class QemuRuntime(Runtime):
+    name = "qemu"
+    description = "QEMU (qemu-system-*): QMP sockets of our own, the first serial port captured losslessly"
+    program = "qemu-system-*"
+
+    def recognises(self, argv: Sequence[str]) -> bool:
+        return bool(argv) and QEMU_EXE.match(os.path.basename(argv[0])) is not None
+
+    def plan(self, argv: Sequence[str], rundir: str | os.PathLike[str], tag: str) -> LaunchPlan:
+        return plan_qemu(argv, rundir, tag)
+
+    def inject_trace(
+        self, plan: LaunchPlan, traceparent: str, env: Mapping[str, str], *, rundir: str, cwd: str | None
+    ) -> Command:
+        """On the kernel command line: appended to -append, or a new -append when there is a -kernel."""
+        argv = list(plan.argv)
+        index = plan.append_index if isinstance(plan, QemuPlan) else None
+        if index is not None:
+            argv[index] = f"{argv[index]} traceparent={traceparent}".strip()
+        elif plan.kernel is not None:
+            argv += ["-append", f"traceparent={traceparent}"]
+        return Command(argv)
+
+    def start(self, plan: LaunchPlan) -> Launch:
+        return QemuLaunch(self, plan)
+
+    def classify_exit(self, returncode: int, launch: Launch) -> ExitInfo:
+        """From QMP's SHUTDOWN reason or GUEST_PANICKED event, else the status: with isa-debug-exit,
+        the guest wrote N and QEMU exited with (N << 1) | 1."""
+        attrs: dict[str, Any] = {"process.exit.code": returncode}
+        watcher = launch.watcher if isinstance(launch, QemuLaunch) else None
+        if watcher is not None and watcher.ready_ns is not None:
+            attrs["uniobs.qmp.ready_s"] = round((watcher.ready_ns - launch.exec_ns) / 1e9, 6)
+        if returncode < 0:
+            return ExitInfo.by_signal(-returncode, returncode, attrs)
+        shutdown = watcher.shutdown_reason() if watcher is not None else None
+        if watcher is not None and watcher.panicked():
+            return ExitInfo.of(returncode, "guest-panic", attrs)
+        if shutdown is not None:
+            attrs["qemu.shutdown.reason"] = shutdown
+            return ExitInfo.of(returncode, _SHUTDOWN_REASONS.get(shutdown, "guest-shutdown"), attrs)
+        if returncode % 2 == 1 and "isa-debug-exit" in " ".join(launch.plan.argv):
+            return ExitInfo.of(returncode, "guest-exit", attrs, guest_exit_code=returncode >> 1)
+        return ExitInfo.of(returncode, "exit", attrs)
+
+    def inspect(self, pid: int, argv: Sequence[str], proc: str = "/proc") -> VmmInfo | None:
+        info = parse_qemu(pid, argv)
+        if info.console == "pty:?":
+            pts = pty_of(pid, proc)
+            note = "" if pts else "-serial pty: its pseudo-terminal could not be found in /proc"
+            info = dataclasses.replace(info, console=f"pty:{pts}" if pts else None, console_note=note)
+        return info
