@@ -461,7 +461,16 @@ class QmpClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
-            sock.connect(self.path)
+            while True:
+                try:
+                    sock.connect(self.path)
+                    break
+                except BlockingIOError:
+                    # EAGAIN: QEMU's listen backlog is full (another client is connecting, e.g.
+                    # a second monitoring agent): it clears in milliseconds, so wait for it.
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.01)
         except OSError as exc:
             sock.close()
             if isinstance(exc, TimeoutError):
