@@ -17,6 +17,11 @@ Choices worth knowing:
 - Block I/O keeps at most `max_devices` devices per cgroup, admitted in the order first seen
   and kept for the cgroup's life (so series never swap devices); the rest add up into
   `system.device="other"`.
+- Every file is optional: one that is absent, holds no value (torn, empty) or cannot be read
+  (EOPNOTSUPP from PSI on a kernel with PSI disabled, EINVAL, EACCES) leaves its metrics out
+  and the others come. Read errors are logged once per hierarchy, file and errno, and a file
+  whose errno says it never will be readable is not tried again (`cgroupfs.FileFailures`).
+  Nothing absent is ever emitted as 0: a cumulative counter going to 0 reads as a reset.
 - Each hierarchy is read at the workload's own path there (`Workload.cgroups`: a container's
   memory cgroup may sit elsewhere than its cpu one). For a container or a VMM's cgroup, a mounted
   v1 hierarchy with no directory at that path is reported as a gap (`gaps()`: logged once,
@@ -200,6 +205,8 @@ class CgroupCollector(Collector):
         self._devices: dict[str, list[str]] = {}
         # per workload: the gaps of the last collect(), until gaps() takes them
         self._gaps: dict[tuple[str, str, str], list[str]] = {}
+        # the cgroup files that failed to read, per hierarchy: said once, some never tried again
+        self._failures = cgroupfs.FileFailures()
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.cgroup is not None
@@ -217,7 +224,12 @@ class CgroupCollector(Collector):
         assert workload.cgroup is not None
         layout = self.layout()
         stats = cgroupfs.read_stats(
-            layout, workload.cgroup, io=self.config.io, pressure=self.config.pressure, paths=workload.cgroups
+            layout,
+            workload.cgroup,
+            io=self.config.io,
+            pressure=self.config.pressure,
+            paths=workload.cgroups,
+            failures=self._failures,
         )
         if stats.absent and workload.kind is not Kind.CGROUP and self._populated(layout, workload):
             self._gaps[workload.key] = self._describe_gaps(layout, workload, stats.absent)
@@ -308,32 +320,36 @@ class CgroupCollector(Collector):
                 )
         return out
 
-    def _bounded_io(self, path: str, devices: tuple[cgroupfs.DeviceIO, ...]) -> dict[str, tuple[int, int, int, int]]:
+    def _bounded_io(
+        self, path: str, devices: tuple[cgroupfs.DeviceIO, ...]
+    ) -> dict[str, tuple[int | None, int | None, int | None, int | None]]:
         """At most max_devices devices by name, the rest summed as "other".
 
         Admission is sticky: a device keeps its own series once admitted, so "other" always
         holds the same devices and stays monotonic while they exist. Devices first seen in
         the same reading are admitted busiest first (bytes read + written), so a host's
         real disks win their own series over the dozens of idle loop devices a snap-using
-        host has.
+        host has. A counter of "other" that one of its devices does not give this time is
+        absent, not a smaller sum (which would read as a reset).
         """
         admitted = self._devices.setdefault(path, [])
         if len(admitted) < self.config.max_devices:
             new = [d for d in devices if d.device not in admitted]
-            new.sort(key=lambda d: d.read_bytes + d.write_bytes, reverse=True)  # stable: ties keep MAJ:MIN order
+            # stable: ties keep MAJ:MIN order; an absent counter only weighs 0 in this ordering
+            new.sort(key=lambda d: (d.read_bytes or 0) + (d.write_bytes or 0), reverse=True)
             admitted.extend(d.device for d in new[: self.config.max_devices - len(admitted)])
-        out: dict[str, tuple[int, int, int, int]] = {}
-        other: list[int] | None = None
+        out: dict[str, tuple[int | None, int | None, int | None, int | None]] = {}
+        other: list[int | None] | None = None
         for dev in devices:
+            figures = (dev.read_bytes, dev.write_bytes, dev.read_ops, dev.write_ops)
             if dev.device in admitted:
-                out[dev.device] = (dev.read_bytes, dev.write_bytes, dev.read_ops, dev.write_ops)
-            else:
-                if other is None:
-                    other = [0, 0, 0, 0]
-                other[0] += dev.read_bytes
-                other[1] += dev.write_bytes
-                other[2] += dev.read_ops
-                other[3] += dev.write_ops
+                out[dev.device] = figures
+                continue
+            if other is None:
+                other = [0, 0, 0, 0]
+            for i, value in enumerate(figures):
+                total = other[i]
+                other[i] = None if total is None or value is None else total + value
         if other is not None:
             out[OTHER_DEVICE] = (other[0], other[1], other[2], other[3])
         return out

@@ -203,11 +203,15 @@ def _parse_traceparent(value: str) -> tuple[int, int] | None:
 
 
 class _Analyzer:
-    """What one console's lines mean: the family's boot milestones and the guest's own records.
+    """What one console's lines mean: the VMM's log, the family's boot milestones, the guest's own records.
 
-    Until a family parser recognises a line (among the first DETECT_LINES), every parser is
-    asked; then only that family's. Lines of the line protocol go to the guest telemetry, whose
-    spans join the host's trace when the workload carries a traceparent.
+    Each line goes to the parsers that own it (`uniobs.guest.parsers.detect.StreamParser`): a VMM's
+    own log lines (Firecracker's logger on the stdout it shares with the guest, QEMU's monitor) to
+    that VMM's parser, placed at the time the VMM stamped them; the rest to the guest's family,
+    which the guest's lines alone decide: until a family parser recognises one of them (among the
+    first DETECT_LINES), every guest parser is asked, then only that family's. Lines of the line
+    protocol go to the guest telemetry, whose spans join the host's trace when the workload
+    carries a traceparent.
     """
 
     def __init__(
@@ -221,7 +225,7 @@ class _Analyzer:
         self.workload = workload
         self.sink = sink
         self.on_event = on_event
-        self._families = StreamParser(parsers, limit=DETECT_LINES) if parsers else None
+        self._families = StreamParser(parsers, limit=DETECT_LINES, vmm_stamps=True) if parsers else None
         self.guest: GuestTelemetry | None = None
         if line_protocol:
             context = _parse_traceparent(workload.labels.get(TRACEPARENT_LABEL, ""))
@@ -246,7 +250,13 @@ class _Analyzer:
 
     @property
     def family(self) -> str | None:
+        """The guest's family (a VMM's log beside it does not make one)."""
         return self._families.family if self._families is not None else None
+
+    @property
+    def vmms(self) -> tuple[str, ...]:
+        """The VMM logs seen on this console, in the order of their first line."""
+        return tuple(self._families.vmms) if self._families is not None else ()
 
     def _deliver(self, events: list[GuestEvent]) -> None:
         if not events:

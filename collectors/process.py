@@ -26,10 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from uniobs.host.procfs import DEFAULT_ROOT, ProcessGone, ProcFS
+from uniobs.metrics import CPU_MODE, PROCESS_CPU_TIME
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable
-
-CPU_MODE = "cpu.mode"
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class ProcessCollector(Collector):
     config_class = ProcessConfig
     config: ProcessConfig
     metrics = (
-        MetricSpec("process.cpu.time", Instrument.COUNTER, "s", "CPU time of the process, by mode.", (CPU_MODE,)),
+        PROCESS_CPU_TIME,  # also recorded by `uniobs run` at the exit: one declaration (uniobs.metrics)
         MetricSpec("process.memory.usage", Instrument.UPDOWN_COUNTER, "By", "Resident set size (RSS)."),
         MetricSpec("process.memory.virtual", Instrument.UPDOWN_COUNTER, "By", "Virtual memory size."),
         MetricSpec(

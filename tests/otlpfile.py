@@ -46,7 +46,12 @@ class Signals:
         return [r for r in self.logs() if r["event"].startswith(prefix)]
 
     def console(self) -> list[str]:
-        return [r["body"] for r in self.logs() if not r["event"]]
+        """The console's lines (stdout), in order: records without an event name, stderr's left out."""
+        return [r["body"] for r in self.logs() if not r["event"] and r["attributes"].get("log.iostream") != "stderr"]
+
+    def stderr(self) -> list[str]:
+        """The command's stderr lines (log.iostream=stderr), in order."""
+        return [r["body"] for r in self.logs() if not r["event"] and r["attributes"].get("log.iostream") == "stderr"]
 
     def points(self, name: str) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
         """(resource attributes, point attributes, point) for a metric, last export last."""

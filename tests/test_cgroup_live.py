@@ -9,13 +9,18 @@ skips with the reason otherwise. The cgroup is created at the root of each hiera
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -186,3 +191,141 @@ def test_a_removed_cgroup_is_workload_gone(live_cgroup: LiveCgroup) -> None:
     with pytest.raises(WorkloadGone):
         cgroupfs.cgroup_pids(cg.layout, cg.path)
     assert cg.path not in cgroupfs.list_cgroups(cg.layout)
+
+
+# --- the cgroup2 hierarchy of this host: optional files the kernel itself refuses (issue 13) ----
+
+
+def _read_as_nobody(layout: cgroupfs.CgroupLayout, path: str) -> dict[str, Any]:
+    """Reads a cgroup as an unprivileged user does (uid/gid 65534, in a forked child: the
+    interpreter may sit where that user cannot reach), twice with one FileFailures; returns what
+    came and what was said."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, read, report, never return into pytest
+        status = 1
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            said: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+            logging.getLogger("uniobs.cgroupfs").addHandler(handler)
+            failures = cgroupfs.FileFailures()
+            first = cgroupfs.read_stats(layout, path, failures=failures)
+            second = cgroupfs.read_stats(layout, path, failures=failures)
+            out = {
+                "cpu": second.cpu_usage_s,
+                "cpu_pressure": second.cpu_pressure is not None,
+                "memory_pressure": second.memory_pressure is not None,
+                "same": first == second,
+                "said": said,
+            }
+            os.write(wfd, json.dumps(out).encode())
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and data, "the unprivileged reader failed"
+    got: dict[str, Any] = json.loads(data)
+    return got
+
+
+@dataclass
+class UnifiedCgroup:
+    layout: cgroupfs.CgroupLayout  # the cgroup2 hierarchy as a pure v2 layout (on hybrid hosts: unified/)
+    path: str
+    made: list[str]  # directories to remove, deepest last
+
+
+@pytest.fixture
+def unified_cgroup() -> Iterator[UnifiedCgroup]:
+    if os.geteuid() != 0:
+        pytest.skip("creating cgroups needs root")
+    try:
+        host = cgroupfs.detect_layout(ROOT)
+    except OSError as exc:
+        pytest.skip(f"no cgroup hierarchy under {ROOT}: {exc}")
+    if host.unified is None:
+        pytest.skip(f"no cgroup2 hierarchy under {ROOT} (pure v1 host)")
+    layout = cgroupfs.detect_layout(host.unified)
+    path = f"/uniobs-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.mkdir(host.unified + path)
+    except OSError as exc:
+        pytest.skip(f"cannot create a cgroup in {host.unified}: {exc}")
+    cg = UnifiedCgroup(layout, path, [host.unified + path])
+    try:
+        yield cg
+    finally:
+        deadline = time.monotonic() + 5
+        for directory in reversed(cg.made):
+            _rmdir(directory, deadline)
+
+
+def test_a_threaded_cgroup_has_no_processes_of_its_own_and_discovery_goes_on(unified_cgroup: UnifiedCgroup) -> None:
+    """The kernel answers EOPNOTSUPP to a read of a threaded cgroup's cgroup.procs (its processes
+    are its threaded domain's): cgroup_pids gives [], and discovery over a threaded subtree with
+    an intermediate threaded cgroup does not stop there (it raised before issue 13)."""
+    cg = unified_cgroup
+    domain = cg.layout.root + cg.path
+    for rel in ("/t", "/t/u"):
+        os.mkdir(domain + rel)
+        cg.made.append(domain + rel)
+        _write(f"{domain}{rel}/cgroup.type", "threaded")
+    with pytest.raises(OSError) as refused, open(f"{domain}/t/cgroup.procs", encoding="ascii") as f:
+        f.read()
+    assert refused.value.errno == errno.EOPNOTSUPP  # the kernel's own answer, not an injected one
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        _write(f"{domain}/cgroup.procs", str(child.pid))
+        assert cgroupfs.cgroup_pids(cg.layout, cg.path) == [child.pid]
+        assert cgroupfs.cgroup_pids(cg.layout, cg.path + "/t") == []
+        found = [w.cgroup for w in discovery.discover_cgroups(cg.layout)]
+        assert cg.path in found and cg.path + "/t/u" in found and cg.path + "/t" not in found
+        stats = cgroupfs.read_stats(cg.layout, cg.path + "/t")
+        assert stats.cpu_usage_s is not None  # cpu.stat of a threaded cgroup reads as any other
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+
+
+def test_psi_switched_off_for_one_cgroup_leaves_its_other_figures(
+    unified_cgroup: UnifiedCgroup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Linux 6.1+: writing 0 to cgroup.pressure hides the cgroup's *.pressure files; an fd opened
+    before reads ENODEV. Absent PSI, the other figures, nothing to say."""
+    cg = unified_cgroup
+    directory = cg.layout.root + cg.path
+    if not os.path.exists(f"{directory}/cgroup.pressure"):
+        pytest.skip("no cgroup.pressure on this kernel (Linux 6.1+)")
+    before = cgroupfs.read_stats(cg.layout, cg.path)
+    if before.cpu_pressure is None:
+        pytest.skip("PSI is disabled on this kernel")
+    _write(f"{directory}/cgroup.pressure", "0")
+    with caplog.at_level(logging.WARNING, logger="uniobs.cgroupfs"):
+        after = cgroupfs.read_stats(cg.layout, cg.path)
+    assert after.cpu_pressure is None and after.memory_pressure is None and after.io_pressure is None
+    assert after.cpu_usage_s is not None and after.cpu_usage_s >= 0
+    assert not caplog.records
+
+
+def test_a_file_an_unprivileged_reader_may_not_open_is_absent_and_said_once(unified_cgroup: UnifiedCgroup) -> None:
+    """A real EACCES: the cgroup's cpu.pressure made 0600, read by uid 65534. The rest comes,
+    cpu.pressure is absent, said once (and tried again: permissions can change)."""
+    cg = unified_cgroup
+    directory = cg.layout.root + cg.path
+    if cgroupfs.read_stats(cg.layout, cg.path).cpu_pressure is None:
+        pytest.skip("PSI is disabled on this kernel")
+    os.chmod(f"{directory}/cpu.pressure", 0o600)
+    got = _read_as_nobody(cg.layout, cg.path)
+    assert not got["cpu_pressure"] and got["memory_pressure"] and got["cpu"] is not None, got
+    assert got["same"] and len(got["said"]) == 1 and "EACCES" in got["said"][0], got

@@ -7,10 +7,12 @@ cgroups that vanish between listing and reading."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +182,7 @@ def test_proc_cgroup_gives_each_hierarchys_path() -> None:
 def test_working_set_is_floored_at_zero() -> None:
     assert cgroupfs.working_set(188743680, 41943040) == 146800640
     assert cgroupfs.working_set(4096, 8192) == 0  # two reads, not one snapshot
-    assert cgroupfs.working_set(4096, None) == 4096
+    assert cgroupfs.working_set(4096, None) is None  # inactive_file unknown: not taken for 0
 
 
 # --- read_stats beyond the golden files ------------------------------------------------------
@@ -458,3 +460,320 @@ def test_recorded_tree_reads_as_expected(folder: Path, golden: Golden) -> None:
         pytest.skip(f"the recorded cpuacct.stat files count USER_HZ 100 ticks; this host's USER_HZ is {TICK}")
     expected = golden.scenario(folder)
     golden.check_scenario(folder, read_tree(folder, expected))
+
+
+# --- optional files that cannot be read (issue 13, case 01 and its kind) ----------------------
+
+PSI_CASE = TESTDATA / "01-psi-read-eopnotsupp"
+IO_TORN_CASE = TESTDATA / "04-iostat-torn-device-line"
+IO_UNKNOWN_CASE = TESTDATA / "06-iostat-unknown-device-rows"
+APP = "/system.slice/app.service"  # the one cgroup of each issue-13 case tree
+
+
+class Faults:
+    """The one fault injection of these tests (issue 13, case 01): os.open or os.read of the files
+    `match` accepts fails with a real errno, as the kernel's would (open: EACCES; read: a
+    seq_file's show() refusing, EOPNOTSUPP from PSI with PSI disabled, EINVAL). Every other call
+    is the real one; `attempts` lists the paths whose call was failed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, match: Callable[[str], bool], err: int, at: str) -> None:
+        self.match, self.err = match, err
+        self.attempts: list[str] = []
+        real_open, real_read = os.open, os.read
+
+        def fail(path: str) -> None:
+            self.attempts.append(path)
+            raise OSError(self.err, os.strerror(self.err), path)
+
+        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if isinstance(path, str) and self.match(path):
+                fail(path)
+            return real_open(path, flags, *args, **kwargs)
+
+        def read(fd: int, n: int) -> bytes:
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                path = ""
+            if self.match(path):
+                fail(path)
+            return real_read(fd, n)
+
+        if at == "open":
+            monkeypatch.setattr(os, "open", open_)
+        else:
+            monkeypatch.setattr(os, "read", read)
+
+
+def fault_at(err: int) -> str:
+    """Where the kernel gives this errno: EACCES at open(), the others from the file's read."""
+    return "open" if err in (errno.EACCES, errno.EPERM) else "read"
+
+
+def stats_dict(layout: cgroupfs.CgroupLayout, path: str, **kwargs: Any) -> dict[str, Any]:
+    """A reading as expected.json holds it."""
+    normalised: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(cgroupfs.read_stats(layout, path, **kwargs))))
+    return normalised
+
+
+def weaker(got: Any, base: Any) -> bool:
+    """`got` says what `base` says or less: each figure equal or None, a device left out at most,
+    nothing invented."""
+    if got is None or got == base:
+        return True
+    if isinstance(got, dict) and isinstance(base, dict):
+        return got.keys() == base.keys() and all(weaker(got[k], base[k]) for k in got)
+    if isinstance(got, list) and isinstance(base, list):  # io: devices, by name
+        by_device = {b["device"]: b for b in base}
+        return all(g["device"] in by_device and weaker(g, by_device[g["device"]]) for g in got)
+    return False
+
+
+def files_read(layout: cgroupfs.CgroupLayout, path: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every file read_stats opens for this cgroup (the real calls, only watched)."""
+    seen: list[str] = []
+    real_open = os.open
+
+    def watch(p: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(p, flags, *args, **kwargs)
+        seen.append(str(p))
+        return fd
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "open", watch)
+        cgroupfs.read_stats(layout, path)
+    return seen
+
+
+def test_psi_read_eopnotsupp_leaves_every_other_figure_and_is_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Case 01 (below #8135, netdata #7531): on a PSI-disabled kernel every *.pressure file opens
+    and its read fails with EOPNOTSUPP. The cgroup keeps its CPU and memory figures (the case's
+    right values, also the scenario's expected.json), PSI is absent, each file is said once, and
+    no cgroup of that hierarchy tries it again."""
+    expected = json.loads((PSI_CASE / "expected.json").read_text())
+    shutil.copytree(PSI_CASE, tmp_path / "case", symlinks=True)
+    root = tmp_path / "case" / "sys" / "fs" / "cgroup"
+    shutil.copytree(root / APP.lstrip("/"), root / "system.slice/other.service")  # a second cgroup, same host
+    faults = Faults(monkeypatch, lambda p: p.endswith(".pressure"), errno.EOPNOTSUPP, at="read")
+    collector = collector_for(str(root))
+    with caplog.at_level(logging.WARNING, logger="uniobs.cgroupfs"):
+        first = sample_map(collector.collect(workload(APP)))
+        assert len(faults.attempts) == 3  # cpu, memory, io: the real failure, met once each
+        second = sample_map(collector.collect(workload(APP)))
+        other = sample_map(collector.collect(workload("/system.slice/other.service")))
+    assert first == second == other == expected["samples"][APP]
+    assert len(faults.attempts) == 3  # remembered per hierarchy: not tried again, for any cgroup
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3 and all("EOPNOTSUPP" in m and "psi=1" in m and "not read again" in m for m in said), said
+
+    failures = cgroupfs.FileFailures()
+    layout = cgroupfs.detect_layout(str(root))
+    stats = cgroupfs.read_stats(layout, APP, failures=failures)
+    assert (stats.cpu_usage_s, stats.memory_usage) == (5.0, 104857600)  # the case's right values
+    assert stats.cpu_pressure is None and stats.memory_pressure is None and stats.io_pressure is None
+    assert stats_dict(layout, APP, failures=failures) == expected["stats"][APP]
+    assert failures.unreadable() == [(str(root), f"{r}.pressure") for r in ("cpu", "io", "memory")]
+
+
+@pytest.mark.parametrize("err", [errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES, errno.EIO])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_an_unreadable_optional_file_leaves_only_its_own_figures_absent(
+    scenario: str, err: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each file read_stats reads for the scenario's container, failing alone: the others' figures
+    come as recorded, its own are None (never another value), nothing raises. Said once; tried
+    again at the next read unless the errno says it never will be readable."""
+    layout, path = layout_of(scenario), MAIN[scenario]
+    base = stats_dict(layout, path)
+    names = files_read(layout, path, monkeypatch)
+    assert len(names) >= 8, names
+    for name in names:
+        failures = cgroupfs.FileFailures()
+        caplog.clear()
+        with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger="uniobs.cgroupfs"):
+            faults = Faults(m, lambda p, name=name: p == name, err, at=fault_at(err))
+            got = stats_dict(layout, path, failures=failures)
+            again = stats_dict(layout, path, failures=failures)
+        assert got == again and weaker(got, base), (name, got)
+        assert len(faults.attempts) == (1 if err in (errno.EOPNOTSUPP, errno.EINVAL) else 2), name  # it was met
+        shown = "EOPNOTSUPP" if err == errno.EOPNOTSUPP else errno.errorcode[err]
+        assert len(caplog.records) == 1 and shown in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("content", ["", "\n", "garbage \x00 -1 +5 \u00b2 1_0\n", " max \n", "9" * 5000])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_an_empty_or_garbled_file_leaves_only_its_own_figures_absent(
+    scenario: str, content: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same with what a file holds instead of how it fails: an empty, torn or garbled file
+    (a count with a sign, an underscore, a latin-1 digit, 5000 digits) gives no figure and no
+    exception."""
+    root = copy_tree(scenario, tmp_path)
+    layout = cgroupfs.detect_layout(str(root))
+    path = MAIN[scenario]
+    base = stats_dict(layout, path)
+    for name in files_read(layout, path, monkeypatch):
+        original = Path(name).read_bytes()
+        Path(name).write_text(content, encoding="latin-1")
+        try:
+            got = stats_dict(layout, path)
+        finally:
+            Path(name).write_bytes(original)
+        assert weaker(got, base), (name, got)
+
+
+def test_a_cgroup_none_of_whose_files_can_be_read_raises_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not one optional file, the whole cgroup: that is a failing workload (counted), not a
+    reading of Nones."""
+    layout = layout_of("v2")
+    Faults(monkeypatch, lambda p: DOCKER_V2 in p, errno.EACCES, at="open")
+    with pytest.raises(PermissionError):
+        cgroupfs.read_stats(layout, DOCKER_V2)
+    with pytest.raises(PermissionError):
+        collector_for(root_of("v2")).collect(workload(DOCKER_V2))
+    assert cgroupfs.read_stats(layout, "/system.slice").memory_usage is not None  # the others read on
+
+
+def test_cgroup_pids_passes_over_a_hierarchy_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = layout_of("v1_combined")
+    expected = cgroupfs.cgroup_pids(layout, DOCKER_V1)
+    memory_procs = f"{layout.v1['memory']}{DOCKER_V1}/cgroup.procs"
+    with monkeypatch.context() as m:
+        faults = Faults(m, lambda p: p == memory_procs, errno.EACCES, at="open")
+        assert cgroupfs.cgroup_pids(layout, DOCKER_V1) == expected
+        assert faults.attempts == [memory_procs]
+    Faults(monkeypatch, lambda p: p.endswith("/cgroup.procs"), errno.EACCES, at="open")
+    with pytest.raises(PermissionError):
+        cgroupfs.cgroup_pids(layout, DOCKER_V1)
+
+
+# --- block I/O: absent stays absent, devices are MAJ:MIN (issue 13, cases 04 and 06) ----------
+
+
+def test_a_device_row_with_no_keys_is_no_reading_and_no_reset(tmp_path: Path) -> None:
+    """Case 04 (green-metrics-tool #1837): io.stat holding only "252:0 " between two readings
+    with figures. No sample for 252:0 that time, and the series keeps its start time: the
+    bridge sees no counter reset, as it would for a reading of zeros."""
+    recorded = (IO_TORN_CASE / "sys/fs/cgroup" / APP.lstrip("/") / "io.stat").read_text()
+    assert recorded == "252:0 "
+    shutil.copytree(IO_TORN_CASE, tmp_path / "case")
+    root = tmp_path / "case/sys/fs/cgroup"
+    io_stat = root / APP.lstrip("/") / "io.stat"
+    collector, telemetry, w = collector_for(str(root)), strict_telemetry(), workload(APP)
+    read = (("disk.io.direction", "read"), ("system.device", "252:0"))
+    t1, t2, t3 = 1_000_000_000, 11_000_000_000, 21_000_000_000
+
+    io_stat.write_text("252:0 rbytes=1449984 wbytes=0 rios=12 wios=0 dbytes=0 dios=0\n")
+    telemetry.record(w, collector.collect(w), now_ns=t1)
+    io_stat.write_text(recorded)
+    torn = list(collector.collect(w))
+    assert not [s for s in torn if s.metric.startswith(("container.disk", "uniobs.container.disk"))]
+    assert cgroupfs.read_stats(collector.layout(), APP).io == ()
+    telemetry.record(w, torn, now_ns=t2)
+    io_stat.write_text("252:0 rbytes=1454080 wbytes=0 rios=13 wios=0 dbytes=0 dios=0\n")
+    telemetry.record(w, collector.collect(w), now_ns=t3)
+    point = points(telemetry, "container.disk.io")[read]
+    assert (point.start_time_unix_nano, point.time_unix_nano, point.value) == (t1, t3, 1454080)
+
+
+def test_unknown_device_rows_take_no_device_slot_and_their_order_does_not_matter(tmp_path: Path) -> None:
+    """Case 06 (cgroup-exporter #23, lxd #18609): "(unknown)" rows are no device. With one device
+    slot, 259:0 has it and there is no "other" fed by them; swapping the rows changes nothing
+    (a last-row-wins value would)."""
+    expected = json.loads((IO_UNKNOWN_CASE / "expected.json").read_text())["samples"][APP]
+    shutil.copytree(IO_UNKNOWN_CASE, tmp_path / "case")
+    root = tmp_path / "case/sys/fs/cgroup"
+    io_stat = root / APP.lstrip("/") / "io.stat"
+    assert sample_map(collector_for(str(root), max_devices=1).collect(workload(APP))) == expected
+    lines = io_stat.read_text().splitlines(keepends=True)
+    io_stat.write_text("".join([lines[2], lines[1], lines[0]]))
+    assert sample_map(collector_for(str(root), max_devices=1).collect(workload(APP))) == expected
+
+
+def test_io_stat_rows_are_validated_and_duplicates_summed_whatever_their_order() -> None:
+    # the kernel's own example line, then the shapes issue 13 met
+    assert cgroupfs.parse_io_stat("8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353\n") == {
+        "8:16": {"rbytes": 1459200, "wbytes": 314773504, "rios": 192, "wios": 353}
+    }
+    assert cgroupfs.parse_io_stat("252:0 ") == {}  # case 04: a device with no figures yet
+    unknown = "(unknown) rbytes=0 wbytes=0 rios=6 wios=0\n(unknown) rbytes=4096 wbytes=8192 rios=1 wios=2\n"
+    assert cgroupfs.parse_io_stat(unknown + "259:0 rbytes=1\n") == {"259:0": {"rbytes": 1}}  # case 06
+    # two request queues naming one device: summed, in either order
+    twice = ["259:0 rbytes=100 wbytes=10 rios=1\n", "259:0 rbytes=5 wbytes=1\n"]
+    for rows in (twice, twice[::-1]):
+        assert cgroupfs.parse_io_stat("".join(rows)) == {"259:0": {"rbytes": 105, "wbytes": 11}}  # rios: not in both
+    # Linux 5.15-5.17 left out a bare row's newline ("blk-cgroup: always terminate io.stat lines")
+    assert cgroupfs.parse_io_stat("252:0 259:0 rbytes=7 wbytes=8\n(unknown) 8:0 rios=3\n") == {
+        "259:0": {"rbytes": 7, "wbytes": 8},
+        "8:0": {"rios": 3},
+    }
+    # a key given twice in a row, or with no count, is no figure; "08:00" is 8:0
+    assert cgroupfs.parse_io_stat("08:00 rbytes=1 rbytes=2 wbytes=-1 rios=3\n8:0 rios=4\n") == {"8:0": {"rios": 7}}
+
+
+def test_blkio_v1_rows_are_validated_and_duplicates_summed() -> None:
+    text = (
+        "8:0 Read 4194304\n8:0 Write 8396800\n8:0 Sync 12591104\n8:0 Async 0\n8:0 Discard 0\n8:0 Total 12591104\n"
+        "(unknown) Read 512\n(unknown) Write 1024\n"  # no device: skipped
+        "8:0 Read 4096\n"  # a second queue of 8:0: summed
+        "8:16 Read 12x\n8:16 Write 2048\n"  # a torn Read is no figure; Write stands
+        "Total 12591104\n"
+    )
+    assert cgroupfs.parse_blkio_v1(text) == {"8:0": {"read": 4194304 + 4096, "write": 8396800}, "8:16": {"write": 2048}}
+
+
+def test_a_blkio_device_one_file_does_not_list_has_no_figures_there(tmp_path: Path) -> None:
+    """v1: a device io_service_bytes lists and io_serviced does not (or lists without Write)
+    has its operations absent, not 0; the collector emits no operation sample for it."""
+    root = copy_tree("v1_combined", tmp_path)
+    serviced = root / "blkio" / DOCKER_V1.lstrip("/") / "blkio.throttle.io_serviced"
+    serviced.write_text("8:0 Read 321\n8:0 Total 321\nTotal 321\n")
+    io = cgroupfs.read_stats(cgroupfs.detect_layout(str(root)), DOCKER_V1).io
+    assert io == (DeviceIO("8:0", 10846208, 1273856, 321, None), DeviceIO("8:16", 0, 4096, None, None))
+    got = sample_map(collector_for(str(root)).collect(workload(DOCKER_V1)))
+    ops = {k: v for k, v in got.items() if k.startswith("uniobs.container.disk.operations")}
+    assert ops == {"uniobs.container.disk.operations{disk.io.direction='read',system.device='8:0'}": 321}
+    assert got["container.disk.io{disk.io.direction='write',system.device='8:16'}"] == 4096
+
+
+def test_other_is_absent_for_a_counter_one_of_its_devices_does_not_give() -> None:
+    collector = collector_for(root_of("v2"), max_devices=1)
+    devices = (DeviceIO("8:0", 10, 20, 1, 2), DeviceIO("8:16", 1, 2, 3, None), DeviceIO("8:32", 4, 5, 6, 7))
+    assert collector._bounded_io("/x", devices) == {"8:0": (10, 20, 1, 2), "other": (5, 7, 9, None)}
+
+
+def test_parsers_leave_a_missing_key_absent() -> None:
+    assert cgroupfs.parse_cpuacct_stat("user 180\n", clk_tck=100) == (1.8, None)
+    assert cgroupfs.parse_cpuacct_stat("", clk_tck=100) == (None, None)
+    assert cgroupfs.parse_flat_keyed("a 1\nb 2\na 3\nc\nd 4 5\ne -1\n") == {"b": 2}  # a: twice; c, d, e: no count
+    assert cgroupfs.parse_pressure("") is None
+    assert cgroupfs.parse_pressure("full avg10=0.00 avg60=0.00 avg300=0.00 total=5\n") == Pressure(None, 5e-6)
+    assert cgroupfs.parse_pressure("some total=1\nsome total=2\nfull total=3\n") == Pressure(None, 3e-6)
+    assert cgroupfs.parse_int("") is None and cgroupfs.parse_int("12 34") is None
+    assert cgroupfs.parse_int(f"{2**64 - 1}\n") == 2**64 - 1
+    assert cgroupfs.parse_v1_limit("") is None
+    assert cgroupfs.parse_procs("12\n34\n5x\n") == [12, 34]
+
+
+def test_a_directory_that_cannot_be_listed_hides_only_its_own_children(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EACCES on one directory (an unprivileged reader, a subtree made 0700): it is listed
+    without its children, the rest of the host is listed, and it is said."""
+    layout = layout_of("v2")
+    everything = cgroupfs.list_cgroups(layout)
+    hidden = f"{layout.root}/user.slice"
+    real = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if str(path) == hidden:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="uniobs.cgroupfs"):
+        listed = cgroupfs.list_cgroups(layout)
+    assert listed == [p for p in everything if not p.startswith("/user.slice/")]
+    assert "/user.slice" in listed and len(caplog.records) == 1 and "EACCES" in caplog.text

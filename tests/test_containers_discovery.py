@@ -58,11 +58,15 @@ def roots(scenario: str | Path) -> tuple[cgroupfs.CgroupLayout, str, str]:
     return cgroupfs.detect_layout(str(base / "sys/fs/cgroup")), str(base / "run"), str(base / "var/lib")
 
 
-def discover(scenario: str | Path, **kwargs: Any) -> list[Fields]:
+def discover_workloads(scenario: str | Path, **kwargs: Any) -> list[Workload]:
     layout, run, var_lib = roots(scenario)
     kwargs.setdefault("proc_dir", None)
     kwargs.setdefault("use_sockets", False)
-    return [fields(w) for w in containers.discover_containers(layout, run, var_lib, **kwargs)]
+    return containers.discover_containers(layout, run, var_lib, **kwargs)
+
+
+def discover(scenario: str | Path, **kwargs: Any) -> list[Fields]:
+    return [fields(w) for w in discover_workloads(scenario, **kwargs)]
 
 
 C = Kind.CONTAINER
@@ -381,6 +385,121 @@ def test_cgroup_names() -> None:
         "/",
     ):
         assert containers.match_cgroup(not_a_container) is None, not_a_container
+
+
+UUID_09 = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b"
+STATIC_UID = "8f6a44fc62e8cb075753c843896568ca"  # a static pod's config hash (kubernetes#67537)
+UUID = "11111111-2222-3333-4444-555555555555"
+HEX = "0123456789abcdef" * 4
+INNER = "fedcba9876543210" * 4
+POD_NAMES = {  # cgroup path -> (runtime, id, pod uid, QoS): every driver, both pod UID shapes, CRI-O's cgroupfs name
+    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{STATIC_UID}.slice/cri-containerd-{HEX}.scope": (
+        "containerd",
+        HEX,
+        STATIC_UID,
+        "burstable",
+    ),
+    f"/kubepods.slice/kubepods-pod{STATIC_UID}.slice/crio-{HEX}.scope": ("cri-o", HEX, STATIC_UID, "guaranteed"),
+    f"/kubepods/burstable/pod{STATIC_UID}/{HEX}": ("cri", HEX, STATIC_UID, "burstable"),
+    f"/kubepods/pod{STATIC_UID}/{HEX}": ("cri", HEX, STATIC_UID, "guaranteed"),
+    f"/kubepods/besteffort/pod{UUID}/crio-{HEX}": ("cri-o", HEX, UUID, "besteffort"),
+    f"/kubepods/pod{UUID}/crio-{HEX}": ("cri-o", HEX, UUID, "guaranteed"),
+    f"/crio/crio-{HEX}": ("cri-o", HEX, None, None),  # CRI-O's default cgroupfs parent, outside Kubernetes
+    # a UID of neither shape names no pod; the container is still recognised
+    f"/kubepods.slice/kubepods-pod{STATIC_UID[:31]}.slice/crio-{HEX}.scope": ("cri-o", HEX, None, None),
+    f"/kubepods.slice/kubepods-pod{STATIC_UID}0000.slice/crio-{HEX}.scope": ("cri-o", HEX, None, None),
+}
+
+
+@pytest.mark.parametrize("path", list(POD_NAMES))
+def test_pod_uids_of_both_shapes_in_both_drivers(path: str) -> None:
+    runtime, cid, uid, qos = POD_NAMES[path]
+    assert containers.match_cgroup(path) == containers.CgroupMatch(runtime, cid, uid, qos)
+
+
+SCOPE = (
+    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UUID.replace('-', '_')}.slice/crio-{HEX}.scope"
+)
+NESTED_LEAVES = {  # a cgroup below the container's -> the container's own cgroup
+    f"{SCOPE}/container": SCOPE,  # crun's run.oci.systemd.subgroup (default on cgroup v2)
+    f"{SCOPE}/container/delegated": SCOPE,  # crun's run.oci.delegate-cgroup below it
+    f"/machine.slice/libpod-{HEX}.scope/container": f"/machine.slice/libpod-{HEX}.scope",  # Podman with crun
+    f"/system.slice/docker-{HEX}.scope/init": f"/system.slice/docker-{HEX}.scope",  # Docker in Docker's init
+    f"/docker/{HEX}/init": f"/docker/{HEX}",
+    f"/system.slice/docker-{HEX}.scope/init.scope": f"/system.slice/docker-{HEX}.scope",  # systemd inside
+    f"/system.slice/docker-{HEX}.scope/system.slice/payload.service": f"/system.slice/docker-{HEX}.scope",
+    f"/kubepods/burstable/pod{UUID}/{HEX}/payload": f"/kubepods/burstable/pod{UUID}/{HEX}",
+    # a container in a container: the innermost
+    f"/system.slice/docker-{HEX}.scope/docker/{INNER}": f"/system.slice/docker-{HEX}.scope/docker/{INNER}",
+    f"/system.slice/docker-{HEX}.scope/docker/{INNER}/init": f"/system.slice/docker-{HEX}.scope/docker/{INNER}",
+}
+
+
+@pytest.mark.parametrize("path", list(NESTED_LEAVES))
+def test_a_cgroup_below_a_container_s_is_that_container_s(path: str) -> None:
+    found = containers.container_cgroup(path)
+    assert found is not None
+    at, match = found
+    assert at == NESTED_LEAVES[path]
+    assert match == containers.match_cgroup(at)  # the same container, with its pod
+    if at.startswith("/kubepods"):
+        assert (match.pod_uid, match.qos_class) == (UUID, "burstable")
+
+
+def test_below_a_conmon_or_a_pod_is_no_container() -> None:
+    for path in (
+        f"{SCOPE.rsplit('/', 1)[0]}/crio-conmon-{HEX}.scope/sub",
+        f"{SCOPE.rsplit('/', 1)[0]}/sub",
+        f"/kubepods/burstable/pod{UUID}/crio-conmon-{HEX}",
+        "/system.slice/docker.service/init",
+    ):
+        assert containers.container_cgroup(path) is None, path
+
+
+def test_the_walk_gives_a_containers_nested_cgroups_to_it(tmp_path: Path) -> None:
+    """A state-known container (runc's state names /uniobs-probe/probe1) with a systemd inside,
+    and a container known by name only with crun's sub-cgroup: each nested cgroup is claimed by
+    its container, which keeps its own path, rather than becoming a host cgroup of its own."""
+    base = tmp_path / "t"
+    shutil.copytree(DATA / "runc_hybrid", base)
+    layout, run, var_lib = roots(base)
+    for hierarchy in layout.v1.values():
+        for sub in ("init.scope", "system.slice/app.service"):
+            (Path(hierarchy) / "uniobs-probe/probe1" / sub).mkdir(parents=True)
+            (Path(hierarchy) / "uniobs-probe/probe1" / sub / "cgroup.procs").write_text("7\n")
+        crun = Path(hierarchy) / f"docker/{HEX}/container"
+        crun.mkdir(parents=True)
+        (crun / "cgroup.procs").write_text("8\n")
+    finder = containers.ContainerDiscovery(layout, run, var_lib, proc_dir=None, use_sockets=False)
+    walked = discovery.discover_cgroups(layout, identify=finder.identify)
+    assert {w.cgroup: (w.kind, w.runtime, w.id) for w in walked if "probe1" in (w.cgroup or "") or HEX in w.id} == {
+        "/uniobs-probe/probe1": (C, "runc", "probe1"),
+        f"/docker/{HEX}": (C, "docker", HEX),
+    }
+    by_key = {w.key: w for w in finder.discover()}
+    assert by_key[(C.value, "docker", HEX)].cgroup == f"/docker/{HEX}"
+    assert by_key[(C.value, "runc", "probe1")].cgroup == "/uniobs-probe/probe1"
+    # by name alone (no scan), a cgroup below a known one is found the same way
+    sub = containers.identify(f"/docker/{HEX}/container", run_dir=run, var_lib=var_lib, use_sockets=False)
+    assert sub is not None and (sub.runtime, sub.id, sub.cgroup) == ("docker", HEX, f"/docker/{HEX}")
+
+
+def test_a_state_known_container_nested_in_another_is_itself(tmp_path: Path) -> None:
+    """crun's status for a container whose cgroup sits inside another container's scope (an
+    engine run in a container): it is its own container, without the outer one's pod."""
+    base = tmp_path / "t"
+    shutil.copytree(DATA / "09-crun-container-subgroup-kubepods", base)
+    [outer_status] = base.glob("run/crun/*/status")
+    status = json.loads(outer_status.read_text())
+    nested = status["cgroup-path"] + "/inner"
+    (base / "run/crun/inner").mkdir()
+    (base / "run/crun/inner/status").write_text(json.dumps({**status, "pid": 7002, "cgroup-path": nested}))
+    (base / f"sys/fs/cgroup{nested}").mkdir()
+    (base / f"sys/fs/cgroup{nested}/cgroup.procs").write_text("7002\n")
+    found = {w.id: w for w in discover_workloads(base)}
+    inner = found["inner"]
+    assert (inner.runtime, inner.pid, inner.cgroup, dict(inner.labels)) == ("crun", 7002, nested, {})
+    assert found[outer_status.parent.name].labels["k8s.pod.uid"] == UUID_09
 
 
 def test_image_references_and_systemd_paths() -> None:

@@ -8,11 +8,16 @@ without an entry there fails (`pytest --update-golden` writes it, for review).
 Then one test per transcript checks the values printed there. Formats no transcript shows are
 checked on lines written after the source code cited in each parser's docstring (marked
 "derived"); the Linux microVM is checked on a real capture and, when QEMU is here, booted live.
+Streams that interleave a VMM's own log with the guest's console (Firecracker's stdout, QEMU's
+monitor on mon:stdio, a merged stderr) are checked line by line against each part alone, on the
+real Firecracker capture and, fuzzed, on every interleaving of a VMM log and a guest transcript.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import selectors
 import signal
@@ -27,7 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import ROOT, Golden, free_port, missing, requires_qemu, requires_vmlinuz
 
+from uniobs.collectors.console import _Analyzer
 from uniobs.guest.parsers.detect import (
+    MAX_STAMP_LAG_S,
     REPLAY_LINE_NS,
     ParseResult,
     Phase,
@@ -38,13 +45,15 @@ from uniobs.guest.parsers.detect import (
     read_console,
     replay,
 )
-from uniobs.model import Severity
-from uniobs.plugin import ConsoleLine, ConsoleParser, GuestEvent, Milestone
+from uniobs.model import Kind, LogEvent, Severity, Workload
+from uniobs.plugin import ConsoleLine, ConsoleParser, GuestEvent, Milestone, VmmLogParser
 from uniobs.registry import Registry
 
 CONSOLES = ROOT / "tests" / "testdata" / "consoles"
 EXPECTED = CONSOLES / "expected.json"  # per transcript: the family detected, and each milestone's line
-FAMILIES = {"solo5", "unikraft", "osv", "nanos", "includeos", "hermit", "linux", "firecracker"}
+GUEST_FAMILIES = {"solo5", "unikraft", "osv", "nanos", "includeos", "hermit", "linux"}
+VMM_LOGS = {"firecracker", "qemu", "cloud-hypervisor"}  # VmmLogParsers: read beside the guest's family
+FAMILIES = GUEST_FAMILIES | VMM_LOGS
 
 B, K, A, R, X, C = (
     Milestone.BOOT, Milestone.KERNEL_READY, Milestone.APP_START, Milestone.READY, Milestone.EXIT, Milestone.CRASH,
@@ -88,6 +97,7 @@ def test_the_registry_has_every_family() -> None:
         assert info.plugin.family == name
         assert info.plugin.description
         assert info.distribution == "uniobs"
+        assert issubclass(info.plugin, VmmLogParser) == (name in VMM_LOGS), name
 
 
 def test_every_expectation_has_a_transcript() -> None:
@@ -96,24 +106,48 @@ def test_every_expectation_has_a_transcript() -> None:
     assert set(json.loads(EXPECTED.read_text())) <= names, f"entries of {EXPECTED.name} without a transcript"
 
 
+def tagged(lines: list[ConsoleLine], parsers: dict[str, Any], **kwargs: Any) -> list[tuple[str, GuestEvent]]:
+    """Every event of a stream with the name of the parser that found it (a guest family or a VMM log)."""
+    stream = StreamParser(parsers, **kwargs)
+    return [pair for line in lines for pair in stream.feed_tagged(line)]
+
+
+def owned_by_vmm(line: ConsoleLine, parsers: dict[str, Any]) -> bool:
+    return any(cls().owns(line) for cls in parser_classes(parsers).values() if issubclass(cls, VmmLogParser))
+
+
 @pytest.mark.parametrize("path", transcripts(), ids=lambda p: p.name)
 def test_transcript_family_and_milestones(path: Path, parsers: dict[str, Any], golden: Golden) -> None:
     lines = read_console(path)
     assert lines[0].text.startswith("# source: ")
     res = replay(path, parsers)
-    milestones = {m.value: line_of(ev) for m, ev in res.milestones.items()}
-    golden.check_entry(EXPECTED, path.name, {"family": res.family, "milestones": milestones})
+    entry: dict[str, Any] = {
+        "family": res.family,
+        "milestones": {m.value: line_of(ev) for m, ev in res.milestones.items()},
+    }
+    if res.vmm:
+        entry["vmm"] = {name: {m.value: line_of(ev) for m, ev in ms.items()} for name, ms in res.vmm.items()}
+    golden.check_entry(EXPECTED, path.name, entry)
+    classes = parser_classes(parsers)
+    # the VMM logs are the ones whose parser owns a line; the guest's family the only guest parser
+    # recognising one of the other lines
+    assert {n for n, c in classes.items() if issubclass(c, VmmLogParser) and any(c().owns(x) for x in lines)} == set(
+        res.vmm
+    )
+    guest_lines = [line for line in lines if not owned_by_vmm(line, parsers)]
     recognising = {
-        name for name, cls in parser_classes(parsers).items() if any(cls().recognises(line) for line in lines)
+        n for n, c in classes.items() if not issubclass(c, VmmLogParser) and any(c().recognises(x) for x in guest_lines)
     }
     assert recognising == ({res.family} if res.family else set())
-    # each milestone is reported once per stream
-    reported = [ev.milestone for ev in res.events if ev.milestone is not None]
-    assert len(reported) == len(set(reported))
-    # guest-reported timings say so
-    for ev in res.events:
+    # each milestone is reported once per stream and writer (the guest, each VMM log)
+    events = tagged(lines, parsers)
+    for source in {name for name, _ in events}:
+        reported = [ev.milestone for name, ev in events if name == source and ev.milestone is not None]
+        assert len(reported) == len(set(reported)), source
+    # timings say whose they are: the guest's own, or the VMM's
+    for source, ev in events:
         if ev.guest_time_s is not None or ev.duration_s is not None:
-            assert ("uniobs.guest_reported", ev.name != "firecracker.api.duration") in ev.attributes
+            assert ("uniobs.guest_reported", source not in VMM_LOGS) in ev.attributes
 
 
 # --- one transcript at a time -----------------------------------------------------------------
@@ -230,8 +264,10 @@ def test_unikraft_crit_mount_failure() -> None:
     assert attrs(crash)["unikraft.library"] == "libvfscore"
     assert attrs(crash)["unikraft.source"] == "rootfs.c:85"
     assert attrs(crash)["unikraft.crash.reason"] == "Failed to mount /: 0"
-    (err,) = named(res, "unikraft.error")
-    assert err.guest_time_s == 69.561104
+    # then the boot's failure (an init function returned an error): a crash, already counted
+    (err,) = named(res, "unikraft.boot_failed")
+    assert err.guest_time_s == 69.561104 and err.milestone is None and err.severity is Severity.ERROR
+    assert attrs(err)["unikraft.message"] == "Init function at 0x11e360 returned error -1"
 
 
 def test_unikraft_assertion_failure() -> None:
@@ -309,7 +345,8 @@ def test_hermit_version_and_memory() -> None:
 def test_firecracker_logger() -> None:
     """firecracker-2.txt (firecracker-microvm/firecracker issue #3418): version, PUT /boot-source, 376 us."""
     res = result("firecracker-2.txt")
-    assert attrs(res.milestones[B]) == {"firecracker.version": "v1.2.0-165-g81e771a2-dirty"}
+    assert (res.family, res.milestones, list(res.vmm)) == (None, {}, ["firecracker"])  # the VMM's log, no guest
+    assert attrs(res.vmm["firecracker"][B]) == {"firecracker.version": "v1.2.0-165-g81e771a2-dirty"}
     (request,) = named(res, "firecracker.api.request")
     assert attrs(request) == {"firecracker.api.method": "PUT", "firecracker.api.path": "/boot-source"}
     (duration,) = named(res, "firecracker.api.duration")
@@ -486,6 +523,350 @@ def test_osv_booted_up_in_and_abort() -> None:
     assert attrs(res.milestones[C])["osv.crash.reason"] == "Aborted"
 
 
+# --- a VMM's own log beside the guest's console -----------------------------------------------
+
+# Real lines, from the same vAccel tutorial as firecracker-3.txt: Firecracker v1.11.0 failing to
+# start (its stdout; its `Error: RunWithApi(...)` line goes to stderr and is left out here).
+FC_V111_FAILED = [
+    "2025-03-30T17:56:21.871223256 [anonymous-instance:main] Running Firecracker v1.11.0",
+    "2025-03-30T17:56:21.871393598 [anonymous-instance:main] RunWithApiError error: Failed to open the API socket at:"
+    " fc.sock. Check that it is not already used.",
+    "2025-03-30T17:56:21.871438293 [anonymous-instance:main] Firecracker exiting with error. exit_code=1",
+]
+# Derived (firecracker-microvm/firecracker src/vmm/src/devices/pseudo/boot_timer.rs, src/firecracker/src/main.rs):
+# --boot-timer's line and a clean exit.
+FC_DERIVED = [
+    "2025-03-30T18:14:06.907712355 [anonymous-instance:fc_vcpu 0] Guest-boot-time =  61733 us 61 ms,"
+    "  59950 CPU us 59 CPU ms",
+    "2025-03-30T18:14:09.001000000 [anonymous-instance:main] Firecracker exiting successfully. exit_code=0",
+]
+# v0.11's tag, with no instance id and no thread (a real line: firecracker-microvm/firecracker
+# issue #685), then the panic hook's line in the same format (derived: src/firecracker/src/main.rs).
+FC_OLD_PANIC = [
+    "2018-11-28T14:01:37.145332365 [:ERROR:vmm/src/lib.rs:1157] Failed to log metrics on abort. Failed to log"
+    " metrics. Logger was not initialized.:?",
+    "2018-11-28T14:01:37.145432365 [:ERROR:src/main.rs:40] Firecracker panicked at 'called `Option::unwrap()`'",
+]
+# QEMU's HMP monitor on the console (real banner and prompt: an OP-TEE guide running QEMU 3.0.93
+# with its monitor on stdio), then QEMU's merged stderr (derived: util/error-report.c, runstate.c).
+QEMU_MONITOR = ["QEMU 3.0.93 monitor - type 'help' for more information", "(qemu) c"]
+QEMU_STDERR = [
+    "qemu-system-x86_64: warning: host doesn't support requested feature: CPUID.80000001H:ECX.svm [bit 2]",
+    "qemu-system-x86_64: terminating on signal 2 from pid 4242 (ops)",
+]
+# Derived (cloud-hypervisor src/main.rs, Logger::log): its -v log on stderr beside the serial console.
+CLOUD_HYPERVISOR = [
+    "cloud-hypervisor: 2.171875ms: <vmm> INFO:vmm/src/lib.rs:1845 -- Booting VM",
+    "cloud-hypervisor: 12.345678ms: <vmm> WARN:vmm/src/vm.rs:1207 -- Guest TSC is not stable",
+    "cloud-hypervisor: 1.500000s: <vcpu0> ERROR:vmm/src/cpu.rs:1034 -- VCPU generated error: VcpuUnhandledMmioRead",
+]
+VMM_SAMPLES = {
+    "firecracker v1.11": [line.text for line in read_console(CONSOLES / "firecracker-3.txt")[1:6]] + FC_DERIVED,
+    "firecracker v1.11 failed": FC_V111_FAILED,
+    "firecracker v1.2": [line.text for line in read_console(CONSOLES / "firecracker-2.txt")[1:]],
+    "firecracker v0.11": FC_OLD_PANIC,
+    "qemu": QEMU_MONITOR + QEMU_STDERR,
+    "cloud-hypervisor": CLOUD_HYPERVISOR,
+}
+
+
+def lines_at(texts: list[str], start_ns: int = 0, step_ns: int = REPLAY_LINE_NS) -> list[ConsoleLine]:
+    return [ConsoleLine(start_ns + i * step_ns, text, i + 1) for i, text in enumerate(texts)]
+
+
+def guest_part(path: Path, parsers: dict[str, Any]) -> list[str]:
+    return [line.text for line in read_console(path) if not owned_by_vmm(line, parsers)]
+
+
+def test_firecracker_stdout_carries_the_guests_console(parsers: dict[str, Any]) -> None:
+    """firecracker-3.txt (issue 13 case 11): Firecracker v1.11's log, then the guest's printk log, on one stdout.
+
+    Before: the stream was taken as "firecracker" and the 12 guest lines were ignored. Now the
+    VMM's start (v1.11.0) and the guest's boot milestones are both there, each as for its part alone."""
+    res = result("firecracker-3.txt")
+    assert res.family == "linux" and list(res.vmm) == ["firecracker"]
+    start = res.vmm["firecracker"][B]
+    assert (start.name, line_of(start), attrs(start)) == ("firecracker.start", 2, {"firecracker.version": "v1.11.0"})
+    (configured,) = named(res, "firecracker.instance_start")
+    assert line_of(configured) == 6 and attrs(configured) == {"firecracker.config_file": True}
+    boot, ready = res.milestones[B], res.milestones[K]
+    assert (boot.name, line_of(boot), boot.guest_time_s) == ("linux.boot", 7, 0.0)
+    assert attrs(boot)["linux.version"] == "6.1.132"
+    assert (ready.name, line_of(ready), ready.guest_time_s) == ("linux.kernel_ready", 12, 0.450969)
+    (init,) = named(res, "linux.init")
+    assert (line_of(init), init.guest_time_s, attrs(init)["linux.init"]) == (16, 0.457615, "/sbin/init")
+    assert (res.clock, res.phases) == ("guest", [Phase("boot->kernel_ready", 0.0, 0.450969)])
+    # each part alone, its lines at the same times: the same events, found by the same parsers
+    lines = read_console(CONSOLES / "firecracker-3.txt")
+    vmm_lines = [line for line in lines if owned_by_vmm(line, parsers)]
+    guest_lines = [line for line in lines if not owned_by_vmm(line, parsers)]
+    assert [line.number for line in vmm_lines] == [2, 3, 4, 5, 6]
+    both = tagged(lines, parsers)
+    assert [pair for pair in both if pair[0] == "linux"] == tagged(guest_lines, parsers)
+    assert [pair for pair in both if pair[0] == "firecracker"] == tagged(vmm_lines, parsers)
+    alone = replay(guest_lines, parsers)
+    assert (alone.family, alone.milestones, alone.phases) == (res.family, res.milestones, res.phases)
+
+
+def test_a_vmm_log_after_the_guest_is_still_read(parsers: dict[str, Any]) -> None:
+    """The guest first, then the VMM's end: Firecracker's exit after a Linux guest is not lost to the linux parser."""
+    res = replay(MICROVM_VERBOSE + FC_DERIVED, parsers)
+    assert res.family == "linux" and res.milestones[K].guest_time_s == 4.428265
+    end = res.vmm["firecracker"][X]
+    assert (end.name, end.severity, attrs(end)) == ("firecracker.exit", Severity.INFO, {"firecracker.exit_code": 0})
+    (boot_time,) = named(res, "firecracker.guest_boot_time")
+    assert boot_time.duration_s == 0.061733
+    assert attrs(boot_time) == {"uniobs.guest_reported": False, "firecracker.boot.cpu_time_s": 0.05995}
+    assert X not in res.milestones  # the VMM's exit is not the guest's
+
+
+def test_firecracker_failures_and_old_formats(parsers: dict[str, Any]) -> None:
+    """Real v1.11 lines of a failed start (exit_code=1); v0.11's tag with no instance id and no thread; a panic."""
+    res = replay(FC_V111_FAILED, parsers)
+    assert (res.family, list(res.vmm)) == (None, ["firecracker"])
+    end = res.vmm["firecracker"][X]
+    assert (end.severity, attrs(end)) == (Severity.WARN, {"firecracker.exit_code": 1})
+    res = replay(FC_OLD_PANIC, parsers)
+    (error,) = named(res, "firecracker.log")  # --show-level's ERROR, on a line with no other meaning
+    assert error.severity is Severity.ERROR and attrs(error)["firecracker.message"].startswith("Failed to log metrics")
+    crash = res.vmm["firecracker"][C]
+    assert crash.name == "firecracker.panic" and attrs(crash)["firecracker.crash.reason"].startswith("'called")
+
+
+def test_a_guests_own_iso_timestamps_stay_the_guests(parsers: dict[str, Any]) -> None:
+    """Only Firecracker's exact tag is its own: an application logging ISO-8601 times is still the guest."""
+    app = "2025-03-30T18:14:07.120Z info: listening on :8080"
+    assert not any(owned_by_vmm(ConsoleLine(0, text, 1), parsers) for text in [app, "2025-03-30T18:14:07 [x] y"])
+    res = replay(["running local instance", "[0.087239] en1: assigned 10.0.2.15", *FC_V111_FAILED[:1], app], parsers)
+    assert res.family == "nanos" and line_of(res.milestones[A]) == 4  # the app's line, not Firecracker's
+    assert attrs(res.vmm["firecracker"][B]) == {"firecracker.version": "v1.11.0"}
+
+
+def test_qemu_monitor_and_stderr_are_not_the_guests(parsers: dict[str, Any]) -> None:
+    """QEMU's monitor banner and prompt, and its merged stderr, are QEMU's: not a Nanos program's first line."""
+    texts = [*QEMU_STDERR[:1], "running local instance", "booting /home/user/.ops/images/main ...",
+             *QEMU_MONITOR, "[0.087239] en1: assigned 10.0.2.15", QEMU_STDERR[1]]  # fmt: skip
+    res = replay(texts, parsers)
+    assert res.family == "nanos" and list(res.vmm) == ["qemu"]
+    assert A not in res.milestones  # before: the `terminating on signal 2` line was taken as the program's start
+    assert res.vmm["qemu"] == {}  # QEMU's lines say nothing of the guest's boot
+    assert [(ev.name, ev.severity) for ev in res.events if ev.name.startswith("qemu.")] == [
+        ("qemu.warning", Severity.WARN),
+        ("qemu.monitor", Severity.INFO),
+        ("qemu.monitor.command", Severity.INFO),
+        ("qemu.terminated", Severity.WARN),
+    ]
+    assert attrs(named(res, "qemu.monitor")[0]) == {"qemu.version": "3.0.93"}
+    assert attrs(named(res, "qemu.monitor.command")[0]) == {"qemu.monitor.command": "c"}
+    assert attrs(named(res, "qemu.terminated")[0]) == {
+        "qemu.program": "qemu-system-x86_64",
+        "qemu.signal": 2,
+        "qemu.signal.sender_pid": 4242,
+    }
+    alone = replay([text for text in texts if text.startswith(("running", "booting", "[0."))], parsers)
+    assert [(m, ev.name, ev.attributes) for m, ev in alone.milestones.items()] == [
+        (m, ev.name, ev.attributes) for m, ev in res.milestones.items()
+    ]
+
+
+def test_cloud_hypervisor_log_beside_the_serial_console(parsers: dict[str, Any]) -> None:
+    """Cloud Hypervisor's -v lines between the guest's printk lines: its warning and error, its relative stamps."""
+    texts = [
+        MICROVM_VERBOSE[0],
+        CLOUD_HYPERVISOR[0],
+        *MICROVM_VERBOSE[1:5],
+        *CLOUD_HYPERVISOR[1:],
+        *MICROVM_VERBOSE[5:],
+    ]
+    res = replay(texts, parsers)
+    assert res.family == "linux" and list(res.vmm) == ["cloud-hypervisor"]
+    alone = replay(MICROVM_VERBOSE, parsers)
+    assert {m: (ev.name, ev.guest_time_s) for m, ev in res.milestones.items()} == {
+        m: (ev.name, ev.guest_time_s) for m, ev in alone.milestones.items()
+    }
+    assert res.phases == alone.phases == [Phase("boot->kernel_ready", 0.0, 4.428265)]  # on the guest's clock
+    warning, error = named(res, "cloud_hypervisor.warn"), named(res, "cloud_hypervisor.error")
+    assert attrs(warning[0])["cloud_hypervisor.message"] == "Guest TSC is not stable"
+    assert attrs(error[0])["cloud_hypervisor.thread"] == "vcpu0" and error[0].severity is Severity.ERROR
+    (cls,) = [c for n, c in parser_classes(parsers).items() if n == "cloud-hypervisor"]
+    stamps = [cls().stamp_ns(ConsoleLine(0, text, 1)) for text in CLOUD_HYPERVISOR]
+    assert stamps == [2_171_875, 12_345_678, 1_500_000_000]
+
+
+def test_vmm_lines_do_not_use_up_the_detection_window(parsers: dict[str, Any]) -> None:
+    """A chatty VMM log before the guest's first line: the window counts the guest's lines only."""
+    chatty = [f"2025-03-30T18:14:06.{n:09d} [anonymous-instance:fc_api] The API server received a Get request on"
+              ' "/machine-config"' for n in range(250)]  # fmt: skip
+    res = replay([*chatty, *MICROVM_VERBOSE], parsers, limit=5)
+    assert res.family == "linux" and len(named(res, "firecracker.api.request")) == 250
+    assert detect_family([*chatty, "OSv v0.57.0"], parsers, limit=1) == "osv"
+
+
+def test_a_vmm_log_cannot_be_chosen_as_the_family(parsers: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="'firecracker' reads a VMM's own log"):
+        replay(["x"], parsers, family="firecracker")
+    forced = replay([*FC_V111_FAILED[:1], "[    1.000000] hello"], parsers, family="linux")
+    assert forced.family == "linux" and list(forced.vmm) == ["firecracker"]
+
+
+def fc_line(stamp_s: float, message: str) -> str:
+    whole = int(stamp_s)
+    return f"2025-03-30T18:14:{whole:02d}.{round((stamp_s - whole) * 1e9):09d} [anonymous-instance:main] {message}"
+
+
+def test_a_live_console_places_vmm_events_at_their_stamps() -> None:
+    """Live (`vmm_stamps`): an event sits at its stamp on the host's clock, through the smallest arrival-stamp offset.
+
+    A line read late gets the time the VMM wrote it; one read sooner than the offset so far
+    tightens it; a stamp far behind (the clock stepped back) starts over; unstamped lines keep
+    their arrival."""
+    t = 7_000_000_000
+    arrivals_and_lines = [
+        (t, fc_line(6.0, "Running Firecracker v1.11.0")),
+        (t + 40_000_000, fc_line(6.010, "Successfully started microvm that was configured from one single json")),
+        (t + 29_000_000, fc_line(6.030, 'The API server received a Put request on "/actions"')),
+        (t + 31_000_000, fc_line(6.031, 'The API server received a Get request on "/"')),
+        (t + 50_000_000, fc_line(6.040, 'The API server received a Get request on "/a"').replace("18:14", "17:14")),
+        (t + 60_000_000, "Running Firecracker v1.2.0"),
+    ]
+    lines = [ConsoleLine(at, text, n) for n, (at, text) in enumerate(arrivals_and_lines, start=1)]
+    stream = StreamParser(parser_classes(Registry().parsers), vmm_stamps=True)
+    times = [ev.time_ns for line in lines for ev in stream.feed(line)]
+    assert times == [
+        t,  # the first stamped line: at its arrival
+        t + 10_000_000,  # 30 ms late: at its stamp
+        t + 29_000_000,  # 1 ms sooner than the offset so far: at its arrival, and the offset tightens
+        t + 30_000_000,  # 1 ms late under the tightened offset
+        t + 50_000_000,  # an hour behind: more than MAX_STAMP_LAG_S, so the clock starts over
+        t + 60_000_000,  # no stamp: its arrival
+    ]
+    assert MAX_STAMP_LAG_S < 3600
+    assert all(at <= line.time_ns for at, line in zip(times, lines, strict=True))  # never after the arrival
+    # a replayed recording keeps every event at its line's position
+    replayed = StreamParser(parser_classes(Registry().parsers), vmm_stamps=False)
+    assert [ev.time_ns for line in lines for ev in replayed.feed(line)] == [line.time_ns for line in lines]
+    assert [ev.time_ns for ev in replay(lines, Registry().parsers).events] == [line.time_ns for line in lines]
+
+
+class RecordingSink:
+    """An EventSink keeping what a console's analyzer delivers."""
+
+    def __init__(self) -> None:
+        self.logs: list[LogEvent] = []
+
+    def log(self, workload: Workload, event: LogEvent) -> None:
+        self.logs.append(event)
+
+    def log_batch(self, workload: Workload, events: Any) -> None:
+        self.logs.extend(events)
+
+    def span(self, workload: Workload, event: Any) -> None:
+        pass
+
+    def record(self, workload: Workload, samples: Any) -> None:
+        pass
+
+    def declare(self, specs: Any, scope: str) -> None:
+        pass
+
+
+def test_the_console_collector_reads_both_writers_of_a_live_stream(parsers: dict[str, Any]) -> None:
+    """collectors/console.py's analyzer on firecracker-3.txt as it would arrive: the VMM's lines late, in one read."""
+    lines = read_console(CONSOLES / "firecracker-3.txt")[1:]
+    t = 9_000_000_000
+    burst = [dataclasses.replace(line, time_ns=t + 25_000_000) for line in lines[:5]]  # all read at once, late
+    guest = [dataclasses.replace(line, time_ns=t + 30_000_000 + i * 1_000_000) for i, line in enumerate(lines[5:])]
+    burst[0] = dataclasses.replace(burst[0], time_ns=t)  # the first line was read as it came
+    seen: list[GuestEvent] = []
+    sink = RecordingSink()
+    workload = Workload(kind=Kind.UNIKERNEL, runtime="firecracker", id="fc-1", name="fc")
+    analyzer = _Analyzer(workload, sink, parser_classes(parsers), False, seen.append)
+    analyzer.feed(burst)
+    analyzer.feed(guest)
+    assert (analyzer.family, analyzer.vmms) == ("linux", ("firecracker",))
+    assert [(ev.name, ev.milestone) for ev in seen] == [
+        ("firecracker.start", B),
+        ("firecracker.instance_start", None),
+        ("linux.boot", B),
+        ("linux.kernel_ready", K),
+        ("linux.init", None),
+    ]
+    # Firecracker stamped `Successfully started` 20.794808 ms after `Running Firecracker`: that is its time
+    times = {log.event_name: log.time_ns for log in sink.logs if log.event_name}
+    assert times["firecracker.start"] == t
+    assert times["firecracker.instance_start"] == t + 20_794_808
+    assert times["linux.boot"] == t + 30_000_000 and times["linux.kernel_ready"] == t + 35_000_000
+    ready = next(log for log in sink.logs if log.event_name == "linux.kernel_ready")
+    assert ("uniobs.milestone", "kernel_ready") in ready.attributes
+
+
+@st.composite
+def interleaving(draw: st.DrawFn) -> tuple[list[ConsoleLine], list[ConsoleLine], list[ConsoleLine]]:
+    """A VMM log and a guest transcript, each line at a time of its own, merged in a random order."""
+    vmm_texts = draw(st.sampled_from(sorted(VMM_SAMPLES.values())))
+    guest_texts = draw(st.sampled_from(GUEST_PARTS))
+    vmm = lines_at(vmm_texts, start_ns=draw(st.integers(0, 10**9)), step_ns=draw(st.integers(0, 5 * 10**6)))
+    guest = lines_at(guest_texts, step_ns=REPLAY_LINE_NS)
+    cuts = sorted(draw(st.lists(st.integers(0, len(guest)), min_size=len(vmm), max_size=len(vmm))))
+    merged: list[ConsoleLine] = []
+    at = 0
+    for line, cut in zip(vmm, cuts, strict=True):
+        merged += [*guest[at:cut], line]
+        at = cut
+    return vmm, guest, merged + guest[at:]
+
+
+GUEST_PARTS = [guest_part(path, Registry().parsers) for path in transcripts()] + [MICROVM_VERBOSE, MICROVM_QUIET]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=interleaving(), stamps=st.booleans())
+def test_any_interleaving_reads_as_each_part_alone(
+    case: tuple[list[ConsoleLine], list[ConsoleLine], list[ConsoleLine]], stamps: bool
+) -> None:
+    """Property: whatever the order of a VMM log's lines among a guest's, the guest's events and
+    milestones (in order) and the VMM's events are those of each part alone."""
+    parsers = Registry().parsers
+    vmm, guest, merged = case
+    both = tagged(merged, parsers, vmm_stamps=stamps)
+    assert [pair for pair in both if pair[0] not in VMM_LOGS] == tagged(guest, parsers, vmm_stamps=stamps)
+    assert [pair for pair in both if pair[0] in VMM_LOGS] == tagged(vmm, parsers, vmm_stamps=stamps)
+    res, guest_alone, vmm_alone = (replay(lines, parsers, vmm_stamps=stamps) for lines in (merged, guest, vmm))
+    assert (res.family, res.milestones, res.phases, res.clock) == (
+        guest_alone.family, guest_alone.milestones, guest_alone.phases, guest_alone.clock,
+    )  # fmt: skip
+    assert res.vmm == vmm_alone.vmm and list(res.vmm)  # every sample is some VMM's own
+    assert [ev.milestone for ev in res.milestones.values()] == [
+        ev.milestone for ev in guest_alone.events if ev.milestone is not None
+    ]
+
+
+class BoomVmm(VmmLogParser):
+    family = "boomvmm"
+
+    def owns(self, line: ConsoleLine) -> bool:
+        if line.text == "crash owns":
+            raise RuntimeError("owns bug")
+        return line.text.startswith("VMM")
+
+    def recognises(self, line: ConsoleLine) -> bool:
+        return self.owns(line)
+
+    def parse(self, line: ConsoleLine) -> list[GuestEvent]:
+        return [GuestEvent(line.time_ns, "boomvmm.line")]
+
+
+def test_a_failing_vmm_log_parser_is_switched_off(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    stream = StreamParser([BoomVmm, *parser_classes(Registry().parsers).values()])
+    assert [ev.name for ev in stream.feed(ConsoleLine(1, "VMM up", 1))] == ["boomvmm.line"]
+    assert stream.feed(ConsoleLine(2, "crash owns", 2)) == []  # then the line is the guest's
+    assert "'boomvmm' failed to read a line; switched off" in caplog.text
+    assert stream.feed(ConsoleLine(3, "VMM again", 3)) == []  # off for this console
+    assert [ev.name for ev in stream.feed(ConsoleLine(4, "OSv v0.57.0", 4))] == ["osv.boot"]
+    assert (stream.family, stream.vmms) == ("osv", ["boomvmm"])
+
+
 # --- detection and replay ---------------------------------------------------------------------
 
 
@@ -605,6 +986,7 @@ def test_phases_from_milestones_use_the_guest_clock_when_every_milestone_is_stam
 # --- robustness -------------------------------------------------------------------------------
 
 ALL_LINES = [line.text for path in transcripts() for line in read_console(path)] + MICROVM_VERBOSE
+ALL_LINES += [text for texts in VMM_SAMPLES.values() for text in texts]
 MAX_EVENTS_PER_LINE = 4
 MAX_ATTR_CHARS = 256
 
@@ -655,6 +1037,13 @@ def test_no_input_breaks_a_parser(texts: list[str]) -> None:
         for number, text in enumerate(texts, start=1):
             line = ConsoleLine(number * REPLAY_LINE_NS, text, number)
             assert parser.recognises(line) in (True, False)
+            if isinstance(parser, VmmLogParser):
+                owned = parser.owns(line)
+                assert owned in (True, False)
+                # the stream asks `owns` only of lines that start with one of the parser's prefixes
+                assert not owned or not parser.prefixes or text.startswith(parser.prefixes), parser.family
+                stamp = parser.stamp_ns(line)
+                assert stamp is None or (owned and isinstance(stamp, int) and stamp >= 0), parser.family
             events = parser.parse(line)
             check_events(events)
             milestones += [ev.milestone for ev in events if ev.milestone is not None]
@@ -666,7 +1055,9 @@ def adversarial_lines() -> Iterator[str]:
     n = 16 * 1024
     for unit in ["[", " ", "\t", "0", "0.", "[ ", "] ", "a ", ": ", "(+", "[0]", "Solo5: ", "|", "@ ", "<", "*"]:
         yield (unit * (n // len(unit)))[:n]
-    for prefix in ["Solo5: trap: ", "[    0.000000] Info: [lib", "[0][INFO] ", "OSv v", "\t" + "x" * 40 + ": 1"]:
+    for prefix in ["Solo5: trap: ", "[    0.000000] Info: [lib", "[0][INFO] ", "OSv v", "\t" + "x" * 40 + ": 1",
+                   "2025-03-30T18:14:06.845979099 [", "2025-03-30T18:14:06 [a:", "cloud-hypervisor: 1", "(qemu) ",
+                   "qemu-system-x86_64: terminating on signal "]:  # fmt: skip
         yield prefix + ("9" * n)
         yield prefix + (" " * n) + "!"
 
@@ -680,6 +1071,9 @@ def test_long_hostile_lines_are_parsed_in_linear_time() -> None:
         for number, text in enumerate(adversarial_lines(), start=1):
             line = ConsoleLine(number, text, number, truncated=True)
             parser.recognises(line)
+            if isinstance(parser, VmmLogParser):
+                parser.owns(line)
+                parser.stamp_ns(line)
             check_events(parser.parse(line))
         elapsed = time.perf_counter() - started
         assert elapsed < 2.0, f"{parser.family}: {elapsed:.2f}s for {sum(1 for _ in adversarial_lines())} lines"
@@ -747,3 +1141,23 @@ def test_uniobs_parse_replays_a_recorded_console(tmp_path: Path) -> None:
         [sys.executable, "-m", "uniobs.cli", "parse", "-"], input="just\nsome text\n", capture_output=True, text=True
     )
     assert unknown.returncode == 0 and unknown.stdout.startswith("family: unknown")
+
+
+def test_uniobs_parse_of_a_console_without_times_says_lines_not_ms() -> None:
+    """A recorded console has no arrival times: phases between milestones are line positions, and
+    `uniobs parse` says so instead of printing line differences as milliseconds (nanos-1.txt: only
+    kernel_ready carries a guest stamp)."""
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "uniobs.cli", "parse", str(CONSOLES / "nanos-1.txt")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "milestone kernel_ready  line     4, guest 0.087239 s: nanos.network.up" in lines
+    header = lines.index(next(line for line in lines if line.startswith("boot phases")))
+    assert "has no times" in lines[header]
+    phases = [line for line in lines[header + 1 :] if line.startswith("  ")]
+    assert phases[0].split() == ["boot->kernel_ready", "line", "2", "->", "4", "(2", "lines", "later)"]
+    assert not any(" ms" in line for line in phases)

@@ -41,6 +41,7 @@ from uniobs.host.procfs import (
 )
 from uniobs.model import Kind, Workload
 from uniobs.plugin import SourceUnavailable, WorkloadGone
+from uniobs.runtimes.select import Runtimes
 
 PROC_DATA = TESTDATA / "proc"
 THREADED = PROC_DATA / "threaded_comm"
@@ -243,6 +244,8 @@ def describe(fs: ProcFS, pid: int) -> dict[str, Any]:
         "memory_rollup": _attempt(lambda: fs.memory_rollup(pid)),
         "num_fds": _attempt(lambda: fs.num_fds(pid)),
         "boot_time": _attempt(fs.boot_time),
+        # every VMM an installed runtime finds in the tree (uniobs.runtimes.select)
+        "vmms": [{**dataclasses.asdict(v), "kind": v.kind.value} for v in Runtimes().discover(fs.root)],
     }
 
 

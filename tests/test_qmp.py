@@ -28,6 +28,8 @@ from uniobs.runtimes.qmp import (
     QmpForbidden,
     QmpGone,
     QmpTimeout,
+    StatsResult,
+    Vcpu,
     decode_message,
     parse_balloon,
     parse_blockstats,
@@ -83,7 +85,8 @@ def test_balloon_and_blockstats() -> None:
     assert d0.device == "d0"
     assert (d0.rd_bytes, d0.wr_bytes, d0.rd_operations, d0.wr_operations, d0.flush_operations) == (0, 0, 0, 0, 0)
     # -blockdev devices have no BlockBackend name: the qdev path names them
-    entry = {"device": "", "qdev": "/machine/peripheral/disk0/virtio-backend", "stats": {"rd_bytes": 512}}
+    stats = ret("tcg-devices-query-blockstats.json")[0]["stats"]
+    entry = {"device": "", "qdev": "/machine/peripheral/disk0/virtio-backend", "stats": {**stats, "rd_bytes": 512}}
     assert parse_blockstats([entry])[0].device == "/machine/peripheral/disk0/virtio-backend"
 
 
@@ -125,8 +128,9 @@ def test_stats_shape_from_the_reference_docs() -> None:
     results = parse_stats(ret("docs-query-stats-vcpu.json"))
     assert [dict(r.values)["blocking"] for r in results] == [1, 1]  # JSON true
     assert dict(results[0].values)["halt_wait_hist"] == (0, 0, 0, 0, 0, 8, 1, 0)
-    with pytest.raises(QmpError, match="query-stats value of x"):
-        parse_stats([{"provider": "kvm", "stats": [{"name": "x", "value": "many"}]}])
+    # a value of another type is left out, not the reply: the other statistics stay
+    odd = [{"provider": "kvm", "stats": [{"name": "x", "value": "many"}, {"name": "exits", "value": 3}]}]
+    assert parse_stats(odd) == (StatsResult("kvm", None, (("exits", 3),)),)
 
 
 def test_events_recorded() -> None:
@@ -153,14 +157,16 @@ def test_malformed_replies_are_qmp_errors_not_crashes() -> None:
         ([], parse_status),
         ({"status": 3}, parse_status),
         ({}, parse_cpus_fast),
-        ([{"cpu-index": "0", "thread-id": 1}], parse_cpus_fast),
-        ([{"cpu-index": True, "thread-id": 1}], parse_cpus_fast),  # a bool is not an integer here
         ({"base-memory": None}, parse_memory_size_summary),
-        ([{"device": "x"}], parse_blockstats),
         ({"stats": []}, parse_stats_schemas),
     ]:
         with pytest.raises(QmpError, match="malformed QMP reply"):
             parser(bad)
+    # in a list reply, a malformed element is left out: the rest is returned
+    good = {"cpu-index": 1, "thread-id": 2, "qom-path": "/machine/unattached/device[1]"}
+    for bad_cpu in ({"cpu-index": "0", "thread-id": 1}, {"cpu-index": True, "thread-id": 1}):  # a bool is no integer
+        assert parse_cpus_fast([bad_cpu, good]) == (Vcpu(1, 2, "/machine/unattached/device[1]"),)
+    assert parse_blockstats([{"device": "x"}]) == ()  # no counters: absent, not zeros
 
 
 # --- framing --------------------------------------------------------------------------------

@@ -300,6 +300,124 @@ def test_a_tie_has_no_winner() -> None:
     assert _cells(report.terminal_table(results, color=False), "image size, compressed") == ["35.4 MB", "35.4 MB"]
 
 
+# ---------------------------------------------------------------- three sides, unknown figures, skipped sides
+
+NO_TOOLCHAIN = "no Nanos toolchain on this host (set NANOS_DIR or install ops)"
+NO_DUMP = "node.img: a Nanos disk image (2 TFS file systems), not read: no Nanos toolchain on this host to read it with"
+
+
+def make_three() -> dict[str, Any]:
+    """The seed function on three sides: Nanos, the Linux microVM and the container."""
+    results = make_results()
+    microvm, container = results["sides"]
+    nanos = copy.deepcopy(microvm)
+    nanos.update(side="nanos", label="unikernel (Nanos, QEMU q35, TCG)")
+    nanos["image"].update(bytes=107_000_000, compressed_bytes=36_100_000)
+    nanos["coldstart"].update(samples_s=[1.9, 2.0, 2.1, 1.95, 2.05], median_s=2.0, p95_s=2.09, min_s=1.9, max_s=2.1)
+    nanos["coldstart"]["phases"] = {
+        "vmm_spawn": {"median_s": 0.045, "samples_s": [0.045]},
+        "guest_boot": {"median_s": 0.35, "samples_s": [0.35]},
+        "app_init": {"median_s": 1.6, "samples_s": [1.6]},
+    }
+    nanos["memory"]["idle"]["rss_bytes"] = 250 * MB
+    nanos["memory"]["timeline"] = _timeline(20 * MB, 250 * MB, points=15)
+    nanos["attack_surface"].update(executables=2, shared_libraries=7, shell=False, setuid_files=0)
+    microvm["side"], container["side"] = "unikernel", "container"
+    results["sides"] = [nanos, microvm, container]
+    results["skipped"] = []
+    return results
+
+
+def test_three_sides_star_the_best_of_three() -> None:
+    results = make_three()
+    table = report.terminal_table(results, color=False)
+    assert table.startswith("uniobs compare: hello-node, nanos vs unikernel vs container\n")
+    assert _cells(table, "cold start to ready, median") == ["2.00 s", "2.95 s", "103 ms ★"]
+    assert _cells(table, "executables in the image") == ["2", "1 ★", "21"]
+    assert _cells(table, "shared libraries in the image") == ["7", "0 ★", "12"]
+    assert _cells(table, "image size on disk") == ["107 MB", "101 MB", "92.0 MB ★"]
+    assert _cells(table, "memory idle: VMM/process RSS") == ["250 MB", "212 MB", "44.0 MB ★"]
+    assert _cells(table, "a shell in the image") == ["no ★", "no ★", "yes"]  # a tie of two: both
+    assert _cells(table, "guest_boot") == ["350 ms", "2.31 s", "—"]
+    md = report.markdown(results)
+    head = "| figure | unikernel (Nanos, QEMU q35, TCG) | unikernel (QEMU microvm, TCG) | container (Alpine, runc) |"
+    assert head in md
+    assert "| executables in the image | 2 | **1** ★ | 21 |" in md
+    page = report.html(results)
+    assert page.count("<th>unikernel (Nanos, QEMU q35, TCG)</th>") == 2  # the figures and the phases
+    assert page.count("<svg ") == 4
+    for chart in (report.svg_coldstart(results), report.svg_waterfall(results), report.svg_image(results)):
+        for label in ("Nanos, QEMU q35", "QEMU microvm", "Alpine, runc"):
+            assert label in chart
+    memory = report.svg_memory(results)
+    assert memory.count("<polyline") == 3 and all(c in memory for c in report.SIDE_COLORS[:3])
+
+
+def test_an_unknown_figure_is_said_so_and_wins_nothing() -> None:
+    results = make_three()
+    nanos = results["sides"][0]
+    nanos["attack_surface"].update(executables=None, shared_libraries=None, shell=None, setuid_files=None)
+    nanos["attack_surface"]["complete"] = False
+    nanos["attack_surface"]["unknown"] = {
+        k: NO_DUMP for k in ("executables", "shared_libraries", "shell", "setuid_files")
+    }
+    table = report.terminal_table(results, color=False)
+    # unknown, not "—" (not measured) and never 0; and no side wins a row one side could not be measured in
+    assert _cells(table, "executables in the image") == ["unknown", "1", "21"]
+    assert _cells(table, "shared libraries in the image") == ["unknown", "0", "12"]
+    assert _cells(table, "a shell in the image") == ["unknown", "no", "yes"]
+    assert _cells(table, "setuid/setgid files") == ["unknown", "0", "1"]
+    assert _cells(table, "cold start to ready, median") == ["2.00 s", "2.95 s", "103 ms ★"]  # other rows as before
+    note = (
+        "unikernel (Nanos, QEMU q35, TCG): unknown (executables in the image, shared libraries in the image, "
+        f"a shell in the image, setuid/setgid files): {NO_DUMP}."
+    )
+    assert note in report.notes(results)
+    assert "| executables in the image | unknown | 1 | 21 |" in report.markdown(results)
+    assert '<td class="missing">unknown</td>' in report.html(results)
+    # the diff shows it, and calls nothing a regression
+    old = make_three()
+    text = report.diff(old, results)
+    line = next(x for x in text.splitlines() if x.startswith("| executables in the image | unikernel (Nanos"))
+    assert "2 → —" in line and "REGRESSION" not in line
+
+
+def test_a_skipped_side_is_named_with_its_reason() -> None:
+    results = make_results()
+    results["skipped"] = [
+        {"side": "nanos", "shrinkwrap": "unikernel", "label": "unikernel (Nanos, QEMU q35)", "reason": NO_TOOLCHAIN}
+    ]
+    validate(results)
+    assert ("skipped", f"nanos: {NO_TOOLCHAIN}") in report.header(results)
+    table = report.terminal_table(results, color=False)
+    assert f"skipped      nanos: {NO_TOOLCHAIN}" in table
+    assert f"nanos: skipped: {NO_TOOLCHAIN}." in table.replace("\n  ", " ")
+    assert f"- **skipped**: nanos: {NO_TOOLCHAIN}" in report.markdown(results)
+    assert f"<dt>skipped</dt><dd>nanos: {NO_TOOLCHAIN}</dd>" in report.html(results)
+    assert "skipped" not in report.terminal_table(make_results(), color=False)  # nothing skipped: no line
+    results["skipped"] = "nanos"
+    with pytest.raises(ResultsError, match="skipped"):
+        validate(results)
+
+
+def test_diff_pairs_sides_by_name() -> None:
+    """Two sides of the same shrink-wrap and runtime (Nanos and the microVM, both QEMU) pair by name;
+    a file from before names existed pairs by its shrink-wrap."""
+    old, new = make_three(), make_three()
+    new["sides"][0]["coldstart"]["median_s"] = 2.4
+    text = report.diff(old, new)
+    line = next(x for x in text.splitlines() if x.startswith("| cold start to ready, median | unikernel (Nanos"))
+    assert "2.00 s → 2.40 s" in line and "REGRESSION" in line
+    line = next(x for x in text.splitlines() if x.startswith("| cold start to ready, median | unikernel (QEMU"))
+    assert "2.95 s → 2.95 s" in line
+    older = make_results()  # no "side" keys
+    text = report.diff(older, make_three())
+    line = next(x for x in text.splitlines() if x.startswith("| cold start to ready, median | unikernel (QEMU"))
+    assert "2.95 s → 2.95 s" in line
+    line = next(x for x in text.splitlines() if x.startswith("| cold start to ready, median | unikernel (Nanos"))
+    assert "— → 2.00 s" in line
+
+
 # ---------------------------------------------------------------- Markdown
 
 

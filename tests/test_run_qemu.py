@@ -51,7 +51,7 @@ def test_run_exports_console_lifecycle_and_vmm_metrics_and_exits_with_the_guest_
     assert events[0] == "uniobs.spawned" and events[-1] == "uniobs.exited"
     assert "uniobs.console_first_byte" in events
     exited = signals.events()[-1]
-    assert exited["attributes"]["uniobs.exit.reason"] == "guest-exit"
+    assert exited["attributes"]["uniobs.exit.reason"] == "exit"
     assert exited["attributes"]["uniobs.guest.exit_code"] == 5
     assert exited["attributes"]["process.exit.code"] == 11
     res = exited["resource"]
@@ -70,8 +70,8 @@ def test_run_exports_console_lifecycle_and_vmm_metrics_and_exits_with_the_guest_
     assert vcpu[0][2]["unit"] == "s"
     assert signals.last("uniobs.vm.memory.size") == 64 << 20
     assert signals.last("uniobs.vm.status", uniobs_vm_status="running") == 1
-    assert signals.last("uniobs.workload.exits", uniobs_exit_reason="guest-exit") == 1
-    assert b"exited: guest-exit (guest status 5), status 11" in result.stderr
+    assert signals.last("uniobs.workload.exits", uniobs_exit_reason="exit") == 1
+    assert b"exited: exit (guest status 5), status 11" in result.stderr
 
 
 def test_flood_loses_no_line(tmp_path: Path) -> None:
@@ -136,6 +136,27 @@ def test_sigterm_to_uniobs_shuts_the_guest_down_cleanly(tmp_path: Path) -> None:
     signals = Signals(out)
     assert signals.events()[-1]["attributes"]["uniobs.exit.reason"] == "host-signal"
     assert [e["attributes"].get("qemu.shutdown.reason") for e in signals.events("qemu.")] == ["host-signal"]
+
+
+def test_a_users_ctrl_c_is_not_an_error(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal: SIGINT to the whole foreground process group, uniobs and QEMU alike.
+    The user asked for that end: the exit and the cut-short cold start are not logged as errors."""
+    out = tmp_path / "t.jsonl"
+    cmd = [sys.executable, "-m", "uniobs.cli", "run", "--quiet", "--interval", "0.2", "--export", f"file:{out}",
+           "--", *QEMU, "-serial", "stdio", "-kernel", str(KERNEL), "-append", "mode=hang"]  # fmt: skip
+    runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not psutil.Process(runner.pid).children():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(runner.pid, signal.SIGINT)
+    _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 0, stderr  # QEMU's own end on a signal (QMP SHUTDOWN host-signal)
+    events = Signals(out).events()
+    exited = events[-1]
+    assert exited["attributes"]["uniobs.exit.reason"] == "host-signal" and exited["severity"] == "INFO"
+    assert all(e["severity"] != "ERROR" for e in events), [e for e in events if e["severity"] == "ERROR"]
+    assert b"ERROR" not in stderr and b"Traceback" not in stderr
 
 
 def test_a_file_serial_keeps_its_file_and_is_captured_beside_it(tmp_path: Path) -> None:

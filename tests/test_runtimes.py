@@ -114,10 +114,10 @@ def test_each_runtime_reads_an_exit_its_own_way(tmp_path: Path) -> None:
         return runtime.classify_exit(returncode, runtime.start(plan))
 
     debug_exit = ["qemu-system-x86_64", "-device", "isa-debug-exit,iobase=0xf4", "-kernel", "k"]
-    assert (classify(debug_exit, 7).reason, classify(debug_exit, 7).guest_exit_code) == ("guest-exit", 3)
+    assert (classify(debug_exit, 7).reason, classify(debug_exit, 7).guest_exit_code) == ("exit", 3)
     assert classify(["qemu-system-x86_64", "-kernel", "k"], 1).reason == "exit"
     assert (classify(["solo5-hvt", "a.hvt"], 2).reason, classify(["solo5-hvt", "a.hvt"], 2).guest_exit_code) == (
-        "guest-exit", 2
+        "exit", 2
     )  # fmt: skip
     killed = classify(["runc", "run", "x"], 128 + signal.SIGKILL)
     assert (killed.reason, killed.status, killed.signal_name) == ("signal", 137, "SIGKILL")
@@ -209,7 +209,7 @@ class AcmeRuntime(Runtime):
         if returncode < 0:
             return ExitInfo.by_signal(-returncode, returncode, attributes)
         if returncode >= 64:
-            return ExitInfo.of(returncode, "guest-exit", attributes, guest_exit_code=returncode - 64)
+            return ExitInfo.of(returncode, "exit", attributes, guest_exit_code=returncode - 64)
         return ExitInfo.of(returncode, "guest-shutdown", attributes)
 
     def inspect(self, pid, argv, proc="/proc"):
@@ -260,12 +260,12 @@ def test_run_launches_a_third_party_vmm_with_its_runtime_s_rules(acme: dict[str,
         env=acme, capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 67, result.stderr  # the VMM's status
-    assert "hello exited: guest-exit (guest status 3), status 67" in result.stderr
+    assert "hello exited: exit (guest status 3), status 67" in result.stderr
     signals = Signals(out)
     exited = signals.events()[-1]
     assert exited["event"] == "uniobs.exited"
     assert (exited["attributes"]["uniobs.exit.reason"], exited["attributes"]["uniobs.guest.exit_code"]) == (
-        "guest-exit", 3
+        "exit", 3
     )  # fmt: skip
     resource = exited["resource"]
     assert (resource["uniobs.workload.runtime"], resource["uniobs.workload.kind"], resource["service.name"]) == (
@@ -373,3 +373,21 @@ def test_a_runtime_subclass_needs_only_a_name_and_recognises(tmp_path: Path) -> 
     assert type(launch) is Launch and launch.ending() is None and dict(launch.coldstart_marks()) == {}
     assert runtime.classify_exit(5, launch).reason == "exit"
     assert runtime.inspect(1, ["/opt/bare/vmm"]) is None
+
+
+def test_a_qemu_guest_is_named_after_its_image_whether_kernel_or_disk(tmp_path: Path) -> None:
+    """`-kernel` names the function, and so does the disk image a guest boots from (a Nanos or OSv
+    image: `-drive file=`, `-hda`); QEMU's own `-name` first; the program's name only as a last resort."""
+    runtimes = Runtimes()
+
+    def name(*args: str) -> str:
+        plan = runtimes.plan(["qemu-system-x86_64", *args], tmp_path, "t")
+        return runtimes.of(plan).function_name(plan)
+
+    drive = "if=none,id=hd0,format=raw,file=/srv/images/node.img"
+    assert name("-machine", "q35", "-drive", drive, "-device", "scsi-hd,drive=hd0") == "node"
+    assert name("-hda", "fn.qcow2") == "fn"
+    assert name("-kernel", "build/minikernel.elf", "-drive", "file=data.img") == "minikernel"
+    assert name("-name", "guest=hello,debug-threads=on", "-hda", "fn.qcow2") == "hello"
+    assert name("-blockdev", "driver=file,node-name=f0,filename=/srv/osv.raw") == "osv"
+    assert name("-m", "64") == "qemu-system-x86_64"

@@ -280,19 +280,35 @@ def test_a_newc_cpio_written_here_is_read(tmp_path: Path, compression: str) -> N
     assert "stopped" not in measured["method"]
 
 
-def test_damaged_and_unreadable_archives_are_noted_not_raised(tmp_path: Path) -> None:
+def unknown_figures(measured: dict[str, Any]) -> None:
+    """An image not read whole: no figure (not a 0), complete false, and the reason for each figure."""
+    assert measured["complete"] is False
+    for key in ("executables", "shared_libraries", "setuid_files"):
+        assert measured[key] is None and measured["unknown"][key], key
+    assert measured["method"].startswith("unknown: ")
+
+
+def test_damaged_and_unreadable_archives_are_unknown_not_zero_and_never_raise(tmp_path: Path) -> None:
     whole = gzip.compress(newc(initramfs_entries()), mtime=0)
     truncated = tmp_path / "truncated.cpio.gz"
     truncated.write_bytes(whole[: len(whole) // 2])
     measured = surface_of_image([str(truncated)])
     assert "stopped after" in measured["method"] and "truncated" in measured["method"]
+    unknown_figures(measured)
     zstd = tmp_path / "initramfs.zst"
     zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
     measured = surface_of_image([str(zstd)])
-    assert measured["executables"] == 0 and "zstd" in measured["method"]
+    unknown_figures(measured)
+    assert "zstd" in measured["unknown"]["executables"] and measured["shell"] is None
     data = tmp_path / "blob"
     data.write_bytes(b"nothing to see")
-    assert "nothing counted" in surface_of_image([str(data)])["method"]
+    measured = surface_of_image([str(data)])
+    unknown_figures(measured)
+    assert "does not know" in measured["unknown"]["executables"]
+    # a kernel read whole beside a part that was not: still unknown, not "1 executable"
+    measured = surface_of_image([str(SHELL_ELF), str(data)])
+    unknown_figures(measured)
+    assert measured["executable_paths"] == [str(SHELL_ELF)]  # what was read is listed all the same
 
 
 # --------------------------------------------------------------------------------------------

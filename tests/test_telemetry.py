@@ -384,3 +384,15 @@ def test_log_intake_from_many_threads_while_flushing_loses_nothing_uncounted() -
         stats = t.stats()[name]
         assert stats.sent["logs"] == len(sink.get_finished_logs())
         assert stats.sent["logs"] + stats.dropped["logs"] + stats.failed["logs"] == produced
+
+
+def test_a_counter_past_int64_is_exported_as_a_double_not_a_failed_batch() -> None:
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+
+    t, metrics, _, _ = make()
+    t.record(VM, [Sample("test.level", (1 << 64) - 1)])
+    assert t.flush(5)
+    [(_, point)] = points(metrics.batches[-1], "test.level")
+    assert point.value == float((1 << 64) - 1)
+    encode_metrics(metrics.batches[-1])  # the OTLP encoding takes it
+    t.shutdown(2)

@@ -15,6 +15,7 @@ RUNTIME = "uniobs.runtime"  # qemu, solo5-hvt, runc...
 PHASE = "uniobs.phase"  # a cold-start phase
 RECORD_TYPE_ATTR = "uniobs.guest.record_type"  # a line-protocol record's type
 REASON_ATTR = "uniobs.reason"  # why a record or sample was refused
+CPU_MODE = "cpu.mode"  # user, system
 
 # uniobs' own metrics, on uniobs' own resource.
 SELF_METRICS = (
@@ -93,9 +94,35 @@ LIFECYCLE_METRICS = (
         "uniobs.workload.exits",
         Instrument.COUNTER,
         "{exit}",
-        "Workload exits by reason: guest-exit (the guest chose its status), guest-shutdown, "
-        "guest-reset, guest-panic, host-signal, signal (the VMM was killed), exit (a process ended).",
+        "Workload exits by reason: exit (a status of its own; a guest's in uniobs.guest.exit_code), crash "
+        "(panic, abort, trap, fatal signal), tender-error (the tender or VMM failed, no guest status), signal "
+        "(the VMM, tender or process was killed), host-signal, guest-shutdown, guest-reset, oom-killed.",
         ("uniobs.exit.reason",),
+    ),
+)
+
+
+# The process collector scrapes it from /proc; `uniobs run` records its exact value at the exit.
+PROCESS_CPU_TIME = MetricSpec(
+    "process.cpu.time",
+    Instrument.COUNTER,
+    "s",
+    "CPU time of the process, by mode: scraped from /proc, and under `uniobs run` exactly at its exit (wait4 "
+    "rusage: the process and the descendants it waited for).",
+    (CPU_MODE,),
+)
+
+# What `uniobs run` reads from its command's exit (wait4 rusage), on the workload's resource (a
+# container's: on one of the runtime CLI's own, whose process it is).
+EXIT_USAGE_METRICS = (
+    PROCESS_CPU_TIME,
+    MetricSpec(
+        "uniobs.process.memory.peak",
+        Instrument.GAUGE,
+        "By",
+        "Peak resident set size of the command `uniobs run` launched (the VMM or tender, a plain process; for a "
+        "container the runtime CLI and the processes it waited for), from its exit's rusage (ru_maxrss). Not "
+        "recorded when not above uniobs' own peak, which the kernel counts in it until the exec.",
     ),
 )
 
@@ -120,7 +147,8 @@ COLDSTART_METRICS = (
         "uniobs.coldstart.phase.duration",
         Instrument.HISTOGRAM,
         "s",
-        "Duration of each cold-start phase the host observed.",
+        "Duration of each cold-start phase the host observed (`unattributed`: a stretch no observed phase "
+        "explains); a cold start's phases add up to its faas.init_duration.",
         (SHRINKWRAP, RUNTIME, PHASE),
         DURATION_BUCKETS,
     ),
@@ -150,5 +178,6 @@ GUEST_STATS_METRICS = (
 # Who emits what, for `uniobs describe` and the README table.
 CORE_METRICS: tuple[tuple[str, tuple[MetricSpec, ...]], ...] = (
     ("uniobs run/attach", (*LIFECYCLE_METRICS, *COLDSTART_METRICS)),
+    ("uniobs run", EXIT_USAGE_METRICS[1:]),  # process.cpu.time is listed with the process collector
     ("uniobs (self)", (*SELF_METRICS, *PIPELINE_METRICS)),
 )

@@ -12,6 +12,7 @@ import abc
 import enum
 import os
 import signal
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
@@ -205,7 +206,7 @@ class Milestone(enum.StrEnum):
 class GuestEvent:
     """Something a parser understood in a console line."""
 
-    time_ns: int  # host monotonic arrival time of the line
+    time_ns: int  # host monotonic time of the line: its arrival (a VMM log's own stamp, see VmmLogParser)
     name: str  # e.g. "solo5.exit", "osv.bootchart.vfs_initialized"
     milestone: Milestone | None = None
     guest_time_s: float | None = None  # the guest's own uptime stamp, when it printed one
@@ -227,6 +228,33 @@ class ConsoleParser(abc.ABC):
     @abc.abstractmethod
     def parse(self, line: ConsoleLine) -> Sequence[GuestEvent]:
         """The events in this line; an empty sequence for ordinary output."""
+
+
+class VmmLogParser(ConsoleParser):
+    """Understands a VMM's (or a launcher's) own log where it shares a stream with a guest's console,
+    e.g. Firecracker's logger on the stdout that also carries the guest's serial port.
+
+    A guest family is detected once per stream; a VMM log parser is always on, beside it: each line
+    it `owns` goes to it and to no guest parser, the other lines to the guest's family. Its events
+    are the VMM's, not the guest's: its milestones (the VMM's start, exit, crash) are kept apart
+    from the guest's boot milestones.
+    """
+
+    # Every line this parser owns starts with one of these: a stream tests a line against all its
+    # VMM parsers' prefixes in one call and asks `owns` only on a match. Empty: `owns` is asked of
+    # every line.
+    prefixes: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def owns(self, line: ConsoleLine) -> bool:
+        """Whether this line is the VMM's own. Asked of every line of every console before any guest
+        parser sees it: make it cheap (a literal prefix test first, a pattern only after it)."""
+
+    def stamp_ns(self, line: ConsoleLine) -> int | None:
+        """The time the VMM printed on this owned line, in nanoseconds on the VMM's own clock (only
+        differences between its stamps are used), or None. A live console places the VMM's events
+        at their stamps on the host's clock (never after their arrival); default: no stamps."""
+        return None
 
 
 # --- exporters ------------------------------------------------------------------------------
@@ -314,29 +342,47 @@ class Exporter(abc.ABC):
 
 
 class Phase(NamedTuple):
-    """A cold-start phase: from the first of `starts` that was marked to the first of `ends`."""
+    """A cold-start phase: it ends at the first of `ends` that was marked, and starts where the
+    phase before it ended, which must be one of `starts` (else that stretch is `unattributed`).
+
+    A runtime's phases are one chain from `exec` to the end of the cold start (see
+    `uniobs.coldstart.trace`): they follow one another with no gap and no overlap, so their
+    durations add up to the cold start. `first_request` comes after it and is not part of it.
+    """
 
     name: str
     starts: tuple[str, ...]
     ends: tuple[str, ...]
 
 
-# The marks of a launch: `exec`, `first_byte` (console), the guest's milestones (`kernel_ready`,
-# `app_start`, `ready`), `probe_ok`, `request_sent`/`request_done` (uniobs.coldstart.probes), and
-# the runtime's own (`Launch.milestones`, `Launch.coldstart_marks`): `qmp_ready`, `created`, `started`.
+# The marks of a launch: `exec`, `first_byte` (console), `guest_start` (when the guest's clock read
+# 0, from its uptime-stamped lines), the guest's milestones (`kernel_ready`, `app_start`, `ready`),
+# `probe_ok`, `request_sent`/`request_done` (uniobs.coldstart.probes), and the runtime's own
+# (`Launch.milestones`, `Launch.coldstart_marks`): `qmp_ready`, `created`, `started`.
 UNIKERNEL_PHASES: tuple[Phase, ...] = (
-    Phase("vmm_spawn", ("exec",), ("qmp_ready", "tender_running")),
-    Phase("guest_boot", ("first_byte",), ("kernel_ready",)),
-    Phase("app_init", ("app_start",), ("ready",)),
-    Phase("readiness", ("ready", "app_start"), ("probe_ok",)),
+    Phase("vmm_spawn", ("exec",), ("qmp_ready",)),
+    # the VMM loading the guest and starting it, up to the guest's clock start (else its first byte);
+    # from the exec for a VMM that has no ready mark of its own (the Solo5 hvt tender)
+    Phase("guest_load", ("qmp_ready", "exec"), ("guest_start", "first_byte")),
+    Phase("guest_boot", ("guest_start", "first_byte"), ("kernel_ready",)),
+    # the kernel starting the program: loading it, its libraries, its language runtime
+    Phase("runtime_load", ("kernel_ready",), ("app_start",)),
+    Phase("app_init", ("app_start",), ("ready", "probe_ok")),
+    Phase("readiness", ("ready",), ("probe_ok",)),
     Phase("first_request", ("request_sent",), ("request_done",)),
 )
 CONTAINER_PHASES: tuple[Phase, ...] = (
     Phase("runtime_create", ("exec",), ("created",)),
     Phase("runtime_start", ("created",), ("started",)),
-    Phase("app_init", ("started", "app_start"), ("ready",)),
-    Phase("readiness", ("ready", "started"), ("probe_ok",)),
+    Phase("runtime_load", ("started",), ("app_start",)),
+    Phase("app_init", ("app_start",), ("ready", "probe_ok")),
+    Phase("readiness", ("ready",), ("probe_ok",)),
     Phase("first_request", ("request_sent",), ("request_done",)),
+)
+# A plain process: its exec is the program's start.
+PROCESS_PHASES: tuple[Phase, ...] = (
+    Phase("runtime_load", ("exec",), ("app_start",)),
+    *CONTAINER_PHASES[3:],
 )
 
 
@@ -361,7 +407,8 @@ class LaunchPlan:
     fifos: list[str] = field(default_factory=list)  # to create before spawning
     kernel: str | None = None  # the guest image (or bundle, container image), when the command names one
     notes: list[str] = field(default_factory=list)  # what was changed, for --verbose output
-    capture_stderr: bool = False  # the command's stderr is the function's: captured as log records
+    # the command's stderr (the function's, or a VMM's own) is captured as log records (log.iostream=stderr)
+    capture_stderr: bool = False
     cleanup: list[str] = field(default_factory=list)  # files the command creates, removed when the run ends
     planned_by: str = ""  # the runtime (entry-point name) that made the plan
 
@@ -382,26 +429,49 @@ def signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
+# The one vocabulary of `uniobs.exit.reason`: the `uniobs.exited` record, the
+# `uniobs.workload.exits` counter, the cold-start span's failure and `uniobs run`'s summary line all
+# use these words (ExitInfo.describe() is the one wording of an exit).
+EXIT_REASONS: dict[str, str] = {
+    "exit": "the workload ended with a status of its own (a guest's is `uniobs.guest.exit_code`); clean when 0",
+    "crash": "the guest crashed (panic, abort, trap, fatal signal): a console marker, its family's crash status "
+    "or QEMU's GUEST_PANICKED; `uniobs.exit.detail` says which",
+    "tender-error": "the tender or VMM failed on its own (its error on stderr, `uniobs.exit.detail`): no guest status",
+    "signal": "the VMM, tender or process was killed by a signal (`uniobs.exit.signal`)",
+    "host-signal": "QEMU stopped on a signal it was sent (QMP SHUTDOWN reason host-signal)",
+    "guest-shutdown": "the guest powered off (QMP SHUTDOWN reason guest-shutdown)",
+    "guest-reset": "the guest reset under -no-reboot (QMP SHUTDOWN reason guest-reset; a triple fault ends here)",
+    "oom-killed": "the kernel's OOM killer ended the container",
+}
+
+
 @dataclass
 class ExitInfo:
     """Why a launched command ended (`Runtime.classify_exit`), and the status `uniobs run` exits with."""
 
     status: int  # the command's status, or 128+N when a signal N ended it
-    reason: str  # guest-exit, guest-shutdown, guest-reset, guest-panic, host-signal, signal, oom-killed, exit
+    reason: str  # one of EXIT_REASONS
     returncode: int  # as Popen reports it: -N for a signal
-    guest_exit_code: int | None = None
+    guest_exit_code: int | None = None  # the status the guest chose, when it is known
     signal_name: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)  # for the `uniobs.exited` record
+    detail: str | None = None  # what showed it: the crash's console marker, the tender's own error
 
     @classmethod
     def of(
-        cls, returncode: int, reason: str, attributes: dict[str, Any], guest_exit_code: int | None = None
-    ) -> ExitInfo:
-        """An exit with the command's own status."""
+        cls, returncode: int, reason: str, attributes: dict[str, Any], guest_exit_code: int | None = None,
+        detail: str | None = None, marker: str | None = None,
+    ) -> ExitInfo:  # fmt: skip
+        """An exit with the command's own status; `detail` (and the console event `marker` it came
+        from) say what showed it."""
         attributes["uniobs.exit.reason"] = reason
         if guest_exit_code is not None:
             attributes["uniobs.guest.exit_code"] = guest_exit_code
-        return cls(returncode, reason, returncode, guest_exit_code, attributes=attributes)
+        if detail:
+            attributes["uniobs.exit.detail"] = detail
+        if marker:
+            attributes["uniobs.exit.marker"] = marker
+        return cls(returncode, reason, returncode, guest_exit_code, attributes=attributes, detail=detail or None)
 
     @classmethod
     def by_signal(cls, number: int, returncode: int, attributes: dict[str, Any]) -> ExitInfo:
@@ -409,6 +479,30 @@ class ExitInfo:
         name = signal_name(number)
         attributes.update({"uniobs.exit.reason": "signal", "uniobs.exit.signal": name})
         return cls(128 + number, "signal", returncode, signal_name=name, attributes=attributes)
+
+    def describe(self) -> str:
+        """The one wording of this exit, for the summary line, the `uniobs.exited` record and the
+        cold-start span: `exit (guest status 0), status 83`, `crash (trap: type=#PF ...), status 255`,
+        `tender-error (solo5-hvt: ...: Could not open ...), status 1`, `signal (SIGKILL), status 137`.
+        "guest status" is what the guest chose; "status" is the command's, which `uniobs run` exits with."""
+        parts = [p for p in (self.signal_name, self.detail) if p]
+        if self.guest_exit_code is not None:
+            parts.insert(0, f"guest status {self.guest_exit_code}")
+        return self.reason + (f" ({'; '.join(parts)})" if parts else "") + f", status {self.status}"
+
+    @property
+    def clean(self) -> bool:
+        """An exit with status 0 (the guest's, when it chose one), or a guest's own power-off."""
+        if self.reason == "guest-shutdown":
+            return True
+        code = self.guest_exit_code if self.guest_exit_code is not None else self.status
+        return self.reason == "exit" and code == 0
+
+    def severity(self) -> Severity:
+        """INFO for a clean end, WARN for an exit with another (or an unknown) status, ERROR otherwise."""
+        if self.clean:
+            return Severity.INFO
+        return Severity.WARN if self.reason == "exit" else Severity.ERROR
 
 
 @dataclass(frozen=True)
@@ -433,6 +527,49 @@ class VmmInfo:
         )  # fmt: skip
 
 
+@dataclass
+class Observed:
+    """What `uniobs run` saw of a launch while it ran, for `Runtime.classify_exit`: the console's
+    family and its first exit and crash events (their `<family>.exit_code` and `<family>.crash.reason`
+    attributes), whether the console showed anything at all, and the command's last stderr lines
+    (when the plan captures them)."""
+
+    console_family: str | None = None  # the unikernel family the console parsers recognised
+    console_output: bool = False  # at least one byte arrived on the console
+    exit: GuestEvent | None = None  # the first Milestone.EXIT event (e.g. `Solo5: solo5_exit(0) called`)
+    crash: GuestEvent | None = None  # the first Milestone.CRASH event (a trap, an abort, a fatal signal)
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=64))
+    cwd: str | None = None  # where the command ran: relative paths in it are relative to this
+
+    def saw(self, event: GuestEvent) -> None:
+        if event.milestone is Milestone.EXIT and self.exit is None:
+            self.exit = event
+        elif event.milestone is Milestone.CRASH and self.crash is None:
+            self.crash = event
+
+    def guest_exit_code(self) -> int | None:
+        """The status the console's exit event printed (its `<family>.exit_code`), if any."""
+        code = _attribute(self.exit, ".exit_code", int)
+        return code if isinstance(code, int) else None
+
+    def crash_reason(self) -> str | None:
+        """What the console's crash event says (see `crash_reason`), if there was one."""
+        return crash_reason(self.crash) if self.crash is not None else None
+
+
+def crash_reason(event: GuestEvent) -> str:
+    """What a crash event says happened: its `<family>.crash.reason` attribute, else the event's name."""
+    reason = _attribute(event, ".crash.reason", str)
+    return reason if isinstance(reason, str) and reason else event.name
+
+
+def _attribute(event: GuestEvent | None, suffix: str, kind: type[Any]) -> Any:
+    for key, value in event.attributes if event is not None else ():
+        if key.endswith(suffix) and isinstance(value, kind) and not isinstance(value, bool):
+            return value
+    return None
+
+
 class Launch:
     """One launch of a command under a runtime, from just before its exec to its exit.
 
@@ -452,6 +589,7 @@ class Launch:
         # (name, monotonic ns, attributes) the launch saw while it was identified: each is logged
         # as the lifecycle event `uniobs.NAME` and recorded as the cold-start mark NAME
         self.milestones: list[tuple[str, int, Attributes]] = []
+        self.observed = Observed()  # filled by the runner, read by `Runtime.classify_exit`
 
     def prepare(self, loop: IoLoop, on_event: Callable[[LogEvent], None]) -> None:
         """Before the exec: start reading the runtime's own channels on `loop` (never a thread of
@@ -507,6 +645,11 @@ class Runtime(abc.ABC):
     # Start the command in a cgroup of its own when uniobs may (root) and none was asked for:
     # runc/crun place a relative cgroupsPath under their own cgroup, in every hierarchy.
     own_cgroup: ClassVar[bool] = False
+    # Whether `inject_trace` changes what the guest itself is given (its kernel command line, its
+    # argv): then uniobs calls it only when trace propagation is asked for (`run --propagate-trace`,
+    # `propagate_trace = true` in a function definition), and otherwise runs the command unchanged.
+    # A carrier the runtime defines for this (TRACEPARENT in a container's environment) is False.
+    trace_alters_guest: ClassVar[bool] = False
 
     @abc.abstractmethod
     def recognises(self, argv: Sequence[str]) -> bool:
@@ -530,7 +673,8 @@ class Runtime(abc.ABC):
         self, plan: LaunchPlan, traceparent: str, env: Mapping[str, str], *, rundir: str, cwd: str | None
     ) -> Command:
         """The command that hands the launch's W3C `traceparent` (and the function's `env`) to the
-        function, making what it needs in `rundir`. Default: both in the command's environment."""
+        function, making what it needs in `rundir`. Default: both in the command's environment.
+        With `trace_alters_guest`, called only when propagation is asked for."""
         return Command(list(plan.argv), {**os.environ, **env, "TRACEPARENT": traceparent})
 
     def start(self, plan: LaunchPlan) -> Launch:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from support.golden import Golden, scenario_dirs, scenario_params
-from support.paths import ROOT, TESTDATA
+from support.paths import ROOT, TESTDATA, UNIKERNELS
 from support.sinks import MemoryMetrics, MemorySinks
 
 
@@ -48,6 +48,19 @@ requires_prometheus = requires("prometheus", why="Debian: prometheus")
 requires_gcc = requires("gcc", why="Debian: gcc")
 requires_make_gcc = requires("make", "gcc", why="Debian: make gcc")
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runs containers, creates cgroups)")
+
+
+def requires_shared(*paths: str) -> pytest.MarkDecorator:
+    """Skip unless every path exists under ../shared/unikernels (the real unikernel binaries, test data)."""
+    absent = [p for p in paths if not (UNIKERNELS / p).exists()]
+    return pytest.mark.skipif(bool(absent), reason=f"{', '.join(absent)} not in {UNIKERNELS} (real unikernel binaries)")
+
+
+requires_solo5 = requires_shared("solo5/solo5-hvt", "solo5/tests/test_hello.hvt")
+requires_nanos = requires_shared("nanos/mkfs", "nanos/kernel.img", "nanos/boot.img")
+requires_kvm = pytest.mark.skipif(
+    not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm (the Solo5 hvt tender drives KVM)"
+)
 requires_vmlinuz = pytest.mark.skipif(
     not list(Path("/boot").glob("vmlinuz-*")), reason="no /boot/vmlinuz-* (Debian: linux-image-amd64)"
 )
@@ -55,6 +68,7 @@ requires_vmlinuz = pytest.mark.skipif(
 __all__ = [
     "ROOT",
     "TESTDATA",
+    "UNIKERNELS",
     "Golden",
     "MemoryMetrics",
     "MemorySinks",
@@ -62,12 +76,16 @@ __all__ = [
     "missing",
     "requires",
     "requires_gcc",
+    "requires_kvm",
     "requires_make_gcc",
+    "requires_nanos",
     "requires_node",
     "requires_prometheus",
     "requires_qemu",
     "requires_root",
     "requires_runc",
+    "requires_shared",
+    "requires_solo5",
     "requires_vmlinuz",
     "scenario_dirs",
     "scenario_params",

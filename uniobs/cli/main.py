@@ -220,10 +220,20 @@ def scrape_once(
 )
 @click.option("--request", metavar="URL", help="Send this HTTP GET once ready and time it (the first request).")
 @click.option(
+    "--propagate-trace",
+    is_flag=True,
+    help="Also pass the cold start's W3C traceparent to a unikernel, which changes its command line: "
+    "`traceparent=...` appended to QEMU's -append, or added as the hvt guest's last argument. Off by default: "
+    "a unikernel runs exactly as given. (Containers and processes always get TRACEPARENT in their environment.)",
+)
+@click.option(
     "--function", "definition", type=click.Path(dir_okay=False), help="A function definition (TOML) to launch."
 )
 @click.option(
-    "--as", "shrinkwrap", type=click.Choice(["unikernel", "container"]), help="With --function: which shrink-wrap."
+    "--as",
+    "shrinkwrap",
+    metavar="SIDE",
+    help="With --function: which side of the definition (its table: unikernel, container, nanos, ...).",
 )
 @click.option(
     "--rundir",
@@ -236,14 +246,14 @@ def scrape_once(
 def run(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float | None, quiet: bool,
     cgroup: str | None, ready: str | None, request: str | None, definition: str | None, shrinkwrap: str | None,
-    rundir: str | None, command: tuple[str, ...],
+    rundir: str | None, command: tuple[str, ...], propagate_trace: bool = False,
 ) -> None:  # fmt: skip
     """Run COMMAND and observe it until it exits: a unikernel (qemu-system-*, solo5-hvt), a container
     (runc run, crun run, podman run, docker run) or any command; or `--function F.toml --as KIND`.
 
     uniobs adds its own QMP sockets and a lossless console capture to a QEMU command, owns the
     hvt tender's and the container runtime's stdout and stderr, and exits with the command's
-    exit status.
+    exit status. A unikernel's command line is left as given (see --propagate-trace).
     """
     env: dict[str, str] = {}
     cwd = None
@@ -261,10 +271,14 @@ def run(
             wrap = fdef.wraps[kind]
             fn.check_runnable(fdef, wrap)
             fn.ensure_built(fdef, wrap)
-            chosen = probe() if kind == "unikernel" else None
+            chosen = probe() if wrap.uses_accel else None
             if chosen is not None and not chosen.probed:
                 log.warning("accelerator: %s", chosen.describe())
             inst = fn.instance(fdef, wrap, chosen.accel if chosen is not None else "tcg")
+        except fn.SideSkipped as exc:  # the first side, taken by default, cannot be built here
+            others = [side for side in fdef.wraps if side != exc.side] if shrinkwrap is None else []
+            hint = f" (another side: --as {'|'.join(others)})" if others else ""
+            raise click.ClickException(str(exc) + hint) from None
         except fn.DefinitionError as exc:
             raise click.ClickException(str(exc)) from None
         command = tuple(fn.command_for(fdef, wrap, inst))
@@ -273,6 +287,7 @@ def run(
         request = request or (inst.fill(fdef.request, fdef) if fdef.request else None)
         name = name or fdef.name
         cwd = str(fdef.dir)
+        propagate_trace = propagate_trace or wrap.propagate_trace
     elif shrinkwrap is not None:
         raise click.UsageError("--as goes with --function")
     if not command:
@@ -283,18 +298,13 @@ def run(
     try:
         info, described, function = launch(
             settings, list(export), list(command), name=name, interval=interval, quiet=quiet, cgroup=cgroup,
-            ready=ready, request=request, env=env, cwd=cwd, rundir=rundir,
+            ready=ready, request=request, env=env, cwd=cwd, rundir=rundir, propagate_trace=propagate_trace,
         )  # fmt: skip
     except RunInterrupted as exc:
         click.echo(f"uniobs: {exc}", err=True)
         sys.exit(128 + exc.signum)
-    click.echo(
-        f"uniobs: {function} exited: {info.reason}"
-        + (f" (guest status {info.guest_exit_code})" if info.guest_exit_code is not None else "")
-        + f", status {info.status} -> "
-        + described,
-        err=True,
-    )
+    # the same words as the `uniobs.exited` record and the cold-start span (ExitInfo.describe)
+    click.echo(f"uniobs: {function} exited: {info.describe()} -> {described}", err=True)
     sys.exit(info.status)
 
 
@@ -303,6 +313,7 @@ def launch(
     interval: float | None = None,
     quiet: bool = False, cgroup: str | None = None, ready: str | None = None, request: str | None = None,
     env: dict[str, str] | None = None, cwd: str | None = None, rundir: str | None = None,
+    propagate_trace: bool = False,
 ) -> tuple[Any, str, str]:  # fmt: skip
     """One observed launch; returns (exit info, where telemetry went, the function's name).
 
@@ -321,7 +332,8 @@ def launch(
     old = {s: signal.signal(s, interrupted) for s in FORWARDED_SIGNALS} if main_thread else {}
     try:
         return _launch(settings, export, command, name=name, interval=interval, quiet=quiet, cgroup=cgroup,
-                       ready=ready, request=request, env=env, cwd=cwd, rundir=rundir)  # fmt: skip
+                       ready=ready, request=request, env=env, cwd=cwd, rundir=rundir,
+                       propagate_trace=propagate_trace)  # fmt: skip
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -331,7 +343,7 @@ def _launch(
     settings: Settings, export: list[str], command: list[str], *, name: str | None, interval: float | None,
     quiet: bool,
     cgroup: str | None, ready: str | None, request: str | None, env: dict[str, str] | None, cwd: str | None,
-    rundir: str | None,
+    rundir: str | None, propagate_trace: bool = False,
 ) -> tuple[Any, str, str]:  # fmt: skip
     from uniobs.coldstart.probes import ProbeError
     from uniobs.lifecycle.run import RunInterrupted, Runner
@@ -363,7 +375,7 @@ def _launch(
         try:
             runner = Runner(
                 pipeline, plan, function, interval=interval, mirror_console=not quiet, rundir=owned,
-                cgroup=cgroup, ready=ready, request=request, env=env, cwd=cwd,
+                cgroup=cgroup, ready=ready, request=request, env=env, cwd=cwd, propagate_trace=propagate_trace,
             )  # fmt: skip
         except ProbeError as exc:
             pipeline.close(1)
@@ -475,24 +487,32 @@ def parse(config_path: str | None, export: tuple[str, ...], family: str | None, 
     registry = _registry()
     raw = sys.stdin.buffer.read() if console == "-" else _read_bytes(console)
     splitter = LineSplitter()
-    # no arrival times in a file: one millisecond per line keeps the order and a usable scale
-    lines = [
-        dataclasses.replace(line, time_ns=i * 1_000_000)
-        for i, line in enumerate([*splitter.feed(raw, 0), *splitter.flush()])
-    ]
+    # A recorded console has no arrival times: a line's "time" is its index (0, 1, 2... ns), which
+    # keeps the order and is shown as line numbers, never as a duration.
+    lines = [dataclasses.replace(line, time_ns=i) for i, line in enumerate([*splitter.feed(raw, 0), *splitter.flush()])]
     try:
         result = replay(lines, registry.parsers, family=family)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"family: {result.family or 'unknown (no parser recognised this console)'}")
+    click.echo(f"family: {result.family or 'unknown (no guest parser recognised this console)'}")
     click.echo(f"lines: {len(lines)}")
     for milestone, event in result.milestones.items():
         guest = f", guest {event.guest_time_s:.6f} s" if event.guest_time_s is not None else ""
-        click.echo(f"milestone {milestone.value:<13} line {event.time_ns // 1_000_000 + 1:>5}{guest}: {event.name}")
-    if result.phases:
-        click.echo(f"boot phases ({'as the guest timed them' if result.clock == 'guest' else 'by line position'}):")
+        click.echo(f"milestone {milestone.value:<13} line {event.time_ns + 1:>5}{guest}: {event.name}")
+    for vmm, vmm_milestones in result.vmm.items():  # a VMM's own log beside the guest's console
+        click.echo(f"vmm log: {vmm}")
+        for milestone, event in vmm_milestones.items():
+            click.echo(f"vmm milestone {milestone.value:<9} line {event.time_ns + 1:>5}: {event.name}")
+    if result.phases and result.clock == "guest":
+        click.echo("boot phases (as the guest timed them):")
         for phase in result.phases:
-            click.echo(f"  {phase.name:<32} {phase.start_s * 1000:>10.2f} ms  +{phase.duration_s * 1000:.2f} ms")
+            click.echo(f"  {phase.name:<40} at {phase.start_s * 1000:>10.3f} ms  +{phase.duration_s * 1000:.3f} ms")
+    elif result.phases:
+        click.echo("boot phases (by line: a recorded console has no times, and not every milestone has a guest stamp):")
+        for phase in result.phases:
+            first, count = round(phase.start_s * 1e9) + 1, round(phase.duration_s * 1e9)
+            later = f"{count} line{'' if count == 1 else 's'} later"
+            click.echo(f"  {phase.name:<40} line {first:>5} -> {first + count:>5}  ({later})")
     crashes = [e for e in result.events if e.milestone is not None and e.milestone.value == "crash"]
     for event in crashes:
         click.echo(f"crash: {event.name} " + " ".join(f"{k}={v}" for k, v in event.attributes))
@@ -505,7 +525,7 @@ def parse(config_path: str | None, export: tuple[str, ...], family: str | None, 
         raise click.ClickException(str(exc)) from None
     function = name or os.path.splitext(os.path.basename(console))[0] if console != "-" else (name or "stdin")
     workload = Workload(kind=Kind.UNIKERNEL, runtime="replay", id=f"{function}-replay", name=function)
-    base = time.monotonic_ns() - len(lines) * 1_000_000  # the replayed console ends now
+    base = time.monotonic_ns() - len(lines)  # the replayed console ends now, its lines 1 ns apart (in order)
     pipeline.telemetry.log_batch(workload, [LogEvent(base + line.time_ns, line.text) for line in lines])
     pipeline.telemetry.log_batch(
         workload,
@@ -535,8 +555,9 @@ def compare(
     json_path: str | None, from_path: str | None, diff_paths: tuple[str, str] | None, idle_s: float,
     color: bool | None,
 ) -> None:  # fmt: skip
-    """Measure one function as a unikernel and as a container on this host, side by side: image size,
-    cold start, memory and CPU at idle and under load, attack surface, observability coverage."""
+    """Measure one function on every side its definition lists (unikernels, containers) on this host,
+    side by side: image size, cold start, memory and CPU at idle and under load, attack surface,
+    observability coverage. A side this host cannot build is skipped, and the report says why."""
     from uniobs.compare import report
     from uniobs.compare.results import ResultsError, dump, load
 

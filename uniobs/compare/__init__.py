@@ -1,4 +1,4 @@
-"""`uniobs compare`: one function as a unikernel and as a container, side by side.
+"""`uniobs compare`: one function in several shrink-wraps (unikernels, containers), side by side.
 
 - `function`: function definitions (FUNCTION.toml) and their instances.
 - `comparison`: measuring each side's launches; the document.

@@ -1,7 +1,9 @@
-"""`uniobs compare FUNCTION.toml`: the same function in each shrink-wrap, measured on this host.
+"""`uniobs compare FUNCTION.toml`: the same function on each side (shrink-wrap) the definition
+lists, measured on this host; a side this host cannot build (its build exits 77) is skipped, and
+the document says why.
 
-For each of N rounds, each shrink-wrap is launched once (interleaved, so drift on a noisy host
-hits both alike) through the same machinery as `uniobs run` (cold-start trace, collectors,
+For each of N rounds, each side is launched once (interleaved, so drift on a noisy host hits
+every side alike) through the same machinery as `uniobs run` (cold-start trace, collectors,
 exporters). After it is ready: memory and CPU are sampled at idle, then under the definition's
 load, then it is stopped. Image size and the static attack surface are measured once from the
 image files, the runtime attack surface once from the running instance. The result is one
@@ -369,19 +371,36 @@ class Comparison:
         self.progress = progress
         self.idle_s = idle_s
         self.undelivered: list[str] = []  # per exporter and signal, what the run could not deliver
-        self.launches: dict[str, list[_Launch]] = {}  # per shrink-wrap, the launches that were measured
+        self.launches: dict[str, list[_Launch]] = {}  # per side, the launches that were measured
+        self.wraps: dict[str, fn.Wrap] = {}  # the sides measured: those this host could build
 
     def run(self) -> dict[str, Any]:
         d = self.d
         started = time.monotonic()
-        for wrap in d.wraps.values():
+        # Every side the definition lists, unless this host cannot build it (its build says so with
+        # status 77, e.g. no Nanos toolchain): that side is skipped, and the results say why.
+        self.wraps = {}
+        skipped: list[dict[str, str]] = []
+        for name, wrap in d.wraps.items():
             fn.check_runnable(d, wrap)
             if fn.missing_images(d, wrap):
-                self.progress(f"building the {wrap.shrinkwrap} image ({' '.join(wrap.build) or 'no build command'})")
-            fn.ensure_built(d, wrap)
+                self.progress(f"building the {name} image ({' '.join(wrap.build) or 'no build command'})")
+            try:
+                fn.ensure_built(d, wrap)
+            except fn.SideSkipped as exc:
+                self.progress(f"{name}: skipped: {exc.reason}")
+                skipped.append({"side": name, "shrinkwrap": wrap.shrinkwrap, "label": wrap.label or name,
+                                "reason": exc.reason})  # fmt: skip
+                continue
+            self.wraps[name] = wrap
+        if not self.wraps:
+            raise fn.DefinitionError(
+                f"{d.path}: nothing to compare, every side was skipped: "
+                + "; ".join(f"{s['side']}: {s['reason']}" for s in skipped)
+            )
         accel = "tcg"
-        reason = "no unikernel side"
-        if "unikernel" in d.wraps:
+        reason = "no side takes an accelerator"
+        if any(w.uses_accel for w in self.wraps.values()):
             chosen = probe()
             accel, reason = chosen.accel, chosen.describe()
             self.progress(f"accelerator: {reason}")
@@ -391,16 +410,16 @@ class Comparison:
         if missing:
             log.warning("collectors %s are disabled: the memory and CPU figures they give are left out",
                         ", ".join(sorted(missing)))  # fmt: skip
-        sides: dict[str, dict[str, Any]] = {kind: self._side(kind, accel) for kind in d.wraps}
-        self.launches = {kind: [] for kind in d.wraps}
-        total = self.runs * len(d.wraps)
+        sides: dict[str, dict[str, Any]] = {name: self._side(name, accel) for name in self.wraps}
+        self.launches = {name: [] for name in self.wraps}
+        total = self.runs * len(self.wraps)
         step = 0
         try:
             for round_ in range(self.runs):
-                for kind, wrap in d.wraps.items():
+                for name, wrap in self.wraps.items():
                     step += 1
-                    self.progress(f"[{step}/{total}] {kind} run {round_ + 1}/{self.runs}")
-                    self._one(pipeline, coverage, wrap, accel, sides[kind], round_ + 1)
+                    self.progress(f"[{step}/{total}] {name} run {round_ + 1}/{self.runs}")
+                    self._one(pipeline, coverage, wrap, accel, sides[name], round_ + 1)
         finally:
             pipeline.flush(10)
             pipeline.close(5)
@@ -416,21 +435,25 @@ class Comparison:
             "started_at": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
             "duration_s": round(time.monotonic() - started, 1),
             "sides": list(sides.values()),
+            "skipped": skipped,
         }
 
-    def _side(self, kind: str, accel: str) -> dict[str, Any]:
+    def _side(self, name: str, accel: str) -> dict[str, Any]:
         from uniobs.compare import surface
 
-        wrap = self.d.wraps[kind]
-        runtime = os.path.basename(wrap.command[0]).split("-")[0] if wrap.command else kind
+        wrap = self.wraps[name]
+        runtime = os.path.basename(wrap.command[0]).split("-")[0] if wrap.command else wrap.shrinkwrap
         paths = fn.image_paths(self.d, wrap)
-        label = wrap.label or kind
-        if kind == "unikernel":
+        label = wrap.label or name
+        if wrap.uses_accel:
             label += f", {accel.upper()}"
+        image_surface = surface.surface_of_image(paths)
+        # complete once the running instance's part is measured too (see _launch_one)
+        image_surface["complete"] = False
         return {
-            "shrinkwrap": kind, "runtime": runtime, "label": label,
+            "side": name, "shrinkwrap": wrap.shrinkwrap, "runtime": runtime, "label": label,
             "image": surface.image_block(paths),
-            "attack_surface": surface.surface_of_image(paths),
+            "attack_surface": image_surface,
             "coldstart": {"samples_s": [], "phase_samples": {}, "failures": 0},
             "memory": {}, "cpu": {},
             "load": None, "observability": {},
@@ -454,7 +477,8 @@ class Comparison:
         ready = inst.fill(d.ready, d) if d.ready else None
         request = inst.fill(d.request, d) if d.request else None
         runner = Runner(pipeline, plan, d.name, interval=1.0, mirror_console=False, rundir=rundir,
-                        ready=ready, request=request, env=env, cwd=str(d.dir))  # fmt: skip
+                        ready=ready, request=request, env=env, cwd=str(d.dir),
+                        propagate_trace=wrap.propagate_trace)  # fmt: skip
         measured: dict[str, Any] = {}
 
         def watch() -> None:
@@ -494,18 +518,20 @@ class Comparison:
         ready_ns = cs.ready_ns()
         if ready_ns is None or "exec" not in cs.marks:
             side["coldstart"]["failures"] += 1
-            log.warning("%s: not ready: %s", side["shrinkwrap"], cs.failure)
+            log.warning("%s: not ready: %s", side["side"], cs.failure)
             return
         side["coldstart"]["samples_s"].append((ready_ns - cs.marks["exec"]) / 1e9)
         for phase, start, end in cs.phases():
             side["coldstart"]["phase_samples"].setdefault(phase, []).append((end - start) / 1e9)
         if "launch" in measured:
-            self.launches[side["shrinkwrap"]].append(measured["launch"])
+            self.launches[side["side"]].append(measured["launch"])
         if "load_result" in measured:
             side["load"] = measured["load_result"]
         if first:
             if "surface" in measured:
-                side["attack_surface"].update({k: v for k, v in measured["surface"].items() if k != "method"})
+                block = side["attack_surface"]
+                block.update({k: v for k, v in measured["surface"].items() if k not in ("method", "complete")})
+                block["complete"] = not block.get("unknown") and bool(measured["surface"].get("complete"))
                 side["attack_surface"]["method"] = (
                     side["attack_surface"].get("method", "") + " Runtime: " + measured["surface"].get("method", "")
                 ).strip()

@@ -14,12 +14,25 @@
     image = ["unikernel/build/vmlinux", "unikernel/build/initramfs.cpio.gz"]
     boot_args = ["python3", "unikernel/boot_args.py"]   # stdout fills {boot_args}
     command = ["qemu-system-x86_64", "-accel", "{accel}", ..., "-append", "{boot_args}"]
+    propagate_trace = true                       # optional: also `traceparent=...` on -append (off: as given)
 
     [container]
     build = ["make", "-C", "container"]
     image = ["container/build/bundle/rootfs"]
     command = ["runc", "run", "--bundle", "container/build/bundle-hostnet", "{id}"]
     env = { PORT = "{port}" }                    # passed to the function (bundle copy, -e)
+
+    [nanos]                                      # any other name: a side of its own
+    shrinkwrap = "unikernel"                     # required unless the name is unikernel or container
+    build = ["python3", "nanos/build.py"]        # exit status 77: cannot be built on this host
+    image = ["nanos/build/node.img"]
+    command = ["qemu-system-x86_64", "-machine", "q35", "-accel", "{accel}", ...]
+
+Each table other than `[load]` is one side, compared in the order the file lists them; its name
+(`unikernel`, `container`, `nanos`, ...) is what `uniobs run --function F --as NAME` takes. A build
+that exits with status 77 (automake's "skip") says the side cannot be built on this host (e.g. no
+Nanos toolchain): `compare` then skips that side and reports the build's last line as the reason;
+every other build failure stops it.
 
 Placeholders: `{port}` (a free loopback port, new for each launch), `{accel}` (KVM or TCG, by a
 real probe boot), `{id}` (a unique instance id), `{boot_args}`, `{dir}` (the definition's
@@ -31,6 +44,7 @@ shell strings.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -41,24 +55,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SHRINKWRAPS = ("unikernel", "container")
+SHRINKWRAPS = ("unikernel", "container")  # what a side is; its table's name is its own
+TOP_LEVEL = ("name", "description", "ready", "request", "load")
+SIDE_KEYS = ("command", "image", "build", "boot_args", "env", "label", "shrinkwrap", "propagate_trace")
+SIDE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+SKIP_STATUS = 77  # a build's "cannot be built on this host": the side is skipped, not failed
 
 
 class DefinitionError(ValueError):
     """A function definition that cannot be used; str() names the file and the key."""
 
 
+class SideSkipped(DefinitionError):
+    """A side that cannot be built on this host (its build exited with SKIP_STATUS); `reason` is the
+    build's own last line, str() the whole sentence."""
+
+    def __init__(self, message: str, side: str, reason: str) -> None:
+        super().__init__(message)
+        self.side = side
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Wrap:
-    """One shrink-wrap of the function."""
+    """One side of the comparison: the function in one shrink-wrap."""
 
-    shrinkwrap: str
+    shrinkwrap: str  # "unikernel" or "container"
     command: tuple[str, ...]
     image: tuple[str, ...] = ()
     build: tuple[str, ...] = ()
     boot_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    name: str = ""  # the side's table name ("nanos"); the shrink-wrap's when empty
+    # also hand the traceparent to a unikernel on its command line (`uniobs run --propagate-trace`)
+    propagate_trace: bool = False
+
+    @property
+    def side(self) -> str:
+        return self.name or self.shrinkwrap
+
+    @property
+    def uses_accel(self) -> bool:
+        """Whether its launch command takes the {accel} a probe boot chooses."""
+        return any("{accel}" in a for a in self.command)
 
 
 @dataclass(frozen=True)
@@ -97,30 +137,34 @@ def load_definition(path: str | os.PathLike[str]) -> FunctionDef:
         raise DefinitionError(f"{path}: no such file") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise DefinitionError(f"{path}: {exc}") from None
-    known = {"name", "description", "ready", "request", "load", *SHRINKWRAPS}
-    for key in raw:
-        if key not in known:
-            raise DefinitionError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    for key, value in raw.items():
+        if key not in TOP_LEVEL and not isinstance(value, dict):
+            raise DefinitionError(f"{path}: unknown key {key!r} (known: {', '.join(TOP_LEVEL)}, and a table per side)")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise DefinitionError(f"{path}: name: required, a string")
     wraps = {}
-    for kind in SHRINKWRAPS:
-        table = raw.get(kind)
-        if table is None:
+    for side, table in raw.items():
+        if side in TOP_LEVEL:
             continue
-        where = f"{path}: [{kind}]"
-        if not isinstance(table, dict):
-            raise DefinitionError(f"{where}: must be a table")
+        where = f"{path}: [{side}]"
+        if not SIDE_NAME.fullmatch(side):
+            raise DefinitionError(f"{where}: a side's name is lower-case letters, digits, - and _")
         for key in table:
-            if key not in ("command", "image", "build", "boot_args", "env", "label"):
-                raise DefinitionError(f"{where}: unknown key {key!r}")
+            if key not in SIDE_KEYS:
+                raise DefinitionError(f"{where}: unknown key {key!r} (known: {', '.join(SIDE_KEYS)})")
+        kind = table.get("shrinkwrap", side if side in SHRINKWRAPS else None)
+        if kind not in SHRINKWRAPS:
+            raise DefinitionError(f"{where} shrinkwrap: required, {' or '.join(map(repr, SHRINKWRAPS))}")
         if "command" not in table:
             raise DefinitionError(f"{where}: command: required")
         env = table.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise DefinitionError(f"{where} env: expected a table of strings")
-        wraps[kind] = Wrap(
+        propagate = table.get("propagate_trace", False)
+        if not isinstance(propagate, bool):
+            raise DefinitionError(f"{where} propagate_trace: expected true or false")
+        wraps[side] = Wrap(
             kind,
             _strings(table["command"], f"{where} command"),
             _strings(table.get("image", []), f"{where} image"),
@@ -128,9 +172,11 @@ def load_definition(path: str | os.PathLike[str]) -> FunctionDef:
             _strings(table.get("boot_args", []), f"{where} boot_args"),
             dict(env),
             str(table.get("label", "")),
+            side,
+            propagate_trace=propagate,
         )
     if not wraps:
-        raise DefinitionError(f"{path}: no [unikernel] or [container] table: nothing to run")
+        raise DefinitionError(f"{path}: no side ([unikernel], [container], ...): nothing to run")
     load = None
     if "load" in raw:
         table = raw["load"]
@@ -203,8 +249,8 @@ def missing_images(definition: FunctionDef, wrap: Wrap) -> list[str]:
 def ensure_built(definition: FunctionDef, wrap: Wrap) -> None:
     """Run the wrap's build command when any image file is missing; a DefinitionError (one line) when
     it cannot be built: no build command, the build's program not installed, the build failed, or it
-    did not make the image."""
-    where = f"{definition.path}: [{wrap.shrinkwrap}]"
+    did not make the image; SideSkipped when the build says this host cannot build it (status 77)."""
+    where = f"{definition.path}: [{wrap.side}]"
     missing = missing_images(definition, wrap)
     if not missing:
         return
@@ -219,6 +265,10 @@ def ensure_built(definition: FunctionDef, wrap: Wrap) -> None:
         )
     except OSError as exc:
         raise DefinitionError(f"{where} cannot run the build ({build}): {exc.strerror or exc}") from None
+    if result.returncode == SKIP_STATUS:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        reason = lines[-1].strip() if lines else f"its build ({build}) says it cannot be built here (status 77)"
+        raise SideSkipped(f"{where} cannot be built on this host: {reason}", wrap.side, reason)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:] or [f"status {result.returncode}"]
         raise DefinitionError(f"{where} build failed ({build}): " + " | ".join(tail))
@@ -231,7 +281,7 @@ def check_runnable(definition: FunctionDef, wrap: Wrap) -> None:
     """A DefinitionError (one line) when the program the wrap's command runs is not there."""
     program = wrap.command[0] if wrap.command else ""
     if program and _which(program, definition.dir) is None:
-        raise DefinitionError(f"{definition.path}: [{wrap.shrinkwrap}] cannot launch: {_not_installed(program)}")
+        raise DefinitionError(f"{definition.path}: [{wrap.side}] cannot launch: {_not_installed(program)}")
 
 
 def instance(definition: FunctionDef, wrap: Wrap, accel: str) -> Instance:
@@ -243,11 +293,9 @@ def instance(definition: FunctionDef, wrap: Wrap, accel: str) -> Instance:
         try:
             out = subprocess.run(args, cwd=definition.dir, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         except OSError as exc:
-            raise DefinitionError(
-                f"[{wrap.shrinkwrap}] boot_args: cannot run {args[0]}: {exc.strerror or exc}"
-            ) from None
+            raise DefinitionError(f"[{wrap.side}] boot_args: cannot run {args[0]}: {exc.strerror or exc}") from None
         if out.returncode != 0:
-            raise DefinitionError(f"[{wrap.shrinkwrap}] boot_args failed: {out.stderr.strip()[-300:]}")
+            raise DefinitionError(f"[{wrap.side}] boot_args failed: {out.stderr.strip()[-300:]}")
         inst.boot_args = out.stdout.strip()
     return inst
 

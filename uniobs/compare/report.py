@@ -2,9 +2,11 @@
 
 Everything here renders a `uniobs.compare/1` document (see `uniobs.results`, whose docstring is
 the schema) and nothing else: no measurement, no I/O except `write_reports`. The table has one
-row per `uniobs.results.ROWS` entry that any side has a figure for and one column per side; the
-better figure of a row is marked ★ (ties, and rows where only one side has a figure, get none).
-A missing figure is shown as "—", never guessed.
+row per `uniobs.results.ROWS` entry that any side has a figure for and one column per side (one,
+two, three or more); the better figure of a row is marked ★ (ties, rows where only one side has a
+figure, and rows where a side's figure is unknown get none). A figure not measured is shown as
+"—", one that could not be measured (the block's `unknown` says why) as "unknown"; never guessed.
+Sides the host could not build (`skipped`) are named, with the reason, in the header and notes.
 
     terminal_table(results, color=True)   # what `uniobs compare` prints
     markdown(results)                     # the table, the phases, and how each figure was measured
@@ -26,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uniobs.compare.results import ROWS, comparable, coverage, dump, lookup, validate, winners
+from uniobs.compare.results import ROWS, comparable, coverage, dump, lookup, side_name, unknown, validate, winners
 
 MISSING = "—"
+UNKNOWN = "unknown"
 STAR = "★"
 REGRESSION = "REGRESSION"
 IMPROVED = "improved"
@@ -44,7 +47,10 @@ BLOCKS: tuple[tuple[str, str], ...] = (
 )
 
 # Cold-start phases in the order they happen (docs/coldstart.md); unknown phases follow, as found.
-PHASE_ORDER = ("vmm_spawn", "guest_boot", "runtime_create", "runtime_start", "app_init", "readiness", "first_request")
+PHASE_ORDER = (
+    "vmm_spawn", "guest_load", "guest_boot", "runtime_create", "runtime_start", "runtime_load", "app_init",
+    "unattributed", "readiness", "first_request",
+)  # fmt: skip
 
 MEMORY_NOTE = (
     "The memory rows measure different things. A VMM's RSS is every guest page QEMU has touched plus "
@@ -55,14 +61,17 @@ MEMORY_NOTE = (
 )
 STAR_NOTE = (
     f"{STAR} marks the better figure of a row (lower is better, except observability signals); "
-    "no mark on a tie or where only one side has a figure."
+    f"no mark on a tie, where only one side has a figure, or where a side's figure is {UNKNOWN}."
 )
 
 # Side colours (Tableau 10): readable on light and dark backgrounds, distinct for colour-blind readers.
 SIDE_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2")
 PHASE_COLORS = {
     "vmm_spawn": "#b07aa1",
+    "guest_load": "#d4a6c8",
     "guest_boot": "#76b7b2",
+    "runtime_load": "#a0cbe8",
+    "unattributed": "#79706e",
     "runtime_create": "#9c755f",
     "runtime_start": "#edc948",
     "app_init": "#59a14f",
@@ -173,7 +182,10 @@ def table_rows(results: Mapping[str, Any]) -> list[Row]:
         values = [lookup(s, path) for s in sides]
         if all(v is None for v in values):
             continue
-        cells = tuple(fmt_value(v, unit) for v in values)
+        cells = tuple(
+            UNKNOWN if v is None and unknown(side, path) else fmt_value(v, unit)
+            for side, v in zip(sides, values, strict=True)
+        )
         rows.append(Row(path, label, unit, better, cells, frozenset(winners(sides, path, better))))
     return rows
 
@@ -208,13 +220,30 @@ def header(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         runs.append(f"started {results['started_at']}")
     if isinstance(results.get("duration_s"), int | float):
         runs.append(f"took {fmt_seconds(results['duration_s'])}")
-    return [
+    out = [
         ("function", function),
         ("host", " · ".join(machine) or MISSING),
         ("accelerator", _accelerator(host)),
         ("versions", " · ".join(versions) or MISSING),
         ("runs", " · ".join(runs)),
     ]
+    if skipped(results):
+        out.append(("skipped", "; ".join(f"{name}: {reason}" for name, reason in skipped(results))))
+    return out
+
+
+def skipped(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(side, reason) for each side of the definition this host could not build."""
+    return [
+        (str(s.get("side") or s.get("label") or "?"), str(s.get("reason") or "no reason recorded"))
+        for s in results.get("skipped") or []
+        if isinstance(s, Mapping)
+    ]
+
+
+def _kinds(results: Mapping[str, Any]) -> str:
+    """What was compared, for a title: "nanos vs unikernel vs container"."""
+    return " vs ".join(side_name(s) for s in results["sides"])
 
 
 def phase_rows(results: Mapping[str, Any]) -> list[tuple[str, list[float | None]]]:
@@ -259,7 +288,15 @@ def _observed(side: Mapping[str, Any]) -> str:
 def notes(results: Mapping[str, Any]) -> list[str]:
     """The footnotes under the table: what ★ means, the memory caveat, failures, load, signals."""
     out = [STAR_NOTE, MEMORY_NOTE]
+    for name, reason in skipped(results):
+        out.append(f"{name}: skipped: {reason}.")
     for label, side in zip(_labels(results), results["sides"], strict=True):
+        reasons: dict[str, list[str]] = {}
+        for path, row_label, _, _ in ROWS:
+            if lookup(side, path) is None and (why := unknown(side, path)):
+                reasons.setdefault(why, []).append(row_label)
+        for why, rows in reasons.items():
+            out.append(f"{label}: {UNKNOWN} ({', '.join(rows)}): {why}.")
         cs = side.get("coldstart") or {}
         if cs.get("failures"):
             failed = _plural(cs["failures"], "launch", "launches")
@@ -357,8 +394,7 @@ def terminal_table(results: Mapping[str, Any], color: bool) -> str:
         return f"{code}{text}{_RESET}" if color else text
 
     fn = (results.get("function") or {}).get("name") or MISSING
-    kinds = " vs ".join(str(s.get("shrinkwrap")) for s in results["sides"])
-    out = [style(_BOLD, f"uniobs compare: {fn}, {kinds}")]
+    out = [style(_BOLD, f"uniobs compare: {fn}, {_kinds(results)}")]
     out += [f"{name:<12} {text}" for name, text in header(results)]
     out.append("")
 
@@ -367,7 +403,7 @@ def terminal_table(results: Mapping[str, Any], color: bool) -> str:
     def paint(r: int, c: int, text: str) -> str:
         if c > 0 and (c - 1) in rows[r].winners:
             return style(_GREEN + _BOLD, text)
-        if c > 0 and rows[r].cells[c - 1] == MISSING:
+        if c > 0 and rows[r].cells[c - 1] in (MISSING, UNKNOWN):
             return style(_DIM, text)
         return text
 
@@ -825,7 +861,7 @@ def html(results: Mapping[str, Any]) -> str:
     rows = table_rows(results)
     labels = _labels(results)
     fn = (results.get("function") or {}).get("name") or MISSING
-    kinds = " vs ".join(str(s.get("shrinkwrap")) for s in results["sides"])
+    kinds = _kinds(results)
     out = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -847,8 +883,8 @@ def html(results: Mapping[str, Any]) -> str:
         for i, cell in enumerate(r.cells):
             if i in r.winners:
                 out.append(f'<td class="win">{_e(cell)} {STAR}</td>')
-            elif cell == MISSING:
-                out.append(f'<td class="missing">{MISSING}</td>')
+            elif cell in (MISSING, UNKNOWN):
+                out.append(f'<td class="missing">{cell}</td>')
             else:
                 out.append(f"<td>{_e(cell)}</td>")
         out.append("</tr>")
@@ -893,14 +929,15 @@ def html(results: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- diff
 
 
-def _side_key(side: Mapping[str, Any]) -> tuple[str, str]:
-    return (str(side.get("shrinkwrap")), str(side.get("runtime")))
+def _side_key(side: Mapping[str, Any]) -> str:
+    return side_name(side)
 
 
 def _pairs(
     old: Mapping[str, Any], new: Mapping[str, Any]
 ) -> list[tuple[str, Mapping[str, Any] | None, Mapping[str, Any] | None]]:
-    """Sides matched by (shrinkwrap, runtime), else by label; in the new document's order."""
+    """Sides matched by name (the definition's table; the shrink-wrap in older files), else by label;
+    in the new document's order."""
 
     def keyed(doc: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
         sides = _sides(doc)

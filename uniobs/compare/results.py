@@ -11,10 +11,12 @@ keep it readable by any tool; the helpers here build and check them.
                "uniobs_version": ..., "accelerator": "tcg", "accelerator_reason": ...,
                "versions": {"qemu": "7.2.x", "runc": "1.1.5", "node": ...}},
       "runs_per_side": 5, "started_at": "2026-11-26T17:30:00Z", "duration_s": 81.2,
-      "sides": [ SIDE, ... ]          # in the order the definition lists them
+      "sides": [ SIDE, ... ],         # in the order the definition lists them: 1, 2, 3 or more
+      "skipped": [SKIPPED, ...]       # sides this host could not build; since uniobs 0.2
     }
 
     SIDE = {
+      "side": "nanos",                # the definition's table; absent from older files (= shrinkwrap)
       "shrinkwrap": "unikernel" | "container", "runtime": "qemu" | "solo5-hvt" | "runc" | "podman" | ...,
       "label": "unikernel (QEMU microvm, TCG)",
       "image": {"files": [{"path": ..., "bytes": ...}], "bytes": N, "compressed_bytes": N,
@@ -27,19 +29,26 @@ keep it readable by any tool; the helpers here build and check them.
                  "method": "..."},
       "cpu": {"idle_percent": x|null, "load_percent": x|null, "method": "..."},
       "load": {"requests": N, "errors": N, "duration_s": x, "rps": x} | null,
-      "attack_surface": {"executables": N, "shared_libraries": N, "shell": bool, "setuid_files": N,
+      "attack_surface": {"executables": N|null, "shared_libraries": N|null, "shell": bool|null,
+                         "setuid_files": N|null,      # null: unknown, the image could not be read whole
                          "listening_sockets": N|null, "syscalls": N|null, "seccomp_profile_syscalls": N|null,
-                         "host_devices": [...], "method": "..."},
+                         "host_devices": [...], "complete": bool,
+                         "unknown": {"executables": "why", ...},   # only where a figure is unknown
+                         "method": "..."},
       "observability": {"metrics": [names...], "logs": N, "trace_phases": [...],
                         "guest_spans": N, "guest_metrics": N, "method": "..."},
       "windows": [WINDOW, ...]        # since uniobs 0.2; absent from older files
     }
 
+    SKIPPED = {"side": "nanos", "shrinkwrap": "unikernel", "label": "...",
+               "reason": "no Nanos toolchain on this host (set NANOS_DIR or install ops)"}
     MEMORY = {"rss_bytes": N|null, "pss_bytes": N|null, "cgroup_bytes": N|null, "runtime_rss_bytes": N|null}
     WINDOW = {"run": 1, "phase": "idle" | "load", "instance": "<faas.instance>",
               "start_unix_nano": N, "end_unix_nano": N}
 
-Every figure block carries "method": how it was measured, in words a reader can check. The memory
+Every figure block carries "method": how it was measured, in words a reader can check. A figure
+that could not be measured is null; where it is null because it is unknown (not merely not
+applicable, like a VM's cgroup memory), its block's "unknown" says why, and no side wins that row. The memory
 and CPU figures are computed from the telemetry uniobs exported: each `windows` entry names the
 instance (its `faas.instance` resource attribute) and the span of time (the data points'
 `timeUnixNano`) one measurement window covered, so they can be checked against any backend.
@@ -139,9 +148,26 @@ def comparable(value: Any) -> float | None:
     return None
 
 
+def unknown(side: Mapping[str, Any], path: str) -> str | None:
+    """Why a side's figure is unknown ("attack_surface.executables" -> the attack_surface block's
+    unknown["executables"]), or None where it is known or merely not applicable."""
+    block, _, key = path.partition(".")
+    reasons = (side.get(block) or {}).get("unknown") if isinstance(side.get(block), Mapping) else None
+    reason = reasons.get(key) if isinstance(reasons, Mapping) else None
+    return str(reason) if reason else None
+
+
+def side_name(side: Mapping[str, Any]) -> str:
+    """The side's name: its definition table ("nanos"), or its shrink-wrap in files older than 0.2."""
+    return str(side.get("side") or side.get("shrinkwrap") or "?")
+
+
 def winners(sides: Sequence[Mapping[str, Any]], path: str, better: str | None) -> set[int]:
-    """Indexes of the sides that win a row (ties: all of them; one side or no figure: none)."""
+    """Indexes of the sides that win a row (ties: all of them; one side or no figure: none; a side
+    whose figure is unknown: none, since it might have been the best)."""
     if better is None or len(sides) < 2:
+        return set()
+    if any(unknown(s, path) for s in sides):
         return set()
     values = {i: comparable(lookup(s, path)) for i, s in enumerate(sides)}
     known = {i: v for i, v in values.items() if v is not None}
@@ -181,6 +207,9 @@ def validate(data: Any, where: str = "results") -> None:
     for side in sides:
         if not isinstance(side, dict) or side.get("shrinkwrap") not in ("unikernel", "container"):
             raise ResultsError(f"{where}: a side without a shrinkwrap of unikernel or container")
+    skipped = data.get("skipped", [])
+    if not isinstance(skipped, list) or not all(isinstance(s, dict) for s in skipped):
+        raise ResultsError(f"{where}: skipped: expected a list of sides")
 
 
 def dump(data: Mapping[str, Any], path: str | Path) -> None:

@@ -7,7 +7,10 @@ Three functions fill the `image` and `attack_surface` blocks of a comparison (se
 * `surface_of_image(paths)` -- what the image holds: ELF executables, shared libraries, a shell,
   setuid/setgid files. A directory is walked; a newc cpio (an initramfs: plain, gzip, xz, lzma,
   bzip2, or zstd when a zstd module is importable) and a tar are read as streams; a kernel or a
-  bare unikernel ELF given as a path is one executable.
+  bare unikernel ELF given as a path is one executable; a Nanos disk image (TFS file systems) is
+  read through the Nanos toolchain's own `dump` ($NANOS_DIR, else ~/.ops/<version>/). What cannot
+  be read (no `dump` here, a format this module does not know, a damaged archive) makes those
+  figures unknown -- None, `complete` false, the reason in `unknown` -- never a count of 0.
 * `surface_of_process(pid)` -- what the running process exposes: listening TCP/UDP sockets it (or
   a descendant) holds, its seccomp state (and the container profile's allow list), and the host
   device nodes it holds open or, in a container, can see in its /dev.
@@ -29,10 +32,14 @@ import json
 import lzma
 import os
 import posixpath
+import re
+import shutil
 import socket
 import stat
 import struct
+import subprocess
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -561,8 +568,10 @@ class _Tree:
         return out
 
 
-def _walk_dir(tree: _Tree, root: str) -> list[str]:
-    """Every object under root (symlinks not followed) into tree; the paths that could not be read."""
+def _walk_dir(tree: _Tree, root: str, no_modes: bool = False) -> list[str]:
+    """Every object under root (symlinks not followed) into tree; the paths that could not be read.
+    `no_modes`: the files come from a file system without permission bits (Nanos' TFS, extracted):
+    any ELF program in it can be run, so each regular file is taken as executable and none as setuid."""
     problems: list[str] = []
     stack = [root]
     while stack:
@@ -584,8 +593,9 @@ def _walk_dir(tree: _Tree, root: str) -> list[str]:
                     target = os.readlink(entry.path).encode("utf-8", "surrogateescape")
                     tree.add(rel, st.st_mode, None, _BytesReader(target))
                 elif stat.S_ISREG(st.st_mode):
+                    mode = stat.S_IFREG | 0o755 if no_modes else st.st_mode
                     with open(entry.path, "rb") as f:
-                        tree.add(rel, st.st_mode, (st.st_dev, st.st_ino), _FileReader(f, st.st_size))
+                        tree.add(rel, mode, (st.st_dev, st.st_ino), _FileReader(f, st.st_size))
                 else:
                     tree.add(rel, st.st_mode, None, None)
             except OSError:
@@ -645,10 +655,11 @@ def iter_newc(chain: _Chain) -> Iterator[tuple[CpioEntry, _StreamReader]]:
             _skip(chain, -size % 4)
 
 
-def _read_cpio(tree: _Tree, f: IO[bytes]) -> list[str]:
-    """A (compressed) newc initramfs into tree; notes on what was not read."""
+def _read_cpio(tree: _Tree, f: IO[bytes]) -> tuple[list[str], str | None]:
+    """A (compressed) newc initramfs into tree; (notes, why it was not read to its end, or None)."""
     chain = _Chain(_Raw(f))
     notes: list[str] = []
+    stopped: str | None = None
     # newc stores a hard-linked file's data with the last of its names; the others come first, empty.
     pending: dict[tuple[int, ...], list[tuple[str, int]]] = {}
     try:
@@ -662,13 +673,14 @@ def _read_cpio(tree: _Tree, f: IO[bytes]) -> list[str]:
             for name, _ in pending.pop(identity, []) if identity else []:
                 tree.nodes[_norm(name)] = tree.nodes[_norm(entry.name)]
     except _Unsupported as exc:
-        notes.append(f"stopped after {tree.entries} members: {exc}")
+        stopped = f"stopped after {tree.entries} members: {exc}"
+        notes.append(stopped)
     for key, names in pending.items():  # hard links to an empty file
         for name, mode in names:
             tree.add(name, mode, key, _BytesReader(b""))
     segments = ", ".join(chain.segments) if chain.segments else "uncompressed"
     notes.insert(0, f"{tree.entries} members read ({segments})")
-    return notes
+    return notes, stopped
 
 
 def _read_tar(tree: _Tree, path: str) -> list[str]:
@@ -704,6 +716,9 @@ def _sniff(path: str) -> tuple[str, str]:
         return "tar", ""
     if head.startswith((b"070701", b"070702")):
         return "cpio", "uncompressed"
+    tfs = tfs_filesystems(path)
+    if tfs:
+        return "nanos", f"a Nanos disk image ({len(tfs)} TFS file system{'s' * (len(tfs) != 1)})"
     for magic, name in _UNREADABLE:
         if head.startswith(magic):
             return "data", f"{name}-compressed, which the standard library cannot read: not looked into"
@@ -721,7 +736,234 @@ def _sniff(path: str) -> tuple[str, str]:
             if inner[257:262] == b"ustar" and name != "zstd":
                 return "tar", name
             return "data", f"{name}-compressed data that is neither cpio nor tar"
-    return "data", "neither ELF, kernel, cpio nor tar"
+    return "data", "neither ELF, kernel, cpio, tar nor a Nanos disk image, a format this reader does not know"
+
+
+# --------------------------------------------------------------------------------------------
+# Nanos disk images
+# --------------------------------------------------------------------------------------------
+
+TFS_MAGIC = b"NVMTFS"  # the first bytes of a Nanos TFS file system (its log's first extent)
+SECTOR = 512
+DUMP_TIMEOUT_S = 300.0
+
+
+def tfs_filesystems(path: str) -> list[tuple[int, int]]:
+    """(offset, bytes) of each Nanos TFS file system in a disk image: the MBR partitions that start
+    with TFS's magic (mkfs -b writes a boot partition holding the kernel and a root partition), or
+    the whole file when it is one bare TFS. [] for anything else."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(SECTOR)
+            if head.startswith(TFS_MAGIC):
+                return [(0, size)]
+            if len(head) < SECTOR or head[510:512] != b"\x55\xaa":
+                return []
+            found = []
+            for i in range(4):
+                entry = head[446 + 16 * i : 462 + 16 * i]
+                start, count = struct.unpack_from("<II", entry, 8)
+                offset = start * SECTOR
+                if entry[4] == 0 or count == 0 or offset >= size:
+                    continue
+                f.seek(offset)
+                if f.read(len(TFS_MAGIC)) == TFS_MAGIC:
+                    found.append((offset, min(count * SECTOR, size - offset)))
+            return found
+    except OSError:
+        return []
+
+
+def _version_key(name: str) -> tuple[int, ...] | None:
+    match = re.fullmatch(r"v?(\d+(?:\.\d+)*)", name)
+    return tuple(int(p) for p in match.group(1).split(".")) if match else None
+
+
+def nanos_tool(name: str, environ: Mapping[str, str] | None = None, home: str | None = None) -> tuple[str | None, str]:
+    """(path, where it was found) of a program of the Nanos toolchain (`dump`, `mkfs`), or (None, why
+    not): $NANOS_DIR when set (only there), else the newest ~/.ops/<version>/ holding it, as NanoVMs'
+    `ops` installs it (~/.ops/nightly/ when no numbered version has it). Never the PATH: Debian's
+    `dump` is the ext2 backup tool."""
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("NANOS_DIR")
+    if explicit:
+        path = os.path.join(os.path.expanduser(explicit), name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path, f"NANOS_DIR={explicit}"
+        return None, f"no Nanos `{name}` in NANOS_DIR={explicit}"
+    ops = os.path.join(home if home is not None else os.path.expanduser("~"), ".ops")
+    try:
+        names = os.listdir(ops)
+    except OSError:
+        names = []
+    numbered = sorted(((k, n) for n in names if (k := _version_key(n)) is not None), reverse=True)
+    for version in [n for _, n in numbered] + [n for n in names if n == "nightly"]:
+        path = os.path.join(ops, version, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path, f"{os.path.join(ops, version)} (ops)"
+    return None, f"no Nanos toolchain on this host to read it with (`{name}`: set NANOS_DIR or install ops)"
+
+
+def _copy_range(src: str, offset: int, size: int, dest: str) -> None:
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        fin.seek(offset)
+        left = size
+        while left > 0 and (chunk := fin.read(min(CHUNK, left))):
+            fout.write(chunk)
+            left -= len(chunk)
+
+
+def _dump(dump: str, image: str, into: str) -> tuple[str | None, str]:
+    """Run `dump -d into image`; (its stdout, "") or (None, why it failed)."""
+    try:
+        done = subprocess.run(
+            [dump, "-d", into, image], capture_output=True, text=True, errors="replace", timeout=DUMP_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None, f"{dump} -d did not finish in {DUMP_TIMEOUT_S:g} s"
+    except OSError as exc:
+        return None, f"cannot run {dump}: {exc.strerror or exc}"
+    if done.returncode != 0 or not os.path.isdir(into):
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:]) or f"status {done.returncode}"
+        return None, f"{dump} -d failed: {tail}"
+    return done.stdout, ""
+
+
+_TUPLE_TOKEN = re.compile(r"[()\[\]]|[^\s()\[\]]+")
+
+
+def parse_tuple(text: str) -> dict[str, Any] | None:
+    """The metadata `dump` prints (after a "metadata" line): Nanos' tuple notation, `(key:value ...)`
+    with nested tuples, `[...]` vectors and bare atoms, as nested dicts, lists and strings; None
+    when it cannot be parsed."""
+    _, found, body = text.partition("\nmetadata\n")
+    if not found:
+        return None
+    tokens = _TUPLE_TOKEN.findall(body)
+    pos = 0
+
+    def value() -> Any:
+        nonlocal pos
+        token = tokens[pos]
+        pos += 1
+        if token == "(":
+            out: dict[str, Any] = {}
+            while tokens[pos] != ")":
+                key, sep, rest = tokens[pos].partition(":")
+                pos += 1
+                if not sep:
+                    raise ValueError(f"a tuple entry without a key: {key!r}")
+                out[key] = rest if rest else value()
+            pos += 1
+            return out
+        if token == "[":
+            items = []
+            while tokens[pos] != "]":
+                items.append(value())
+            pos += 1
+            return items
+        if token in (")", "]"):
+            raise ValueError(f"an unexpected {token!r}")
+        return token
+
+    try:
+        parsed = value()
+    except (IndexError, ValueError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def listed_files(node: Mapping[str, Any], prefix: str = "") -> dict[str, int]:
+    """path -> length of every regular file a parsed TFS root (`parse_tuple`) lists; directories
+    (a `children` tuple) are walked, symlinks (`linktarget`) and parent links (`..`) skipped."""
+    out: dict[str, int] = {}
+    children = node.get("children")
+    if not isinstance(children, Mapping):
+        return out
+    for name, entry in children.items():
+        if name in (".", "..") or not isinstance(entry, Mapping):
+            continue
+        path = f"{prefix}/{name}"
+        if "children" in entry:
+            out.update(listed_files(entry, path))
+        elif "linktarget" not in entry:
+            length = entry.get("filelength", "0")
+            out[path] = int(length) if isinstance(length, str) and length.isdigit() else -1
+    return out
+
+
+def _check_extracted(listing: str, folder: str) -> str | None:
+    """None when every file `dump` listed was extracted whole into folder, else what is missing. On
+    a damaged image `dump -d` can list every file, extract none and still exit 0."""
+    root = parse_tuple(listing)
+    if root is None:
+        return "dump's listing of the image could not be parsed, so what it extracted cannot be checked"
+    listed = listed_files(root)
+    missing = [
+        p for p, n in sorted(listed.items()) if not (os.path.isfile(folder + p) and os.path.getsize(folder + p) == n)
+    ]
+    if missing:
+        return (
+            f"dump listed {len(listed)} files but extracted {len(listed) - len(missing)} of them whole "
+            f"(not: {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): a damaged image?"
+        )
+    return None
+
+
+def _read_nanos(top: str, filesystems: Sequence[tuple[int, int]]) -> tuple[list[_Tree], list[str], str | None]:
+    """A Nanos disk image's TFS file systems, each extracted by the toolchain's `dump -d` into a
+    temporary folder and walked: (one tree per file system, notes, why it could not be read or None).
+
+    `dump IMAGE` reads the root file system (it says at which offset); any other one (the boot
+    partition holding the kernel) is copied out to a file of its own first, which `dump` reads as
+    a bare TFS. Paths in the root file system are as the program sees them ("/node"); in another
+    one they are prefixed with its partition ("partition 1:/kernel")."""
+    dump, where = nanos_tool("dump")
+    if dump is None:
+        return [], [], where
+    trees: list[_Tree] = []
+    notes = [f"{top}: a Nanos disk image, {len(filesystems)} TFS file system(s), read with {dump} ({where})"]
+    with tempfile.TemporaryDirectory(prefix="uniobs-tfs-") as tmp:
+        out, failed = _dump(dump, top, os.path.join(tmp, "root"))
+        if out is None:
+            return [], notes, failed
+        damaged = _check_extracted(out, os.path.join(tmp, "root"))
+        if damaged:
+            return [], notes, damaged
+        match = re.search(r"detected filesystem at 0x([0-9a-fA-F]+)", out)
+        root_offset = int(match.group(1), 16) if match else (0 if filesystems == [(0, os.path.getsize(top))] else None)
+        extracted: list[tuple[str, str]] = []
+        if root_offset is not None and any(o == root_offset for o, _ in filesystems):
+            extracted.append(("", os.path.join(tmp, "root")))
+        else:  # which one dump read is not known: read each partition on its own, and label them all
+            shutil.rmtree(os.path.join(tmp, "root"), ignore_errors=True)
+            root_offset = None
+        for number, (offset, size) in enumerate(filesystems, 1):
+            if offset == root_offset:
+                continue
+            part = os.path.join(tmp, f"partition{number}.tfs")
+            _copy_range(top, offset, size, part)
+            into = os.path.join(tmp, f"partition{number}")
+            listing, why = _dump(dump, part, into)
+            os.unlink(part)
+            if listing is not None:
+                why = _check_extracted(listing, into) or ""
+            if why:
+                return [], notes, f"partition {number}: {why}"
+            extracted.append((f"partition {number}:", into))
+        for prefix, folder in extracted:
+            tree = _Tree(f"{top}:{prefix}" if prefix else top)
+            problems = _walk_dir(tree, folder, no_modes=True)
+            if problems:
+                return [], notes, f"{len(problems)} extracted paths unreadable ({', '.join(problems[:3])})"
+            if prefix:
+                tree.found = {k: [prefix + p for p in v] for k, v in tree.found.items()}
+            notes.append(f"{prefix.rstrip(':') or 'the root file system'}: {tree.entries} entries extracted")
+            trees.append(tree)
+    notes.append("TFS stores no permission bits: every ELF program counts as an executable, no file as setuid")
+    return trees, notes, None
 
 
 def _image_file(top: str, kind: str) -> tuple[str, str]:
@@ -737,19 +979,31 @@ def _image_file(top: str, kind: str) -> tuple[str, str]:
     return "executable", f"{top}: {what}, a kernel or unikernel: 1 executable"
 
 
+# The image figures `surface_of_image` gives; each is unknown (None) when the image was not read whole.
+IMAGE_FIGURES = ("executables", "shared_libraries", "shell", "setuid_files")
+
+
 def surface_of_image(paths: Sequence[str]) -> dict[str, Any]:
-    """The static part of `attack_surface`: what the files making an image hold."""
+    """The static part of `attack_surface`: what the files making an image hold.
+
+    A part that cannot be read, or only in part, makes the figures unknown: None, `complete`
+    false, and `unknown` maps each such figure to the reason (a shell found all the same is still
+    a shell). A count of what could be read would claim a smaller surface than the image has."""
     if not paths:
         raise ValueError("surface_of_image: no paths")
     found: dict[str, list[str]] = {}
     shells: list[str] = []
     notes: list[str] = []
+    unread: list[str] = []  # why a part of the image was not read, or not to its end
     for top in map(str, paths):
         tree = _Tree(top)
+        trees = [tree]
         if os.path.isdir(top):
             problems = _walk_dir(tree, top)
             note = f"{top}: a directory, {tree.entries} entries walked"
             notes.append(note + (f", {len(problems)} unreadable ({', '.join(problems[:3])})" if problems else ""))
+            if problems:
+                unread.append(f"{top}: {len(problems)} paths unreadable ({', '.join(problems[:3])})")
         else:
             kind, detail = _sniff(top)
             if kind in ("elf", "bzimage"):
@@ -761,14 +1015,30 @@ def surface_of_image(paths: Sequence[str]) -> dict[str, Any]:
                     tree.found["setuid"] = [top]
             elif kind == "cpio":
                 with open(top, "rb") as f:
-                    notes.append(f"{top}: a newc cpio, " + "; ".join(_read_cpio(tree, f)))
+                    cpio_notes, stopped = _read_cpio(tree, f)
+                notes.append(f"{top}: a newc cpio, " + "; ".join(cpio_notes))
+                if stopped:
+                    unread.append(f"{top}: {stopped}")
             elif kind == "tar":
-                notes.append(f"{top}: a tar ({detail or 'uncompressed'}), " + "; ".join(_read_tar(tree, top)))
+                try:
+                    notes.append(f"{top}: a tar ({detail or 'uncompressed'}), " + "; ".join(_read_tar(tree, top)))
+                except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+                    notes.append(f"{top}: a tar, stopped after {tree.entries} members: {exc}")
+                    unread.append(f"{top}: a tar, stopped after {tree.entries} members: {exc}")
+            elif kind == "nanos":
+                trees, nanos_notes, why = _read_nanos(top, tfs_filesystems(top))
+                notes += nanos_notes
+                if why:
+                    notes.append(f"{top}: {detail}, not read: {why}")
+                    unread.append(f"{top}: {detail}, not read: {why}")
             else:
-                notes.append(f"{top}: {detail}: nothing counted")
-        for what, names in tree.found.items():
-            found.setdefault(what, []).extend(names)
-        shells += [f"{top}:{s}" for s in tree.shells()]
+                notes.append(f"{top}: {detail}: not read")
+                unread.append(f"{top}: {detail}: not read")
+        for t in trees:
+            for what, names in t.found.items():
+                found.setdefault(what, []).extend(names)
+            prefix = t.label if t.label.endswith(":") else f"{t.label}:"
+            shells += [f"{prefix}{s}" for s in t.shells()]
     executables, setuid = found.get("executable", []), found.get("setuid", [])
     modules, not_executable = len(found.get("module", [])), len(found.get("not-executable", []))
     method = (
@@ -784,17 +1054,25 @@ def surface_of_image(paths: Sequence[str]) -> dict[str, Any]:
         method += f"; {modules} kernel modules (ET_REL *.ko) are not counted as executables"
     if not_executable:
         method += f"; {not_executable} ELF programs without an x bit are not counted"
-    return {
-        "executables": len(executables),
-        "shared_libraries": len(found.get("library", [])),
-        "shell": bool(shells),
-        "setuid_files": len(setuid),
+    complete = not unread
+    block: dict[str, Any] = {
+        "executables": len(executables) if complete else None,
+        "shared_libraries": len(found.get("library", [])) if complete else None,
+        "shell": True if shells else (False if complete else None),
+        "setuid_files": len(setuid) if complete else None,
         "shells": shells[:LIST_MAX],
         "setuid_paths": setuid[:LIST_MAX],
         "executable_paths": executables[:LIST_MAX],
+        "library_paths": found.get("library", [])[:LIST_MAX],
         "kernel_modules": modules,
-        "method": method,
+        "complete": complete,
     }
+    if not complete:
+        why = "; ".join(unread)
+        block["unknown"] = {k: why for k in IMAGE_FIGURES if block[k] is None}
+        method = f"unknown: the image was not read whole ({why}); the paths listed are what was read. " + method
+    block["method"] = method
+    return block
 
 
 # --------------------------------------------------------------------------------------------
@@ -1092,6 +1370,10 @@ def attack_surface(image: Mapping[str, Any], process: Mapping[str, Any] | None =
         "seccomp_profile_syscalls": runtime.get("seccomp_profile_syscalls"),
         "host_devices": list(runtime.get("host_devices") or []),
     }
+    # complete: both parts measured whole (an image read in part, a process not measured or read in part: not)
+    out["complete"] = bool(image.get("complete", True)) and bool(runtime.get("complete", False))
+    if image.get("unknown"):
+        out["unknown"] = dict(image["unknown"])
     method = f"image: {image['method']}"
     method += f". process: {runtime['method']}" if "method" in runtime else ". process: not measured"
     out["method"] = method

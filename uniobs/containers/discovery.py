@@ -28,15 +28,21 @@ Two sources, merged (`ContainerDiscovery`):
    | Docker      | `/docker/<id>`                      | `/system.slice/docker-<id>.scope`       |
    | Podman      | `/libpod_parent/libpod-<id>`        | `/machine.slice/libpod-<id>.scope`      |
    | containerd  | `/<namespace>/<id>` (state only)    | `<slice>/cri-containerd-<id>.scope`, `nerdctl-<id>.scope` |
-   | CRI-O       |                                     | `<slice>/crio-<id>.scope`               |
+   | CRI-O       | `<parent>/crio-<id>`                | `<slice>/crio-<id>.scope`               |
    | Kubernetes  | `/kubepods[/<qos>]/pod<uid>/<id>`   | see below                               |
 
    Kubernetes with the systemd driver: `/kubepods.slice[/kubepods-<qos>.slice]/`
-   `kubepods[-<qos>]-pod<uid, "_" for "-">.slice/<cri-containerd|crio|docker>-<id>.scope`.
+   `kubepods[-<qos>]-pod<uid, "_" for "-">.slice/<cri-containerd|crio|docker>-<id>.scope`. A pod
+   UID is the API server's UUID, or for a static pod (the kubeadm control plane) and its mirror
+   pod the manifest's 32-hex config hash; with either driver.
 
-   Patterns match the end of the path, so nested roots (kind's `/kubelet.slice/...`, Docker in
-   Docker) work too. conmon's cgroups (`libpod-conmon-<id>.scope`, `/libpod_parent/conmon`,
-   `crio-conmon-<id>.scope`) are not containers and are not claimed.
+   A cgroup belongs to the nearest container at or above it (`container_cgroup`), so nested roots
+   (kind's `/kubelet.slice/...`, Docker in Docker) work, and so do the cgroups runtimes and
+   containers nest below the one named after the container: crun's `container` sub-cgroup (the
+   default with the systemd driver on cgroup v2) and `run.oci.delegate-cgroup` below it,
+   Docker-in-Docker's `init`, a systemd inside the container. The same holds for a cgroup below
+   one a state file names. conmon's cgroups (`libpod-conmon-<id>.scope`, `/libpod_parent/conmon`,
+   `crio-conmon-<id>[.scope]`) are not containers and are not claimed.
 
 Names, images and labels, in this order: Docker's `var_lib/docker/containers/<id>/config.v2.json`
 (read-only; `Name`, `Config.Image`, `Config.Labels`), Podman's
@@ -132,20 +138,25 @@ CONSUMED_ANNOTATIONS = frozenset(
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ID = r"([0-9a-f]{64})"
-# The last path component of a container cgroup, per runtime (conmon's never match: "conmon-"
-# is not 64 hex digits).
+# A cgroup name that names a container, per runtime (conmon's never match: "conmon-" is not 64
+# hex digits). Each id is 64 hex digits, so a shorter name is not looked at (`_names_container`).
 _LEAF_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(rf"docker-{_ID}\.scope"), "docker"),
     (re.compile(rf"libpod-(?:payload-)?{_ID}(?:\.scope)?"), "podman"),
     (re.compile(rf"cri-containerd-{_ID}\.scope"), "containerd"),
     (re.compile(rf"nerdctl-{_ID}\.scope"), "containerd"),
-    (re.compile(rf"crio-{_ID}\.scope"), "cri-o"),
+    # CRI-O: `crio-<id>.scope` (systemd driver), `<parent>/crio-<id>` (cgroupfs driver, internal/config/cgmgr)
+    (re.compile(rf"crio-{_ID}(?:\.scope)?"), "cri-o"),
 )
-# Kubernetes pod cgroups. systemd: `kubepods[-<qos>]-pod<uid with _>.slice` (with any prefix,
-# e.g. kind's `kubelet-kubepods-...`); cgroupfs: `kubepods[/<qos>]/pod<uid>`.
-_K8S_SYSTEMD_POD = re.compile(r"(?:.*-)?kubepods(?:-(besteffort|burstable))?-pod([0-9a-f_]{36})\.slice")
-_K8S_CGROUPFS = re.compile(rf"(?:^|.*/)kubepods(?:/(besteffort|burstable))?/pod([0-9a-f-]{{36}})/{_ID}")
-_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# A pod's UID as the kubelet writes it into its cgroup's name: the API server's UUID, or for a
+# static pod (a manifest the kubelet reads itself: the kubeadm control plane) and its mirror pod,
+# the manifest's 32-hex md5 config hash (pkg/kubelet/config/common.go, "Generated UID ...").
+_POD_UID = r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})"
+_UID = re.compile(_POD_UID)
+# Kubernetes pod cgroups. systemd: `kubepods[-<qos>]-pod<uid, "_" for "-">.slice` (with any prefix,
+# e.g. kind's `kubelet-kubepods-...`); cgroupfs: `[...]/kubepods[/<qos>]/pod<uid>`.
+_K8S_SYSTEMD_POD = re.compile(r"(?:.*-)?kubepods(?:-(besteffort|burstable))?-pod([0-9a-f_]{32,36})\.slice")
+_K8S_CGROUPFS_POD = re.compile(rf"(?:^|.*/)kubepods(?:/(besteffort|burstable))?/pod({_POD_UID})")
 
 # The controllers uniobs reads, in the order that breaks ties when a container's controllers
 # disagree on its path (see `canonical_cgroup`).
@@ -475,28 +486,71 @@ def parse_podman_containers(data: bytes | str, limits: Limits) -> dict[str, Mana
     return out
 
 
-def match_cgroup(path: str) -> CgroupMatch | None:
-    """Recognise a container from its cgroup path alone (see the module docstring's table)."""
-    parts = path.rstrip("/").rsplit("/", 2)
-    leaf = parts[-1]
-    parent = parts[-2] if len(parts) >= 2 else ""
-    m = _K8S_CGROUPFS.fullmatch(path)
-    if m is not None:
-        qos, uid, cid = m.groups()
-        return CgroupMatch("cri", cid, uid, qos or "guaranteed")
+def _pod_of(head: str) -> tuple[str | None, str | None]:
+    """(pod UID, QoS class) when `head` is a Kubernetes pod's cgroup, in either driver's naming."""
+    pod = _K8S_SYSTEMD_POD.fullmatch(head.rpartition("/")[2])
+    if pod is not None:
+        qos, uid = pod.groups()
+        uid = uid.replace("_", "-")  # the kubelet's systemd driver writes a UUID's dashes as "_"
+    else:
+        pod = _K8S_CGROUPFS_POD.fullmatch(head)
+        if pod is None:
+            return None, None
+        qos, uid = pod.groups()
+    if not _UID.fullmatch(uid):
+        return None, None
+    return uid, qos or "guaranteed"
+
+
+def _names_container(path: str) -> CgroupMatch | None:
+    """The container the last component of `path` names, if it names one (its parent may name
+    its pod): the runtimes' own names (table in the module docstring), `/docker/<id>`, and a bare
+    id in a Kubernetes pod (the cgroupfs driver's `kubepods/<qos>/pod<uid>/<id>`)."""
+    head, _, leaf = path.rpartition("/")
+    if len(leaf) < 64:  # every name below holds a 64-hex id: most cgroups are passed over here
+        return None
     for pattern, runtime in _LEAF_PATTERNS:
         m = pattern.fullmatch(leaf)
         if m is not None:
-            pod = _K8S_SYSTEMD_POD.fullmatch(parent)
-            if pod is not None:
-                qos, uid = pod.groups()
-                uid = uid.replace("_", "-")
-                if _UID.fullmatch(uid):
-                    return CgroupMatch(runtime, m.group(1), uid, qos or "guaranteed")
-            return CgroupMatch(runtime, m.group(1))
-    if parent == "docker" and _HEX64.fullmatch(leaf):
-        return CgroupMatch("docker", leaf)
+            return CgroupMatch(runtime, m.group(1), *_pod_of(head))
+    if _HEX64.fullmatch(leaf):
+        if head.rpartition("/")[2] == "docker":
+            return CgroupMatch("docker", leaf)
+        uid, qos = _pod_of(head)
+        if uid is not None:
+            return CgroupMatch("cri", leaf, uid, qos)
     return None
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """`path` itself, then each cgroup above it, nearest first; never the root ("/")."""
+    path = path.rstrip("/")
+    while path:
+        yield path
+        path = path.rpartition("/")[0]
+
+
+def container_cgroup(path: str) -> tuple[str, CgroupMatch] | None:
+    """The nearest cgroup at or above `path` whose name names a container, and that container.
+
+    Runtimes nest cgroups below the one they name after the container: crun's `container`
+    sub-cgroup under its systemd scope (`run.oci.systemd.subgroup`, the default on cgroup v2) and
+    a delegated one below that (`run.oci.delegate-cgroup`), Docker-in-Docker's `init`, a systemd
+    inside the container (`init.scope`, its own slices), podman's `--cgroups=split`. A container
+    inside another (Docker in Docker, kind's nodes) is the nearest: the innermost.
+    """
+    for at in _ancestors(path):
+        match = _names_container(at)
+        if match is not None:
+            return at, match
+    return None
+
+
+def match_cgroup(path: str) -> CgroupMatch | None:
+    """Recognise a container from its cgroup path alone (see the module docstring's table): the
+    nearest one at or above `path` (`container_cgroup`)."""
+    found = container_cgroup(path)
+    return found[1] if found is not None else None
 
 
 def split_image(ref: str) -> tuple[str, str | None]:
@@ -870,16 +924,22 @@ class ContainerDiscovery:
             return None
         if self.scan:
             self._fresh()
-        cid = self._by_cgroup.get(path)
-        match = match_cgroup(path)
+        # The nearest cgroup at or above `path` that a state file or its own name gives to a
+        # container: runtimes and containers nest cgroups below the container's (see
+        # `container_cgroup`), and those are the container's too.
+        for at in _ancestors(path):
+            cid = self._by_cgroup.get(at)
+            match = _names_container(at)
+            if cid is None and match is None and not self.scan:
+                cid = self._containerd_id(at)
+            if cid is not None or match is not None:
+                break
+        else:
+            return None
         if cid is None:
-            if match is not None:
-                cid = match.id
-            elif not self.scan:
-                cid = self._containerd_id(path)
-            if cid is None:
-                return None
-        return self._describe(cid, path, match)
+            assert match is not None
+            cid = match.id
+        return self._describe(cid, at, match)
 
     def _containerd_id(self, path: str) -> str | None:
         """containerd's default `/<namespace>/<id>`, when that task exists (targeted mode)."""
@@ -912,6 +972,8 @@ class ContainerDiscovery:
         cgroup, per_controller = self._controller_paths(states, cgroup if cgroup is not None else path, pid)
         if match is None and cgroup is not None:
             match = match_cgroup(cgroup)  # a state-known container in a kubepods cgroup
+        if match is not None and match.id != cid:
+            match = None  # a cgroup inside another container's: this container is what its state says
         if match is not None and match.runtime != "cri":
             runtime = match.runtime
         elif states:
@@ -1154,6 +1216,7 @@ __all__ = [
     "canonical_cgroup",
     "cap_labels",
     "cgroups_path_to_cgroup",
+    "container_cgroup",
     "discover_containers",
     "expand_slice",
     "identify",

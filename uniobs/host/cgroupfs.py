@@ -12,7 +12,8 @@ Layouts handled (`detect_layout`):
 - hybrid: v1 controllers plus cgroup2 at `<root>/unified` (systemd's "hybrid" mode). A
   controller found in neither v1 nor `unified/cgroup.controllers` is simply not read.
 
-What is read, per cgroup (each file is optional; a missing file leaves its fields None):
+What is read, per cgroup (each file is optional: one that is missing, cannot be read or holds
+no value leaves its fields None, and the other files are read; see `FileFailures`):
 
 | figure            | v1 (controller: file)                                  | v2 file                  |
 |-------------------|--------------------------------------------------------|--------------------------|
@@ -36,7 +37,9 @@ runtime's state or `/proc/<pid>/cgroup`, see `parse_proc_cgroup`); a hierarchy t
 but has no directory for the cgroup is named in `CgroupStats.absent`, not silently skipped.
 
 Files are read with os.open/os.read (measured cheaper than open() on the target hosts). A
-cgroup that vanishes while being read raises `WorkloadGone`; see `_Reader`.
+cgroup that vanishes while being read raises `WorkloadGone`; see `_Reader`. A file that exists
+and cannot be read (EOPNOTSUPP, EINVAL, EACCES...) is absent, said once; see `FileFailures`.
+The parsers never raise and never turn a figure the file lacks into 0 (see "pure parsers").
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import enum
 import errno
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,8 +70,16 @@ V1_CONTROLLERS = frozenset({"cpu", "cpuacct", "memory", "pids", "blkio"})
 
 # errnos that mean "the cgroup is going or gone": ENOENT when opening a file of a removed
 # directory, ENODEV when reading a kernfs file whose node was deactivated after open, ESRCH
-# from some cgroup files of a dying cgroup.
+# from some cgroup files of a dying cgroup. (A PSI file hidden by `cgroup.pressure` = 0, Linux
+# 6.1+, gives the same: ENOENT to open, ENODEV to read an fd opened before.)
 _VANISHED = frozenset({errno.ENOENT, errno.ENODEV, errno.ESRCH})
+
+# errnos that say a file will never be readable in its hierarchy, whichever the cgroup and
+# however often it is tried: EOPNOTSUPP (ENOTSUP on Linux) from every PSI file of a kernel with
+# PSI disabled (psi_show(); RHEL/CentOS 9 build with CONFIG_PSI_DEFAULT_DISABLED and need psi=1),
+# EINVAL and ENOSYS from a file whose kernel side refuses reads. Any other error (EACCES, EPERM,
+# EIO, ...) may clear, so that file is tried again at the next read.
+_NEVER = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS})
 
 # cgroup stat files are a few KiB at most (memory.stat on v2 is ~1.5 KiB); one read of this
 # size returns the whole seq_file, so a second read() is only needed when the buffer fills.
@@ -102,13 +114,14 @@ class CgroupLayout:
 
 @dataclass(frozen=True, slots=True)
 class DeviceIO:
-    """Block I/O of one cgroup on one device, as "MAJ:MIN"."""
+    """Block I/O of one cgroup on one device, as "MAJ:MIN". None: the kernel printed no such
+    counter for the device (a cumulative counter is never taken for 0: that reads as a reset)."""
 
     device: str
-    read_bytes: int = 0
-    write_bytes: int = 0
-    read_ops: int = 0
-    write_ops: int = 0
+    read_bytes: int | None = None
+    write_bytes: int | None = None
+    read_ops: int | None = None
+    write_ops: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +163,7 @@ class CgroupStats:
     # pids
     pids_current: int | None = None
     pids_limit: int | None = None  # None also when "max"
-    # block I/O per device; None: no blkio/io source, (): a source with no device yet
+    # block I/O per device; None: no blkio/io source, (): a source with no device with figures yet
     io: tuple[DeviceIO, ...] | None = None
     # PSI
     cpu_pressure: Pressure | None = None
@@ -164,14 +177,27 @@ class CgroupStats:
 
 
 # --- pure parsers: text in, values out, no I/O ---------------------------------------------
+#
+# Every parser takes whatever a file held, torn or not, and never raises: it returns what it
+# can and leaves the rest absent (None, or a key not in the result). A value is a count of at
+# most 20 decimal digits (u64: 2**64-1 has 20), anything else is no value: a cgroup file never
+# holds a negative or signed count, and int() would take "+1" and "1_0", raise on "²" (which
+# str.isdigit() takes) and past 4300 digits. str.isdecimal() only takes what int() reads as
+# digits (in latin-1 text, 0-9). Absent is never turned into 0, which for a cumulative counter
+# would read as a reset.
+
+_MAX_DIGITS = 20
+
+
+def _uint(text: str) -> int | None:
+    """A non-negative decimal count (surrounding whitespace allowed), else None."""
+    value = text.strip()
+    return int(value) if value.isdecimal() and len(value) <= _MAX_DIGITS else None
 
 
 def parse_int(text: str) -> int | None:
-    """A single-value file: "12345\\n". "max" (v2's "no limit") gives None."""
-    value = text.strip()
-    if value == "max":
-        return None
-    return int(value)
+    """A single-value file: "12345\\n". "max" (v2's "no limit"), an empty or torn file give None."""
+    return _uint(text)
 
 
 # The largest v1 "unlimited" value is PAGE_COUNTER_MAX * PAGE_SIZE, i.e. LONG_MAX rounded down
@@ -181,44 +207,60 @@ V1_UNLIMITED = 1 << 62
 
 
 def parse_v1_limit(text: str) -> int | None:
-    """memory.limit_in_bytes and friends: a byte count, or None for "unlimited"."""
-    value = int(text)
-    return None if value >= V1_UNLIMITED else value
+    """memory.limit_in_bytes and friends: a byte count, or None for "unlimited" (or no value)."""
+    value = _uint(text)
+    return None if value is None or value >= V1_UNLIMITED else value
 
 
 def parse_flat_keyed(text: str) -> dict[str, int]:
     """A flat-keyed file ("key value" per line) to ints: memory.stat, cpu.stat,
-    cpuacct.stat, memory.events, memory.oom_control."""
-    return {k: int(v) for k, v in parse_flat_keyed_raw(text).items()}
-
-
-def parse_flat_keyed_raw(text: str) -> dict[str, str]:
-    """Like parse_flat_keyed, with the values left as text.
-
-    The reader uses this form: v2 memory.stat has ~60 keys and ~6 are wanted, so converting
-    only those saves most of the int() calls. partition() per line costs ~1.5 µs more per
-    memory.stat than one split() of the whole text zipped into pairs, but cannot misalign
-    pairs if a kernel ever adds a line of another shape.
-    """
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value:
+    cpuacct.stat, memory.events, memory.oom_control. Keys without a count are left out."""
+    out: dict[str, int] = {}
+    for key, raw in parse_flat_keyed_raw(text).items():
+        value = _uint(raw)
+        if value is not None:
             out[key] = value
     return out
 
 
+def parse_flat_keyed_raw(text: str) -> dict[str, str]:
+    """Like parse_flat_keyed, with the values left as text (convert them with `_get`).
+
+    The reader uses this form: v2 memory.stat has ~60 keys and ~6 are wanted, so converting
+    only those saves most of the int() calls. A line is split at its first blank only (the
+    cheapest way, measured): a value of another shape than one count (a torn line, trailing
+    blanks, a kernel adding a field) stays as it is here and `_get` finds no count in it, so
+    pairs never misalign. A key printed twice is left out: no kernel does, and neither copy
+    can be told right (the last one winning would make the value jump between them).
+    """
+    out: dict[str, str] = {}
+    twice: list[str] | None = None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if not value:
+            continue
+        if key in out:
+            twice = twice or []
+            twice.append(key)
+        out[key] = value
+    for key in twice or ():
+        out.pop(key, None)
+    return out
+
+
 def _get(stats: Mapping[str, str], *keys: str) -> int | None:
-    """The first of `keys` present, as an int. v1 memory.stat: `total_x` then `x`."""
+    """The first of `keys` present, as an int; None if none is, or if its value is no count
+    (the next key is not tried then: v1 memory.stat's `total_x` is hierarchical, `x` is not)."""
     for key in keys:
         value = stats.get(key)
         if value is not None:
-            return int(value)
+            return _uint(value)
     return None
 
 
-def parse_cpuacct_stat(text: str, clk_tck: int = CLK_TCK) -> tuple[float, float]:
-    """cpuacct.stat ("user N\\nsystem N\\n", in USER_HZ ticks) to (user, system) seconds.
+def parse_cpuacct_stat(text: str, clk_tck: int = CLK_TCK) -> tuple[float | None, float | None]:
+    """cpuacct.stat ("user N\\nsystem N\\n", in USER_HZ ticks) to (user, system) seconds,
+    None for a key absent.
 
     Ticks are converted as they are, as runc and cAdvisor do. Since 2021 (about Linux 5.13)
     the kernel scales these ticks against the scheduler's precise runtime (cputime_adjust,
@@ -227,8 +269,43 @@ def parse_cpuacct_stat(text: str, clk_tck: int = CLK_TCK) -> tuple[float, float]
     between reads, so a split value can *decrease*: the telemetry bridge would take that
     for a counter reset. 10 ms resolution is the price of monotonic counters.
     """
-    stats = parse_flat_keyed(text)
-    return stats["user"] / clk_tck, stats["system"] / clk_tck
+    stats = parse_flat_keyed_raw(text)
+    user, system = _get(stats, "user"), _get(stats, "system")
+    return (None if user is None else user / clk_tck, None if system is None else system / clk_tck)
+
+
+def _device(token: str) -> str | None:
+    """A row's device as "MAJ:MIN" (%u:%u, as the kernel prints it; leading zeros dropped), or
+    None if it names none. io.stat prints "(unknown)" for a request queue whose backing device
+    has no dev_t (ZFS zvols, a disk being removed): such a row is no device, and several of
+    them would all be "(unknown)"."""
+    major, sep, minor = token.partition(":")
+    if not (sep and major.isdecimal() and minor.isdecimal() and len(token) <= 21):
+        return None
+    if (major[0] == "0" and len(major) > 1) or (minor[0] == "0" and len(minor) > 1):
+        return f"{int(major)}:{int(minor)}"
+    return token
+
+
+def _merge_rows(rows: Mapping[str, list[dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """Rows naming the same device, summed key by key.
+
+    The kernel prints one row per request queue (blkg) of the cgroup, and two queues can name
+    one device (a disk removed and added back while the old queue lingers): their sum is all
+    the cgroup's I/O on that device, the same whichever order the rows come in (the last row
+    winning would jump between them, reading as resets). A key is summed only if every row
+    has it: a sum over some of the rows would jump when another row gains the key.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for device, found in rows.items():
+        if len(found) == 1:
+            out[device] = found[0]
+            continue
+        keys = set(found[0]).intersection(*found[1:])
+        merged = {key: sum(row[key] for row in found) for key in keys}
+        if merged:
+            out[device] = merged
+    return out
 
 
 def parse_blkio_v1(text: str) -> dict[str, dict[str, int]]:
@@ -244,19 +321,33 @@ def parse_blkio_v1(text: str) -> dict[str, dict[str, int]]:
 
     to {"8:0": {"read": 4194304, "write": 8396800}}. Sync/Async split the same I/O another
     way and Total sums it, so only Read and Write are kept; the last line (2 tokens, the
-    all-device total) is skipped with them. A cgroup with no I/O has only "Total 0".
+    all-device total) is skipped with them. A cgroup with no I/O has only "Total 0". A row
+    whose device is not MAJ:MIN is skipped; rows repeating a device and operation are summed,
+    as in io.stat (`_merge_rows` says why), unless one of them holds no count; a device with
+    neither Read nor Write is left out.
     """
     out: dict[str, dict[str, int]] = {}
+    torn: list[tuple[str, str]] = []
     for line in text.splitlines():
         tokens = line.split()
         if len(tokens) != 3:
             continue
-        device, op, value = tokens
-        if op == "Read":
-            out.setdefault(device, {})["read"] = int(value)
-        elif op == "Write":
-            out.setdefault(device, {})["write"] = int(value)
-    return out
+        op = _BLKIO_OPS.get(tokens[1])
+        device = _device(tokens[0]) if op is not None else None
+        if device is None or op is None:
+            continue
+        value = _uint(tokens[2])
+        if value is None:
+            torn.append((device, op))
+            continue
+        ops = out.setdefault(device, {})
+        ops[op] = ops.get(op, 0) + value
+    for device, op in torn:  # one row of several without a count: their sum would be short
+        out.get(device, {}).pop(op, None)
+    return {device: ops for device, ops in out.items() if ops}
+
+
+_BLKIO_OPS = {"Read": "read", "Write": "write"}
 
 
 def parse_io_stat(text: str) -> dict[str, dict[str, int]]:
@@ -266,48 +357,65 @@ def parse_io_stat(text: str) -> dict[str, dict[str, int]]:
 
     to {"8:16": {"rbytes": 1459200, ...}}. Keys are kept as the kernel names them; newer
     kernels append keys (dbytes/dios in 5.x, cost.* with iocost) that callers ignore.
+
+    The kernel prints a device's name before its figures and the figures only once it has any
+    (blkcg_print_one_stat), so a row may be a bare "252:0 ": it carries nothing and is left
+    out, never taken for zeros (a counter going back to 0 reads as a reset). Kernels from the
+    5.15 series until "blk-cgroup: always terminate io.stat lines" (2022) also left out that
+    row's newline, putting several devices on one line ("252:0 259:0 rbytes=..."): so every
+    token without "=" starts a row, wherever it is. Rows whose device is not MAJ:MIN
+    ("(unknown)") are left out with their keys; rows repeating a device are summed
+    (`_merge_rows`).
     """
-    out: dict[str, dict[str, int]] = {}
-    for line in text.splitlines():
-        tokens = line.split()
-        if not tokens:
-            continue
-        values: dict[str, int] = {}
-        for token in tokens[1:]:
-            key, sep, value = token.partition("=")
-            if sep and value.isdigit():  # cost.* values can be fractions; none are wanted
-                values[key] = int(value)
-        out[tokens[0]] = values
-    return out
+    rows: dict[str, list[dict[str, int]]] = {}
+    device: str | None = None  # the row being read (None: no device, its keys are skipped)
+    values: dict[str, int] = {}
+    twice: list[str] = []
+    for token in [*text.split(), "(end)"]:  # a last non-device name, so the last row ends too
+        key, sep, raw = token.partition("=")
+        if not sep:  # a device name: the row before it ends
+            for repeated in twice:
+                values.pop(repeated, None)
+            if device is not None and values:
+                rows.setdefault(device, []).append(values)
+            device, values, twice = _device(token), {}, []
+        elif device is not None and key and raw.isdecimal() and len(raw) <= _MAX_DIGITS:  # `_uint`, inlined
+            if key in values:  # given twice in a row: neither is the figure
+                twice.append(key)
+            values[key] = int(raw)
+        # else: iocost's cost.* values are fractions, and a torn token is no count
+    return _merge_rows(rows)
 
 
-def parse_pressure(text: str) -> Pressure:
+def parse_pressure(text: str) -> Pressure | None:
     """A PSI file (Documentation/accounting/psi.rst):
 
         some avg10=0.00 avg60=0.00 avg300=0.00 total=639671
         full avg10=0.00 avg60=0.00 avg300=0.00 total=639671
 
-    to the `total=` stall times, microseconds to seconds. The avg* figures are the kernel's
-    own moving averages; the cumulative totals are what a counter should carry (backends
-    derive any rate). The `full` line of cpu.pressure exists from Linux 5.13 on.
+    to the `total=` stall times, microseconds to seconds; None when neither line gives one
+    (an empty file). The avg* figures are the kernel's own moving averages; the cumulative
+    totals are what a counter should carry (backends derive any rate). The `full` line of
+    cpu.pressure exists from Linux 5.13 on. A line kind given twice is left out.
     """
-    some: float | None = None
-    full: float | None = None
+    totals: dict[str, int | None] = {}
     for line in text.splitlines():
         kind, _, rest = line.partition(" ")
-        total = rest.rpartition("total=")[2]
-        if not total:
+        if kind != "some" and kind != "full":
             continue
-        if kind == "some":
-            some = int(total) / 1e6
-        elif kind == "full":
-            full = int(total) / 1e6
-    return Pressure(some, full)
+        before, sep, total = rest.partition("total=")  # the avg* figures are not counts
+        alone = sep and (not before or before[-1] == " ") and kind not in totals
+        totals[kind] = _uint(total) if alone else None  # "total=" twice: _uint finds no count
+    some, full = totals.get("some"), totals.get("full")
+    if some is None and full is None:
+        return None
+    return Pressure(None if some is None else some / 1e6, None if full is None else full / 1e6)
 
 
 def parse_procs(text: str) -> list[int]:
-    """cgroup.procs: one pid per line (unordered; a pid may repeat in v1)."""
-    return [int(token) for token in text.split()]
+    """cgroup.procs: one pid per line (unordered; a pid may repeat in v1). A token that is no
+    pid (a torn last line) is skipped."""
+    return [pid for pid in map(_uint, text.split()) if pid is not None]
 
 
 def parse_proc_cgroup(text: str) -> dict[str, str]:
@@ -347,12 +455,14 @@ def proc_cgroup_paths(pid: int, proc_dir: str = "/proc") -> dict[str, str]:
     return parse_proc_cgroup(text)
 
 
-def working_set(usage: int, inactive_file: int | None) -> int:
+def working_set(usage: int, inactive_file: int | None) -> int | None:
     """What cAdvisor and the kubelet call the working set: usage minus inactive file pages
     (the page cache the kernel would drop first), floored at 0 because the two figures are
-    not read atomically and inactive_file can momentarily exceed usage."""
+    not read atomically and inactive_file can momentarily exceed usage. None without
+    inactive_file (a memory.stat torn or without the key): taking it for 0 would make the
+    working set jump up to the whole usage for one reading."""
     if inactive_file is None:
-        return usage
+        return None
     return max(0, usage - inactive_file)
 
 
@@ -435,16 +545,21 @@ def _walk_hierarchies(layout: CgroupLayout) -> list[str]:
     return list(dict.fromkeys(dirs))  # a combined mount must not be walked twice
 
 
-def list_cgroups(layout: CgroupLayout, max_cgroups: int = DEFAULT_MAX_CGROUPS) -> list[str]:
+def list_cgroups(
+    layout: CgroupLayout, max_cgroups: int = DEFAULT_MAX_CGROUPS, failures: FileFailures | None = None
+) -> list[str]:
     """Every cgroup path, sorted ("/" first, parents before children).
 
     Walks the memory and cpuacct hierarchies on v1 (a cgroup may exist in one only: systemd
     creates memory cgroups only for units with memory accounting), the unified one on v2.
     Symlinks are not followed: cgroupfs has none, and a recorded or bind-mounted tree could
-    loop. Stops at `max_cgroups` paths, logging that it did.
+    loop. Stops at `max_cgroups` paths, logging that it did. A directory that cannot be listed
+    (EACCES) is listed without its children, and said (once per `failures`, else per call):
+    the rest of the host is listed.
     """
     if max_cgroups < 1:
         raise ValueError("max_cgroups: must be >= 1")
+    said = failures if failures is not None else FileFailures()
     found: set[str] = set()
     truncated = False
     for hierarchy in _walk_hierarchies(layout):
@@ -461,6 +576,9 @@ def list_cgroups(layout: CgroupLayout, max_cgroups: int = DEFAULT_MAX_CGROUPS) -
                     children = [e.name for e in it if e.is_dir(follow_symlinks=False)]
             except (FileNotFoundError, NotADirectoryError):
                 continue  # removed while walking: churn
+            except OSError as exc:
+                said.failed(hierarchy, rel, _join(hierarchy, rel), exc)
+                continue
             prefix = "" if rel == "/" else rel
             stack.extend(f"{prefix}/{name}" for name in sorted(children, reverse=True))
         if truncated:
@@ -498,9 +616,60 @@ def _read_file(path: str) -> str | None:
     return data.decode("latin-1")
 
 
+class FileFailures:
+    """What reading an optional cgroup file failed with, remembered across reads.
+
+    Every file `read_stats` reads is optional: one that fails with an error other than "gone"
+    (`_VANISHED`) leaves its figures None, and the cgroup's other figures are read as usual.
+    Each (hierarchy, file, errno) is logged once. Where the errno says the file will never be
+    readable (`_NEVER`: EOPNOTSUPP from every PSI file of a PSI-disabled kernel) the file is not
+    tried again in that hierarchy, for any cgroup, so such a host costs nothing per scrape.
+    Keep one per collector (it is thread-safe); without one, each `read_stats` call says what it
+    met and tries everything again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._never: set[tuple[str, str]] = set()  # (hierarchy, file name)
+        self._said: set[tuple[str, str, int | None]] = set()
+
+    def never(self, hierarchy: str, name: str) -> bool:
+        """Whether this file is known never to be readable in this hierarchy."""
+        return (hierarchy, name) in self._never
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        """The (hierarchy, file name) pairs given up on, sorted."""
+        with self._lock:
+            return sorted(self._never)
+
+    def failed(self, hierarchy: str, name: str, path: str, exc: OSError) -> None:
+        """Remember that reading `path` (file `name` of a cgroup in `hierarchy`) raised `exc`."""
+        never = exc.errno in _NEVER
+        with self._lock:
+            if never:
+                self._never.add((hierarchy, name))
+            said = (hierarchy, name, exc.errno)
+            if said in self._said:
+                return
+            self._said.add(said)
+        why = _errno_name(exc)
+        hint = " (PSI is disabled on this kernel: boot with psi=1)" if name.endswith(".pressure") and never else ""
+        then = f"not read again under {hierarchy}" if never else "left out while it fails"
+        log.warning("cannot read %s (%s, %s)%s: %s", path, why, exc.strerror or exc, hint, then)
+
+
+def _errno_name(exc: OSError) -> str:
+    if exc.errno is None:
+        return type(exc).__name__
+    if exc.errno == errno.EOPNOTSUPP:  # == ENOTSUP on Linux, which errorcode names; the kernel says EOPNOTSUPP
+        return "EOPNOTSUPP"
+    return errno.errorcode.get(exc.errno, str(exc.errno))
+
+
 class _Reader:
     """Reads the files of one cgroup across its hierarchy directories, telling a missing
-    file on a live cgroup (None) from a cgroup that is gone (WorkloadGone).
+    file on a live cgroup (None) from a cgroup that is gone (WorkloadGone), and an unreadable
+    file (None, told to `failures`) from both.
 
     The cgroup is gone when none of its directories in the *primary* hierarchies exists:
     the v1 controllers (v1, hybrid), else the unified one (v2). On a hybrid host the unified
@@ -510,26 +679,53 @@ class _Reader:
     Liveness is only checked after a read fails, so a live cgroup with every file present
     costs no extra syscall. A directory found missing is remembered and its other files are
     not tried (no `unified/<path>` on a hybrid host: one failed open instead of three).
+    `error` keeps the first error other than "gone", `failed` whether the last read met one,
+    `answered` whether any file was read.
     """
 
-    __slots__ = ("_absent", "_alive", "_primary", "path")
+    __slots__ = ("_absent", "_alive", "_failures", "_hierarchy", "_primary", "answered", "error", "failed", "path")
 
-    def __init__(self, path: str, primary: Iterable[str]) -> None:
+    def __init__(
+        self,
+        path: str,
+        primary: Iterable[str],
+        hierarchy: Mapping[str, str] | None = None,
+        failures: FileFailures | None = None,
+    ) -> None:
         self.path = path
         self._primary = list(dict.fromkeys(primary))
+        self._hierarchy = hierarchy or {}  # cgroup directory -> its hierarchy's root
+        self._failures = failures
         self._absent: set[str] = set()
         self._alive = False  # a primary directory was seen to exist after a failed read
+        self.error: OSError | None = None
+        self.failed = False
+        self.answered = False
 
     def missing(self, directory: str) -> bool:
         """Whether a read found this directory absent (a file of an absent cgroup was asked for)."""
         return directory in self._absent
 
     def read(self, directory: str, name: str) -> str | None:
+        self.failed = False
         if directory in self._absent:
             return None
-        text = _read_file(f"{directory}/{name}")
+        hierarchy = self._hierarchy.get(directory, directory)
+        if self._failures is not None and self._failures.never(hierarchy, name):
+            self.failed = True
+            return None
+        try:
+            text = _read_file(f"{directory}/{name}")
+        except OSError as exc:  # not "gone": the file is there and cannot be read
+            if self._failures is not None:
+                self._failures.failed(hierarchy, name, f"{directory}/{name}", exc)
+            self.error = self.error or exc
+            self.failed = True
+            return None
         if text is None:
             self._missed(directory)
+        else:
+            self.answered = True
         return text
 
     def _missed(self, directory: str) -> None:
@@ -568,6 +764,12 @@ def _cgroup_dirs(
     return dirs, primary
 
 
+def _hierarchies(layout: CgroupLayout, dirs: Mapping[str, str]) -> dict[str, str]:
+    """{cgroup directory: the root of its hierarchy}, for `dirs` from `_cgroup_dirs`."""
+    roots = {**layout.v1, "unified": layout.unified} if layout.unified is not None else dict(layout.v1)
+    return {directory: roots[controller] for controller, directory in dirs.items()}
+
+
 def read_stats(
     layout: CgroupLayout,
     path: str,
@@ -575,6 +777,7 @@ def read_stats(
     io: bool = True,
     pressure: bool = True,
     paths: Mapping[str, str] | None = None,
+    failures: FileFailures | None = None,
 ) -> CgroupStats:
     """Read one cgroup now. Raises WorkloadGone if it no longer exists in any hierarchy, and
     ValueError for a path with "..".
@@ -583,10 +786,15 @@ def read_stats(
     "" for the unified hierarchy; e.g. `Workload.cgroups`) says otherwise. A mounted v1 hierarchy
     with no directory at the cgroup's path there is named in the result's `absent`.
     `io=False` / `pressure=False` skip the block I/O / PSI files (two and three reads).
+
+    A file that cannot be read (an error other than "gone": EOPNOTSUPP, EINVAL, EACCES...) or
+    holds no value leaves its figures None; `failures` remembers the errors across calls (see
+    `FileFailures`). Only when no file at all could be read and one failed is that error raised
+    (an OSError): the cgroup is unreadable, not one of its files.
     """
     path = normalize_path(path)
     dirs, primary = _cgroup_dirs(layout, path, _normalize_paths(paths))
-    reader = _Reader(path, primary)
+    reader = _Reader(path, primary, _hierarchies(layout, dirs), failures if failures is not None else FileFailures())
     unified = dirs.get("unified")
     values: dict[str, Any] = {}  # CgroupStats fields
 
@@ -594,9 +802,8 @@ def read_stats(
     # always carries usage/user/system in µs, whether or not the cpu controller is enabled.
     v2_cpu_stat: dict[str, str] | None = None
     if "cpuacct" in dirs:
-        text = reader.read(dirs["cpuacct"], "cpuacct.usage")
-        if text is not None:
-            values["cpu_usage_s"] = int(text) / 1e9
+        usage = _int_of(reader.read(dirs["cpuacct"], "cpuacct.usage"))
+        values["cpu_usage_s"] = None if usage is None else usage / 1e9
         text = reader.read(dirs["cpuacct"], "cpuacct.stat")
         if text is not None:
             values["cpu_user_s"], values["cpu_system_s"] = parse_cpuacct_stat(text)
@@ -609,24 +816,24 @@ def read_stats(
                 ("user_usec", "cpu_user_s"),
                 ("system_usec", "cpu_system_s"),
             ):
-                if key in v2_cpu_stat:
-                    values[name] = int(v2_cpu_stat[key]) / 1e6
+                usec = _get(v2_cpu_stat, key)
+                values[name] = None if usec is None else usec / 1e6
 
     # -- CFS bandwidth throttling. v1 cpu.stat has throttled_time in ns; v2 cpu.stat has
-    # throttled_usec, present only where the cpu controller is enabled.
+    # throttled_usec, present only where the cpu controller is enabled (each key absent: None).
     throttle: dict[str, str] | None = None
     throttled_key, throttled_scale = "throttled_time", 1e9
     if "cpu" in dirs:
         text = reader.read(dirs["cpu"], "cpu.stat")
         throttle = parse_flat_keyed_raw(text) if text is not None else None
     elif unified is not None and (v2_cpu_stat is not None or layout.v2_has("cpu")):
-        if v2_cpu_stat is None:  # hybrid with cpuacct in v1 but cpu in v2
+        if v2_cpu_stat is None and "cpuacct" in dirs:  # hybrid with cpuacct in v1 but cpu in v2
             text = reader.read(unified, "cpu.stat")
             v2_cpu_stat = parse_flat_keyed_raw(text) if text is not None else None
         throttle = v2_cpu_stat
         throttled_key, throttled_scale = "throttled_usec", 1e6
-    if throttle is not None and "nr_periods" in throttle:
-        values["cpu_periods"] = int(throttle["nr_periods"])
+    if throttle is not None:
+        values["cpu_periods"] = _get(throttle, "nr_periods")
         values["cpu_throttled_periods"] = _get(throttle, "nr_throttled")
         throttled = _get(throttle, throttled_key)
         values["cpu_throttled_s"] = None if throttled is None else throttled / throttled_scale
@@ -640,12 +847,8 @@ def read_stats(
     # -- pids
     pids_dir = dirs.get("pids") or (unified if layout.v2_has("pids") else None)
     if pids_dir is not None:
-        text = reader.read(pids_dir, "pids.current")
-        if text is not None:
-            values["pids_current"] = int(text)
-        text = reader.read(pids_dir, "pids.max")
-        if text is not None:
-            values["pids_limit"] = parse_int(text)
+        values["pids_current"] = _int_of(reader.read(pids_dir, "pids.current"))
+        values["pids_limit"] = _int_of(reader.read(pids_dir, "pids.max"))  # "max": None
 
     # -- block I/O
     if io:
@@ -656,8 +859,9 @@ def read_stats(
             if text is not None:
                 stat = parse_io_stat(text)  # lines are not ordered: sort as for v1
                 values["io"] = tuple(
-                    DeviceIO(dev, v.get("rbytes", 0), v.get("wbytes", 0), v.get("rios", 0), v.get("wios", 0))
+                    DeviceIO(dev, v.get("rbytes"), v.get("wbytes"), v.get("rios"), v.get("wios"))
                     for dev, v in sorted(stat.items(), key=lambda item: _device_key(item[0]))
+                    if v.keys() & _IO_STAT_KEYS  # a row with only dbytes/cost.* says nothing here
                 )
 
     # -- PSI, from the v2 hierarchy only (PSI files exist there with or without controllers)
@@ -671,12 +875,21 @@ def read_stats(
     if absent and not any(os.path.isdir(d) for d in primary):
         # removed while being read: a runtime deletes a container's hierarchies one at a time
         raise WorkloadGone(f"cgroup {path} is gone")
+    if reader.error is not None and not reader.answered:
+        raise reader.error
     return CgroupStats(path, **values, absent=absent)
 
 
+_IO_STAT_KEYS = frozenset({"rbytes", "wbytes", "rios", "wios"})
+
+
+def _int_of(text: str | None) -> int | None:
+    """A single-value file's count, None if the file is absent or holds none ("max", torn)."""
+    return None if text is None else parse_int(text)
+
+
 def _read_memory_v1(reader: _Reader, directory: str, values: dict[str, Any]) -> None:
-    text = reader.read(directory, "memory.usage_in_bytes")
-    usage = int(text) if text is not None else None
+    usage = _int_of(reader.read(directory, "memory.usage_in_bytes"))
     values["memory_usage"] = usage
     text = reader.read(directory, "memory.limit_in_bytes")
     if text is not None:
@@ -695,9 +908,7 @@ def _read_memory_v1(reader: _Reader, directory: str, values: dict[str, Any]) -> 
         values["memory_pgmajfault"] = _get(stat, "total_pgmajfault", "pgmajfault")
         if usage is not None:
             values["memory_working_set"] = working_set(usage, _get(stat, "total_inactive_file", "inactive_file"))
-    text = reader.read(directory, "memory.failcnt")
-    if text is not None:
-        values["memory_failcnt"] = int(text)
+    values["memory_failcnt"] = _int_of(reader.read(directory, "memory.failcnt"))
     text = reader.read(directory, "memory.oom_control")
     if text is not None:
         # oom_kill_disable / under_oom are flags; oom_kill (Linux 4.13+) is the counter
@@ -705,12 +916,9 @@ def _read_memory_v1(reader: _Reader, directory: str, values: dict[str, Any]) -> 
 
 
 def _read_memory_v2(reader: _Reader, directory: str, values: dict[str, Any]) -> None:
-    text = reader.read(directory, "memory.current")
-    usage = int(text) if text is not None else None
+    usage = _int_of(reader.read(directory, "memory.current"))
     values["memory_usage"] = usage
-    text = reader.read(directory, "memory.max")
-    if text is not None:
-        values["memory_limit"] = parse_int(text)
+    values["memory_limit"] = _int_of(reader.read(directory, "memory.max"))  # "max": None
     text = reader.read(directory, "memory.stat")
     if text is not None:
         stat = parse_flat_keyed_raw(text)
@@ -721,9 +929,7 @@ def _read_memory_v2(reader: _Reader, directory: str, values: dict[str, Any]) -> 
         values["memory_pgmajfault"] = _get(stat, "pgmajfault")
         if usage is not None:
             values["memory_working_set"] = working_set(usage, _get(stat, "inactive_file"))
-    text = reader.read(directory, "memory.swap.current")
-    if text is not None:
-        values["memory_swap"] = int(text)
+    values["memory_swap"] = _int_of(reader.read(directory, "memory.swap.current"))
     text = reader.read(directory, "memory.events")
     if text is not None:
         events = parse_flat_keyed_raw(text)
@@ -739,23 +945,27 @@ def _read_blkio_v1(reader: _Reader, directory: str) -> tuple[DeviceIO, ...] | No
     # change to bypass the bios of rule-less cgroups before they are counted (a fix was
     # proposed upstream in 2023). v1 has no other per-cgroup I/O statistics since the legacy
     # schedulers (CFQ's blkio.io_service_bytes) were removed in 5.0.
+    # An unreadable _recursive file is not replaced by the plain one: its figures (this cgroup's
+    # own I/O only) are not the same counter, and alternating between them would read as resets.
     data = reader.read(directory, "blkio.throttle.io_service_bytes_recursive")
-    if data is None:
+    if data is None and not reader.failed:
         data = reader.read(directory, "blkio.throttle.io_service_bytes")
         ops = reader.read(directory, "blkio.throttle.io_serviced")
     else:
         ops = reader.read(directory, "blkio.throttle.io_serviced_recursive")
     if data is None and ops is None:
         return None
+    # a device or an operation one file does not list is absent there, not 0
     nbytes = parse_blkio_v1(data) if data is not None else {}
     nops = parse_blkio_v1(ops) if ops is not None else {}
+    none: dict[str, int] = {}
     return tuple(
         DeviceIO(
             dev,
-            nbytes.get(dev, {}).get("read", 0),
-            nbytes.get(dev, {}).get("write", 0),
-            nops.get(dev, {}).get("read", 0),
-            nops.get(dev, {}).get("write", 0),
+            nbytes.get(dev, none).get("read"),
+            nbytes.get(dev, none).get("write"),
+            nops.get(dev, none).get("read"),
+            nops.get(dev, none).get("write"),
         )
         for dev in sorted(nbytes.keys() | nops.keys(), key=_device_key)
     )
@@ -763,14 +973,17 @@ def _read_blkio_v1(reader: _Reader, directory: str) -> tuple[DeviceIO, ...] | No
 
 def _device_key(device: str) -> tuple[int, int]:
     major, _, minor = device.partition(":")
-    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (1 << 31, 0)
+    return (int(major), int(minor)) if major.isdecimal() and minor.isdecimal() else (1 << 31, 0)
 
 
 def cgroup_pids(layout: CgroupLayout, path: str, paths: Mapping[str, str] | None = None) -> list[int]:
     """The processes in a cgroup (cgroup.procs), from the first hierarchy that has it.
 
     `paths` overrides `path` per controller, as for `read_stats`. Raises WorkloadGone when the
-    cgroup exists in no hierarchy.
+    cgroup exists in no hierarchy. A hierarchy whose cgroup.procs cannot be read is passed over
+    for the next; when none could be, the first error is raised, except EOPNOTSUPP, which is
+    the kernel's answer for a threaded cgroup (cgroup v2: its processes belong to the threaded
+    domain above it, whose cgroup.procs lists them): it has none of its own, [].
     """
     path = normalize_path(path)
     dirs, primary = _cgroup_dirs(layout, path, _normalize_paths(paths))
@@ -780,6 +993,10 @@ def cgroup_pids(layout: CgroupLayout, path: str, paths: Mapping[str, str] | None
         text = reader.read(dirs[controller], "cgroup.procs")
         if text is not None:
             return parse_procs(text)
+    if reader.error is not None:
+        if reader.error.errno == errno.EOPNOTSUPP:
+            return []
+        raise reader.error
     raise WorkloadGone(f"cgroup {path} has no cgroup.procs")
 
 
@@ -791,6 +1008,7 @@ __all__ = [
     "CgroupMode",
     "CgroupStats",
     "DeviceIO",
+    "FileFailures",
     "Pressure",
     "cgroup_pids",
     "detect_layout",

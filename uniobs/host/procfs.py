@@ -6,7 +6,7 @@ Reads, for a pid (and a thread id where said), on Linux >= 3.0 (`ns/net`; `smaps
 - `<pid>/stat`, `<pid>/task/<tid>/stat` (`do_task_stat` in fs/proc/array.c): state, ppid, page
   faults, CPU time, threads, start time, virtual and resident size;
 - `<pid>/statm`: virtual and resident size, exact (see `ProcStatm`);
-- `<pid>/task/` (thread ids), `<pid>/cmdline`, `<pid>/comm`, `<pid>/status` (context switches);
+- `<pid>/task/` (thread ids), `<pid>/cmdline`, `<pid>/comm`, `<pid>/exe`, `<pid>/status` (context switches);
 - `<pid>/smaps_rollup`, else `<pid>/smaps` (PSS, USS, swap), `<pid>/fd/` (open descriptors);
 - `<pid>/net/dev` and `<pid>/ns/net` (the network namespace the process is in);
 - `stat` at the root, for `btime` (boot time, epoch seconds).
@@ -461,6 +461,12 @@ class ProcFS:
 
     def comm(self, pid: int) -> str:
         return parse_comm(self._io(pid, "comm", _read_file))
+
+    def exe(self, pid: int) -> str:
+        """The program the process runs (the `exe` link), whatever its argv[0] says; as the
+        process's own mount namespace names it, without the " (deleted)" the kernel adds once the
+        file is replaced (a package upgrade under a running VMM). Needs ptrace access, like `fd/`."""
+        return self._io(pid, "exe", os.readlink).removesuffix(" (deleted)")
 
     def status(self, pid: int) -> ProcStatus:
         return parse_status(self._io(pid, "status", _read_file))

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -22,11 +23,22 @@ from typing import Any
 from uniobs.coldstart.probes import ProbeRunner, parse_probe
 from uniobs.coldstart.trace import ColdStart
 from uniobs.guest.capture import ConsoleStream
+from uniobs.lifecycle.child import Child
 from uniobs.lifecycle.rundir import RunDir, cgroup_exists, remove_cgroups
-from uniobs.metrics import COLDSTART_METRICS, LIFECYCLE_METRICS
-from uniobs.model import Attributes, LogEvent, Sample, Severity, Workload
+from uniobs.metrics import COLDSTART_METRICS, CPU_MODE, EXIT_USAGE_METRICS, LIFECYCLE_METRICS
+from uniobs.model import Attributes, Kind, LogEvent, Sample, Severity, Workload
 from uniobs.pipeline import Pipeline
-from uniobs.plugin import ConsoleLine, ExitInfo, GuestEvent, Launch, LaunchPlan, Milestone, signal_name
+from uniobs.plugin import (
+    Command,
+    ConsoleLine,
+    ExitInfo,
+    GuestEvent,
+    Launch,
+    LaunchPlan,
+    Milestone,
+    crash_reason,
+    signal_name,
+)
 from uniobs.runtimes.select import Runtimes
 from uniobs.scheduler import WATCH_INTERVAL_S, Scheduler
 
@@ -64,6 +76,7 @@ class Runner:
         request: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        propagate_trace: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.plan = plan
@@ -83,11 +96,13 @@ class Runner:
         self.launch: Launch | None = None
         pipeline.telemetry.declare(LIFECYCLE_METRICS, scope="uniobs.lifecycle")
         pipeline.telemetry.declare(COLDSTART_METRICS, scope="uniobs.coldstart")
+        pipeline.telemetry.declare(EXIT_USAGE_METRICS, scope="uniobs.lifecycle")
         self._exits: dict[str, int] = {}
         self._first_byte_logged = False
         self._stuck = False
         self.coldstart = ColdStart(self.runtime.kind.value, plan.runtime, phases_spec=self.runtime.coldstart_phases)
         self.probe = parse_probe(ready) if ready else None
+        self.coldstart.probe = self.probe is not None
         self.request = request
         if request is not None:
             parse_probe(request)  # checked now: a bad URL is a usage error, not a silent miss
@@ -96,7 +111,12 @@ class Runner:
         self._env: dict[str, str] | None = None
         self.extra_env = dict(env or {})  # for the function (containers, processes)
         self.cwd = cwd  # where the command runs (a function definition's folder)
+        # Hand the traceparent to the guest even where that changes what it runs (its command line:
+        # Runtime.trace_alters_guest); a runtime's own carrier (a container's environment) is always used.
+        self.propagate_trace = propagate_trace
         self._pending_signals: list[int] = []  # received before the command was started
+        self._interrupted: int | None = None  # the first SIGINT/SIGTERM/SIGHUP the user sent us
+        self._rss_floor = 0  # uniobs' own peak RSS at the spawn: what the kernel folds into the child's ru_maxrss
         self._fds: dict[str, int] = {}  # descriptors this run still owns, closed when it ends
         self._observing = False
 
@@ -174,12 +194,13 @@ class Runner:
         # The VMM gets our terminal for an interactive console (QEMU's -nographic monitor), and
         # /dev/null otherwise: with no stdin of our own, fd 0 would be whatever we opened first.
         stdin = None if os.isatty(0) else subprocess.DEVNULL
-        proc = subprocess.Popen(
+        proc = Child(
             argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None,
             stderr=subprocess.PIPE if plan.capture_stderr else None, env=self._env, cwd=self.cwd,
         )  # fmt: skip
         cleanup.callback(self._end_command, proc)  # a run that ends early does not leave it running
         self.proc = proc
+        self._rss_floor = _own_peak_rss()
         while self._pending_signals:  # arrived while it was being started
             self._forward(self._pending_signals.pop(0))
         if owner is not None:
@@ -223,24 +244,34 @@ class Runner:
         launch.observe(loop)
 
         self._observe(proc)
-        self.exit_ns = time.monotonic_ns()
+        self.exit_ns = proc.exit_ns or time.monotonic_ns()
         self._end_observation(workload, stderr_stream)
         self.pipeline.snapshot_streams(workload)
         if not self._first_byte_logged:
             self._log_first_byte()
+        self._observed_console(workload, launch)
         info = self.runtime.classify_exit(proc.returncode, launch)
         launch.close()
         self._exits[info.reason] = self._exits.get(info.reason, 0) + 1
         self.pipeline.telemetry.record(
             workload, [Sample("uniobs.workload.exits", n, (("uniobs.exit.reason", r),)) for r, n in self._exits.items()]
         )
-        severity = Severity.INFO if info.reason in ("guest-exit", "guest-shutdown", "exit") else Severity.ERROR
-        if info.reason == "guest-exit" and info.guest_exit_code:
-            severity = Severity.WARN
+        self._record_usage(workload, proc)
+        severity = info.severity()
+        if self._interrupted is not None and info.reason in ("signal", "host-signal", "exit", "guest-shutdown"):
+            severity = Severity.INFO  # the end the user asked for (Ctrl-C, kill): not an error
+        described = info.describe()  # the one wording: this record, the cold-start span, the summary line
         if not self._coldstart_done:
-            self.coldstart.fail(f"exited before ready: {info.reason} (status {info.status})")
+            if self.coldstart.end() is not None:
+                pass  # it was ready (the exit came before the loop looked)
+            elif info.clean and self._interrupted is None:
+                self.coldstart.complete(self.exit_ns)  # it ran to completion: not a failed cold start
+            elif self._interrupted is not None:
+                self.coldstart.fail(f"stopped by {signal_name(self._interrupted)} before ready: {described}")
+            else:
+                self.coldstart.fail(f"exited before ready: {described}")
             self._finish_coldstart(self.exit_ns)
-        self.lifecycle("exited", self.exit_ns, severity, tuple(info.attributes.items()))
+        self.lifecycle("exited", self.exit_ns, severity, tuple(info.attributes.items()), body=f"exited: {described}")
         return info
 
     def _catch_signals(self, cleanup: contextlib.ExitStack) -> None:
@@ -250,6 +281,8 @@ class Runner:
             return
 
         def handler(signum: int, _frame: Any) -> None:
+            if self._interrupted is None:
+                self._interrupted = signum
             if self.proc is None:
                 self._pending_signals.append(signum)
             else:
@@ -336,11 +369,21 @@ class Runner:
 
     def _with_traceparent(self, plan: LaunchPlan, rundir: str, cleanup: contextlib.ExitStack) -> list[str]:
         """The command with the W3C traceparent (and the function's environment) passed to the
-        function the runtime's way (`Runtime.inject_trace`): on the kernel command line for
-        unikernels, as TRACEPARENT for containers and processes."""
-        command = self.runtime.inject_trace(
-            plan, self.coldstart.traceparent, self.extra_env, rundir=rundir, cwd=self.cwd
-        )
+        function the runtime's way (`Runtime.inject_trace`): as TRACEPARENT for containers and
+        processes; on a unikernel's command line only when asked (`propagate_trace`), since that
+        changes what the guest runs. Otherwise a unikernel's command runs exactly as given."""
+        if self.runtime.trace_alters_guest and not self.propagate_trace:
+            env = {**os.environ, **self.extra_env} if self.extra_env else None
+            command = Command(list(plan.argv), env)
+        else:
+            command = self.runtime.inject_trace(
+                plan, self.coldstart.traceparent, self.extra_env, rundir=rundir, cwd=self.cwd
+            )
+            if self.runtime.trace_alters_guest and command.argv == plan.argv:
+                log.warning(
+                    "%s: --propagate-trace: %s gives this command no way to pass the traceparent to the guest "
+                    "(QEMU: a -kernel with -append); it runs unchanged", self.name, self.runtime.name,
+                )  # fmt: skip
         for path in command.created:  # the bundle copy of runc/crun
             cleanup.callback(_remove, path)
         self._env = dict(command.env) if command.env is not None else None
@@ -355,10 +398,14 @@ class Runner:
             runner.console_matched(line.time_ns)
 
     def _on_guest_event(self, event: GuestEvent) -> None:
+        if event.guest_time_s is not None and not self._coldstart_done:
+            self.coldstart.guest_clock(event.time_ns, event.guest_time_s)  # where its clock's zero was
         if event.milestone is None:
             return
+        if self.launch is not None:
+            self.launch.observed.saw(event)  # its exit and crash markers, for classify_exit
         if event.milestone is Milestone.CRASH:
-            self.coldstart.fail(f"guest crashed: {event.name}")
+            self.coldstart.fail(f"crash ({crash_reason(event)})")  # the words of the exit that follows
             return
         self.coldstart.mark(event.milestone.value, event.time_ns)
         if event.guest_time_s is not None:
@@ -390,15 +437,52 @@ class Runner:
         spans = cs.spans(now_ns)
         for span in spans:
             telemetry.span(workload, span)
-        telemetry.record(workload, cs.samples())
-        ready = cs.ready_ns()
-        summary = ", ".join(f"{p} {(e - s) / 1e6:.1f} ms" for p, s, e in cs.phases())
-        if ready is not None:
-            body = f"cold start {(ready - cs.marks['exec']) / 1e6:.1f} ms" + (f": {summary}" if summary else "")
-            self.lifecycle("coldstart", ready, attributes=(("faas.coldstart", True),), body=body)
+        telemetry.record(workload, cs.samples(now_ns))
+        end = cs.end()
+        summary = ", ".join(f"{c.phase} {c.duration_ns / 1e6:.1f} ms" for c in cs.timeline(now_ns))
+        request = cs.first_request()
+        if request is not None:
+            summary += f"; then first request {request.duration_ns / 1e6:.1f} ms"
+        if end is not None:
+            how = f" (ran to completion; ended at {end[0]})" if cs.completed == end[0] else ""
+            body = f"cold start {(end[1] - cs.marks['exec']) / 1e6:.1f} ms{how}" + (f": {summary}" if summary else "")
+            self.lifecycle("coldstart", end[1], attributes=(("faas.coldstart", True),), body=body)
         else:
-            self.lifecycle("coldstart", now_ns, Severity.ERROR, (("faas.coldstart", True),),
+            severity = Severity.WARN if self._interrupted is not None else Severity.ERROR
+            self.lifecycle("coldstart", now_ns, severity, (("faas.coldstart", True),),
                            body=f"cold start failed: {cs.failure}")  # fmt: skip
+
+    def _record_usage(self, workload: Workload, proc: Child) -> None:
+        """The command's own resource usage at its exit (wait4): exact, and there even for a guest
+        that lived too briefly to be scraped. `process.cpu.time` always; `uniobs.process.memory.peak`
+        when it is the command's own: the kernel folds the memory of the process that started it
+        (uniobs, until the exec) into ru_maxrss, so a figure not above uniobs' own peak is unknown.
+        A container's `process.*` series are its init's, not the runtime CLI's that was reaped: the
+        CLI's figures go on a resource of its own (`process.executable.name`, `process.pid`)."""
+        usage = proc.rusage
+        if usage is None:
+            log.info("%s: its exit's resource usage is unknown (the process was reaped elsewhere)", self.name)
+            return
+        samples = [
+            Sample("process.cpu.time", usage.ru_utime, ((CPU_MODE, "user"),)),
+            Sample("process.cpu.time", usage.ru_stime, ((CPU_MODE, "system"),)),
+        ]
+        peak = usage.ru_maxrss * 1024  # Linux: KiB
+        if peak > self._rss_floor:
+            samples.append(Sample("uniobs.process.memory.peak", peak))
+        else:
+            log.info(
+                "%s: peak RSS unknown: the exit's %d KiB are not above uniobs' own %d KiB, which the kernel "
+                "counts in it until the exec", self.name, usage.ru_maxrss, self._rss_floor // 1024,
+            )  # fmt: skip
+        target = workload
+        if workload.pid != proc.pid:
+            executable = self.plan.executable
+            target = Workload(
+                kind=Kind.PROCESS, runtime=workload.runtime, id=f"{executable}-{proc.pid}", name=self.name,
+                pid=proc.pid, executable=executable,
+            )  # fmt: skip
+        self.pipeline.telemetry.record(target, samples)
 
     def _reap_if_stuck(self, proc: subprocess.Popen[bytes]) -> None:
         """The runtime announced the workload's end (QMP SHUTDOWN) but it has not exited: do not
@@ -416,6 +500,16 @@ class Runner:
         elif waited > 2 * SHUTDOWN_GRACE_S:
             proc.kill()
 
+    def _observed_console(self, workload: Workload, launch: Launch) -> None:
+        """What the console showed, for classify_exit: its family, and whether anything arrived."""
+        plugin = self._console_plugin()
+        stream = plugin.stream(workload) if plugin is not None else None
+        observed = launch.observed
+        observed.cwd = self.cwd
+        observed.console_output = stream is not None and stream.first_byte_ns is not None
+        if plugin is not None:
+            observed.console_family = plugin.family(workload)
+
     def _log_first_byte(self) -> bool:
         plugin = self._console_plugin()
         stream = plugin.stream(self.workload) if plugin is not None else None
@@ -430,14 +524,33 @@ class Runner:
             return None
         telemetry = self.pipeline.telemetry
 
+        seen = self.launch.observed.stderr if self.launch is not None else None
+
         def on_lines(lines: list[ConsoleLine]) -> None:
             telemetry.log_batch(
                 workload,
                 [LogEvent(line.time_ns, line.text, attributes=(("log.iostream", "stderr"),)) for line in lines],
             )
+            if seen is not None:
+                seen.extend(line.text for line in lines)  # read for the tender's own failure at exit
 
-        mirror = sys.stderr.buffer if self.mirror_console else None
+        # A VMM's or tender's stderr is its own, not the guest console (a serial port): shown even with --quiet.
+        own = self.runtime.kind is Kind.UNIKERNEL
+        mirror = sys.stderr.buffer if self.mirror_console or own else None
         return ConsoleStream(f"fd:{_take_fd(proc, 'stderr')}", on_lines, mirror=mirror).start(self.pipeline.loop)
+
+
+def _own_peak_rss() -> int:
+    """uniobs' own peak resident set size (its memory's VmHWM, what an exec passes on), bytes;
+    where /proc does not say, its ru_maxrss (never smaller)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _take_fd(proc: subprocess.Popen[bytes], stream: str) -> int:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 
 from uniobs.model import Kind
-from uniobs.plugin import CONTAINER_PHASES, LaunchPlan, Runtime
+from uniobs.plugin import PROCESS_PHASES, LaunchPlan, Runtime
 
 
 def plan_process(argv: Sequence[str]) -> LaunchPlan:
@@ -22,8 +22,8 @@ class ProcessRuntime(Runtime):
     kind = Kind.PROCESS
     description = "Any other command, as a plain process (the fallback)"
     fallback = True
-    # app_init and readiness from the function's own milestones; no runtime phases before them
-    coldstart_phases = CONTAINER_PHASES
+    # runtime_load (exec to app_start), app_init and readiness from the function's own milestones
+    coldstart_phases = PROCESS_PHASES
 
     def recognises(self, argv: Sequence[str]) -> bool:
         return bool(argv)

@@ -1,5 +1,5 @@
-"""QEMU (`qemu-system-*`, 7.0+; tested with 7.2): planning a launch, reading a running QEMU's
-command line, the QMP event channel of a launch, and how its exit reads.
+"""QEMU (`qemu-system-*`, `qemu-kvm`, `kvm`: `QEMU_EXE`; 7.0+, tested with 7.2): planning a launch, reading
+a running QEMU's command line, the QMP event channel of a launch, and how its exit reads.
 
 What a launch adds to the user's own command:
 - two QMP sockets of our own, always added even when the command has its own `-qmp`: QEMU's
@@ -12,7 +12,8 @@ What a launch adds to the user's own command:
     into the equivalent `-chardev` with `logfile=` pointing at a FIFO we read, so the user's
     backend keeps working beside our copy;
   - no serial port at all (`-nodefaults`): a `null` chardev with our `logfile=` is added.
-- the W3C traceparent on the kernel command line (`-append`).
+- its stderr (QEMU's own messages) captured as log records, and read for QEMU's own failure;
+- the W3C traceparent on the kernel command line (`-append`), only with `--propagate-trace`.
 
 What a running QEMU's command line says (`parse_qemu`): the QMP socket (`-qmp unix:PATH`, or
 `-chardev socket,id=X,path=PATH,server=on` with `-mon chardev=X,mode=control`), the first serial
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import socket
+import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from uniobs.model import Attributes, LogEvent, Workload
 from uniobs.plugin import Command, ExitInfo, Launch, LaunchError, LaunchPlan, Runtime, VmmInfo
 from uniobs.runtimes.accel import accel_of
-from uniobs.runtimes.common import image_name
+from uniobs.runtimes.common import image_name, own_error
 from uniobs.runtimes.qmp import (
     EVENTS_WATCHED,
     MessageFramer,
@@ -54,7 +56,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uniobs.run")
 
-QEMU_EXE = re.compile(r"^qemu-system-[a-z0-9_]+$")
+# The names QEMU's system emulator is run under: upstream's `qemu-system-<target>`, with the
+# suffix some distributions add (Debian's `qemu-system-x86_64-microvm`, `-spice` wrappers, a
+# version); `qemu-kvm`, the only name on RHEL, CentOS, Rocky and Fedora (/usr/libexec/qemu-kvm) and in
+# KubeVirt's virt-launcher; `kvm` (Debian's and Ubuntu's symlink, Proxmox VE's /usr/bin/kvm) and
+# Ubuntu's `kvm-spice`; Nix's wrapped `.qemu-system-<target>-wrapped`. Not matched, as they are no
+# VMM: qemu-img, qemu-nbd, qemu-ga, qemu-storage-daemon, the user-mode emulators (qemu-x86_64,
+# qemu-aarch64-static), kvm-ok. A process renamed otherwise is recognised by /proc/PID/exe
+# (`uniobs.runtimes.select`).
+QEMU_EXE = re.compile(r"^\.?(?:qemu-system-[a-z0-9_]+(?:-[a-z0-9_.]+)*|qemu-kvm|kvm|kvm-spice)(?:-wrapped)?$")
 
 # QEMU options that take a value (so the value is not mistaken for an option).
 _QEMU_FLAGS_WITHOUT_VALUE = frozenset(
@@ -144,7 +154,9 @@ def plan_qemu(argv: Sequence[str], rundir: str | os.PathLike[str], tag: str) -> 
 
     notes: list[str] = []
     fifo = str(rundir / f"{tag}-console.fifo")
-    plan = QemuPlan(out, "qemu", os.path.basename(argv[0]), console="", console_on_stdout=False, kernel=kernel)
+    plan = QemuPlan(
+        out, "qemu", os.path.basename(argv[0]), console="", console_on_stdout=False, kernel=kernel, capture_stderr=True
+    )
     first = serials[0] if serials else None
     if (first is not None and first[1] == "stdio") or (first is None and nographic):
         plan.console = "fd:stdout"
@@ -178,6 +190,7 @@ def plan_qemu(argv: Sequence[str], rundir: str | os.PathLike[str], tag: str) -> 
         plan.console, plan.fifos = f"fifo:{fifo}", [fifo]
         notes.append("console: the command had no serial port; one was added, logged to " + fifo)
 
+    notes.append("stderr: QEMU's own messages are captured as log records (log.iostream=stderr), and still shown")
     plan.qmp = str(rundir / f"{tag}-qmp.sock")
     plan.qmp_events = str(rundir / f"{tag}-events.sock")
     plan.cleanup = [plan.qmp, plan.qmp_events]  # QEMU creates them; it leaves them behind
@@ -222,6 +235,11 @@ def _pairs(argv: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _serves(opts: dict[str, str]) -> bool:
+    """Whether a socket chardev listens (`server`, `server=on`): else QEMU is the one connecting."""
+    return opts.get("server") in ("on", "yes", "true", "y")
+
+
 def _chardev_source(opts: dict[str, str]) -> str | None:
     if "logfile" in opts:
         return f"tail:{opts['logfile']}"
@@ -249,7 +267,7 @@ def parse_qemu(pid: int, argv: Sequence[str]) -> VmmInfo:
             opts = _opts(value)
             if opts.get("mode") == "control" and "chardev" in opts:
                 monitors.append(opts["chardev"])
-        elif opt == "-qmp" and qmp is None and value.startswith("unix:"):
+        elif opt == "-qmp" and qmp is None and value.startswith("unix:") and _serves(_opts(value[5:])):
             qmp = _split_opts(value[5:])[0]
         elif opt == "-serial" and serial is None:
             serial = value
@@ -264,7 +282,8 @@ def parse_qemu(pid: int, argv: Sequence[str]) -> VmmInfo:
     if qmp is None:
         for chardev_id in monitors:
             opts = chardevs.get(chardev_id, {})
-            if opts.get("") == "socket" and "path" in opts:
+            # a listening socket only: Proxmox adds a client monitor that QEMU connects to qmeventd with
+            if opts.get("") == "socket" and "path" in opts and _serves(opts):
                 qmp = opts["path"]
                 break
     console = None
@@ -287,6 +306,19 @@ def parse_qemu(pid: int, argv: Sequence[str]) -> VmmInfo:
         note = f"-serial {serial} cannot be read beside its owner; launch with `uniobs run` for a full console"
     exe = os.path.basename(argv[0])
     return VmmInfo(pid, "qemu", exe, name or image_name(kernel) or f"qemu-{pid}", qmp, console, note, kernel)
+
+
+def _disk_image(pairs: Sequence[tuple[str, str]]) -> str | None:
+    """The first disk image a QEMU command line names (what a guest without -kernel boots from)."""
+    for opt, value in pairs:
+        if opt in ("-hda", "-hdb", "-hdc", "-hdd", "-cdrom") and value:
+            return value
+        if opt in ("-drive", "-blockdev"):
+            opts = _opts(value)
+            path = opts.get("file") or opts.get("filename")
+            if path and not path.startswith(("/dev/fd/", "fd:")):
+                return path
+    return None
 
 
 def pty_of(pid: int, proc: str = "/proc") -> str | None:
@@ -431,13 +463,134 @@ class QemuLaunch(Launch):
 
 # --- the runtime ----------------------------------------------------------------------------
 
-_SHUTDOWN_REASONS = {"host-signal": "host-signal", "guest-reset": "guest-reset", "guest-panic": "guest-panic"}
+_SHUTDOWN_REASONS = {"host-signal": "host-signal", "guest-reset": "guest-reset"}
+QEMU_FAILURE = 1  # QEMU's own exit status when it fails (error_report() + exit(1))
+# What a guest's write of N to isa-debug-exit means (QEMU then exits (N << 1) | 1), by the console's
+# family; a family not named here wrote its own status (the minikernel, Nanos with debug_exit).
+SOLO5_VIRTIO_EXIT = 41  # Solo5's virtio target writes 41 whatever the status: that is on the console
+UNIKRAFT_HALT, UNIKRAFT_CRASH = 41, 42  # plat/kvm/x86/qemu.c: QEMU_ISA_DEBUG_EXIT_NO_CRASH / _CRASH
+
+
+SOLO5_ABI_NOTE = 0x31494241  # "ABI1": the note every Solo5 image carries (owner "Solo5": target, version)
+SOLO5_TARGETS = {1: "hvt", 2: "spt", 3: "virtio", 4: "muen", 5: "genode", 6: "xen"}
+
+
+def solo5_target(path: str | os.PathLike[str], limit: int = 1 << 20) -> str | None:
+    """The Solo5 target an ELF image was built for ("virtio", "hvt"...), from its `.note.solo5.abi`
+    (found in the image's PT_NOTE segments, reading at most `limit` bytes of each); None for any
+    other file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF" or head[5] != 1:  # little-endian ELF only
+                return None
+            if head[4] == 2:  # ELF64: e_phoff, e_phentsize and e_phnum; a header's p_offset and p_filesz
+                phoff = struct.unpack_from("<Q", head, 0x20)[0]
+                phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+                word, offset_at, size_at = "<Q", 8, 0x20
+            else:  # ELF32
+                phoff = struct.unpack_from("<I", head, 0x1C)[0]
+                phentsize, phnum = struct.unpack_from("<HH", head, 0x2A)
+                word, offset_at, size_at = "<I", 4, 0x10
+            f.seek(phoff)
+            table = f.read(min(phentsize * phnum, limit))
+            for i in range(len(table) // phentsize if phentsize else 0):
+                entry = table[i * phentsize : (i + 1) * phentsize]
+                if struct.unpack_from("<I", entry, 0)[0] != 4:  # PT_NOTE
+                    continue
+                f.seek(struct.unpack_from(word, entry, offset_at)[0])
+                target = _solo5_note(f.read(min(struct.unpack_from(word, entry, size_at)[0], limit)))
+                if target is not None:
+                    return target
+    except (OSError, struct.error, ValueError):
+        return None
+    return None
+
+
+def _solo5_note(notes: bytes) -> str | None:
+    at = 0
+    while at + 12 <= len(notes):
+        namesz, descsz, kind = struct.unpack_from("<III", notes, at)
+        name_at = at + 12
+        desc_at = name_at + ((namesz + 3) & ~3)
+        name = notes[name_at : name_at + namesz].rstrip(b"\0")
+        if name == b"Solo5" and kind == SOLO5_ABI_NOTE and descsz >= 4:
+            number = struct.unpack_from("<I", notes, desc_at)[0]
+            return SOLO5_TARGETS.get(number, f"target {number}")
+        at = desc_at + ((descsz + 3) & ~3)
+    return None
+
+
+def _debug_exit(returncode: int, argv: Sequence[str]) -> int | None:
+    """The value the guest wrote to isa-debug-exit, when the command has one and QEMU's status says so."""
+    if returncode % 2 == 1 and any("isa-debug-exit" in a for a in argv):
+        return returncode >> 1
+    return None
+
+
+def qemu_exit(returncode: int, launch: Launch) -> ExitInfo:
+    """The end of a QEMU launch: QEMU's own failure, a crash (QMP GUEST_PANICKED, the console's crash
+    marker, the family's crash status), the guest's status through isa-debug-exit by its family's
+    convention (Solo5 virtio: from the console's `solo5_exit(N)`), else QMP's SHUTDOWN reason."""
+    attrs: dict[str, Any] = {"process.exit.code": returncode}
+    watcher = launch.watcher if isinstance(launch, QemuLaunch) else None
+    if watcher is not None and watcher.ready_ns is not None:
+        attrs["uniobs.qmp.ready_s"] = round((watcher.ready_ns - launch.exec_ns) / 1e9, 6)
+    if returncode < 0:
+        return ExitInfo.by_signal(-returncode, returncode, attrs)
+    seen = launch.observed
+    error = own_error(launch.plan.executable, seen.stderr) or own_error("qemu", seen.stderr)
+    if returncode == QEMU_FAILURE and error is not None and not seen.console_output:
+        return ExitInfo.of(returncode, "tender-error", attrs, detail=error)
+    shutdown = watcher.shutdown_reason() if watcher is not None else None
+    if shutdown is not None:
+        attrs["qemu.shutdown.reason"] = shutdown
+    crash_marker = seen.crash.name if seen.crash is not None else None
+
+    def crash(fallback: str) -> ExitInfo:
+        return ExitInfo.of(returncode, "crash", attrs, detail=seen.crash_reason() or fallback, marker=crash_marker)
+
+    if (watcher is not None and watcher.panicked()) or shutdown == "guest-panic":
+        return crash("GUEST_PANICKED (QMP)")
+    value = _debug_exit(returncode, launch.plan.argv)
+    family = seen.console_family
+    if value == SOLO5_VIRTIO_EXIT and family is None and launch.plan.kernel is not None:
+        # a quiet Solo5 guest (--solo5:quiet) prints nothing Solo5's own: its image says what it is
+        kernel = os.path.join(seen.cwd or "", launch.plan.kernel)
+        family = "solo5" if solo5_target(kernel) == "virtio" else None
+    if value is not None:
+        attrs["uniobs.guest.debug_exit"] = value
+        if family == "unikraft" and value in (UNIKRAFT_HALT, UNIKRAFT_CRASH):
+            if value == UNIKRAFT_CRASH:
+                return crash("isa-debug-exit 42: Unikraft crashed")
+            return ExitInfo.of(  # a halt: main()'s status when the console printed it
+                returncode, "exit", attrs, guest_exit_code=seen.guest_exit_code(),
+                detail=None if seen.exit is not None else "Unikraft halted (isa-debug-exit 41)",
+                marker=seen.exit.name if seen.exit is not None else None,
+            )  # fmt: skip
+        if seen.crash is not None:
+            return crash("")
+        if family == "solo5" and value == SOLO5_VIRTIO_EXIT:
+            if seen.exit is None:
+                return ExitInfo.of(
+                    returncode, "exit", attrs,
+                    detail="status unknown: Solo5's virtio target writes 41 whatever it is, and the console "
+                    "showed no solo5_exit(N)",
+                )  # fmt: skip
+            return ExitInfo.of(returncode, "exit", attrs, guest_exit_code=seen.guest_exit_code(), marker=seen.exit.name)
+        return ExitInfo.of(returncode, "exit", attrs, guest_exit_code=value)
+    if seen.crash is not None:
+        return crash("")
+    if shutdown is not None:
+        return ExitInfo.of(returncode, _SHUTDOWN_REASONS.get(shutdown, "guest-shutdown"), attrs)
+    return ExitInfo.of(returncode, "exit", attrs)
 
 
 class QemuRuntime(Runtime):
     name = "qemu"
-    description = "QEMU (qemu-system-*): QMP sockets of our own, the first serial port captured losslessly"
+    description = "QEMU (qemu-system-*, qemu-kvm, kvm): own QMP sockets, the first serial port captured losslessly"
     program = "qemu-system-*"
+    trace_alters_guest = True  # the traceparent would be one more word on the kernel command line
 
     def recognises(self, argv: Sequence[str]) -> bool:
         return bool(argv) and QEMU_EXE.match(os.path.basename(argv[0])) is not None
@@ -445,10 +598,23 @@ class QemuRuntime(Runtime):
     def plan(self, argv: Sequence[str], rundir: str | os.PathLike[str], tag: str) -> LaunchPlan:
         return plan_qemu(argv, rundir, tag)
 
+    def function_name(self, plan: LaunchPlan) -> str:
+        """The guest's name: QEMU's `-name`, else the file name of its `-kernel`, else of the disk
+        image it boots from (the first `-drive file=`, `-hda`..`-hdd`, `-cdrom`, `-blockdev
+        filename=`), else the program's."""
+        pairs = _pairs(plan.argv)
+        for opt, value in pairs:
+            if opt == "-name" and value:  # "-name foo" or "-name guest=foo,debug-threads=on"
+                opts = _opts(value)
+                if opts.get("guest") or opts[""]:
+                    return opts.get("guest") or opts[""]
+        return image_name(plan.kernel or _disk_image(pairs)) or super().function_name(plan)
+
     def inject_trace(
         self, plan: LaunchPlan, traceparent: str, env: Mapping[str, str], *, rundir: str, cwd: str | None
     ) -> Command:
-        """On the kernel command line: appended to -append, or a new -append when there is a -kernel."""
+        """On the kernel command line (only with `--propagate-trace`): appended to -append, or a new
+        -append when there is a -kernel and none."""
         argv = list(plan.argv)
         index = plan.append_index if isinstance(plan, QemuPlan) else None
         if index is not None:
@@ -461,23 +627,7 @@ class QemuRuntime(Runtime):
         return QemuLaunch(self, plan)
 
     def classify_exit(self, returncode: int, launch: Launch) -> ExitInfo:
-        """From QMP's SHUTDOWN reason or GUEST_PANICKED event, else the status: with isa-debug-exit,
-        the guest wrote N and QEMU exited with (N << 1) | 1."""
-        attrs: dict[str, Any] = {"process.exit.code": returncode}
-        watcher = launch.watcher if isinstance(launch, QemuLaunch) else None
-        if watcher is not None and watcher.ready_ns is not None:
-            attrs["uniobs.qmp.ready_s"] = round((watcher.ready_ns - launch.exec_ns) / 1e9, 6)
-        if returncode < 0:
-            return ExitInfo.by_signal(-returncode, returncode, attrs)
-        shutdown = watcher.shutdown_reason() if watcher is not None else None
-        if watcher is not None and watcher.panicked():
-            return ExitInfo.of(returncode, "guest-panic", attrs)
-        if shutdown is not None:
-            attrs["qemu.shutdown.reason"] = shutdown
-            return ExitInfo.of(returncode, _SHUTDOWN_REASONS.get(shutdown, "guest-shutdown"), attrs)
-        if returncode % 2 == 1 and "isa-debug-exit" in " ".join(launch.plan.argv):
-            return ExitInfo.of(returncode, "guest-exit", attrs, guest_exit_code=returncode >> 1)
-        return ExitInfo.of(returncode, "exit", attrs)
+        return qemu_exit(returncode, launch)
 
     def inspect(self, pid: int, argv: Sequence[str], proc: str = "/proc") -> VmmInfo | None:
         info = parse_qemu(pid, argv)

@@ -20,7 +20,13 @@ socat) is connected, a second connection is accepted by the kernel but gets no g
 shows up here as `QmpBusy` after the timeout. Give uniobs its own `-qmp` socket.
 
 The parsers (`MessageFramer`, `decode_message`, `parse_*`) do no I/O; `QmpClient` does the
-socket work and nothing else. Nothing here knows about metrics.
+socket work and nothing else. Nothing here knows about metrics. Whatever a peer sends, a parser
+raises nothing but `QmpError`, and that only when nothing of the reply can be used: it is not the
+JSON type QEMU's schema (qapi/*.json) gives it, or a single-object reply lacks a mandatory member.
+Otherwise it returns what it can: unknown members are ignored, integers are kept exact whatever
+their size, and in a list an element that is not what the schema says (a device without its
+counters, a statistic with a value of another type) is left out, absent, never read as 0, so one
+bad element costs only itself.
 """
 
 from __future__ import annotations
@@ -33,15 +39,16 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from uniobs.model import AttributeValue, LogEvent, Severity
 from uniobs.plugin import WorkloadGone
 
 log = logging.getLogger("uniobs.qmp")
+_T = TypeVar("_T")
 
 DEFAULT_TIMEOUT = 2.0
 # A workload label: its QMP events are already read on a socket of their own (`uniobs run` adds
@@ -244,9 +251,16 @@ def decode_message(line: bytes) -> dict[str, Any]:
     return obj
 
 
+def _short(value: Any) -> str:
+    """A value for a message, cut: a hostile peer's value can be a megabyte (or an integer too long
+    for repr)."""
+    text = repr(value) if isinstance(value, (str, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 def _as_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise QmpError(f"malformed QMP reply: {what} is {value!r}, not an integer")
+        raise QmpError(f"malformed QMP reply: {what} is {_short(value)}, not an integer")
     return value
 
 
@@ -281,17 +295,26 @@ def parse_greeting(msg: Mapping[str, Any]) -> QmpGreeting:
     return QmpGreeting((numbers[0], numbers[1], numbers[2]), package if isinstance(package, str) else "", caps)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def parse_event(msg: Mapping[str, Any], arrival_monotonic_ns: int) -> QmpEvent:
-    """{"event": "SHUTDOWN", "data": {...}, "timestamp": {"seconds": s, "microseconds": us}}"""
+    """{"event": "SHUTDOWN", "data": {...}, "timestamp": {"seconds": s, "microseconds": us}}
+
+    A timestamp that is not two integers a float can hold reads as 0 (QEMU writes -1/-1 when it
+    could not read its clock)."""
     name = _as_str(msg.get("event"), "event")
     data = msg.get("data", {})
     stamp = msg.get("timestamp", {})
-    seconds = microseconds = 0
-    if isinstance(stamp, dict):  # QEMU writes -1/-1 when it could not read its clock
+    when = 0.0
+    if isinstance(stamp, dict):
         s, us = stamp.get("seconds", 0), stamp.get("microseconds", 0)
-        seconds = s if isinstance(s, int) else 0
-        microseconds = us if isinstance(us, int) else 0
-    return QmpEvent(name, data if isinstance(data, dict) else {}, seconds + microseconds / 1e6, arrival_monotonic_ns)
+        try:
+            when = (s if _is_int(s) else 0) + (us if _is_int(us) else 0) / 1e6
+        except OverflowError:  # integers beyond a double's range
+            when = 0.0
+    return QmpEvent(name, data if isinstance(data, dict) else {}, when, arrival_monotonic_ns)
 
 
 def parse_status(ret: Any) -> VmStatus:
@@ -300,19 +323,30 @@ def parse_status(ret: Any) -> VmStatus:
     return VmStatus(_as_str(d.get("status"), "query-status.status"), d.get("running") is True)
 
 
+def _each(items: list[Any], what: str, parse: Callable[[Any], _T]) -> list[_T]:
+    """`parse` of each element of a list reply; an element it refuses (QmpError) is left out."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(parse(item))
+        except QmpError as exc:
+            log.debug("%s[%d] left out: %s", what, i, exc)
+    return out
+
+
+def _vcpu(entry: Any) -> Vcpu:
+    d = _as_dict(entry, "query-cpus-fast element")
+    qom = d.get("qom-path", "")
+    return Vcpu(
+        _as_int(d.get("cpu-index"), "cpu-index"),
+        _as_int(d.get("thread-id"), "thread-id"),
+        _as_str(qom, "qom-path"),
+    )
+
+
 def parse_cpus_fast(ret: Any) -> tuple[Vcpu, ...]:
     """query-cpus-fast: [{"cpu-index": 0, "thread-id": 8358, "qom-path": "/machine/...", ...}]"""
-    out = []
-    for i, cpu in enumerate(_as_list(ret, "query-cpus-fast")):
-        d = _as_dict(cpu, f"query-cpus-fast[{i}]")
-        out.append(
-            Vcpu(
-                _as_int(d.get("cpu-index"), "cpu-index"),
-                _as_int(d.get("thread-id"), "thread-id"),
-                str(d.get("qom-path", "")),
-            )
-        )
-    return tuple(out)
+    return tuple(_each(_as_list(ret, "query-cpus-fast"), "query-cpus-fast", _vcpu))
 
 
 def parse_memory_size_summary(ret: Any) -> MemorySummary:
@@ -334,78 +368,74 @@ def parse_blockstats(ret: Any) -> tuple[BlockStats, ...]:
     Devices attached with -blockdev have an empty "device"; they are named by their qdev path
     (or node name) instead.
     """
-    out = []
-    for i, entry in enumerate(_as_list(ret, "query-blockstats")):
-        d = _as_dict(entry, f"query-blockstats[{i}]")
-        stats = _as_dict(d.get("stats"), f"query-blockstats[{i}].stats")
+
+    def device(numbered: tuple[int, Any]) -> BlockStats:
+        i, entry = numbered
+        d = _as_dict(entry, "query-blockstats element")
+        stats = _as_dict(d.get("stats"), "query-blockstats stats")
         name = next((v for k in ("device", "qdev", "node-name") if isinstance(v := d.get(k), str) and v), f"#{i}")
+        # every counter is mandatory in BlockDeviceStats: a missing one is not 0 (a false reset)
+        counters = (_as_int(stats.get(k), k) for k in _BLOCK_COUNTERS)
+        return BlockStats(name, *counters)
 
-        def get(key: str, stats: dict[str, Any] = stats) -> int:
-            return _as_int(stats.get(key, 0), key)
+    return tuple(_each(list(enumerate(_as_list(ret, "query-blockstats"))), "query-blockstats", device))
 
-        out.append(
-            BlockStats(
-                name,
-                get("rd_bytes"),
-                get("wr_bytes"),
-                get("rd_operations"),
-                get("wr_operations"),
-                get("flush_operations"),
-            )
-        )
-    return tuple(out)
+
+_BLOCK_COUNTERS = ("rd_bytes", "wr_bytes", "rd_operations", "wr_operations", "flush_operations")
 
 
 def parse_stats_schemas(ret: Any) -> tuple[StatSchema, ...]:
     """query-stats-schemas: [{"provider": "kvm", "target": "vcpu", "stats": [{"name": ...,
     "type": "cumulative", "unit": "seconds", "base": 10, "exponent": -9}, ...]}]. [] under TCG."""
-    out = []
-    for i, schema in enumerate(_as_list(ret, "query-stats-schemas")):
-        d = _as_dict(schema, f"query-stats-schemas[{i}]")
+
+    def schemas(schema: Any) -> list[StatSchema]:
+        d = _as_dict(schema, "query-stats-schemas element")
         provider = _as_str(d.get("provider"), "provider")
         target = _as_str(d.get("target"), "target")
-        for j, stat in enumerate(_as_list(d.get("stats", []), "stats")):
-            s = _as_dict(stat, f"query-stats-schemas[{i}].stats[{j}]")
+
+        def stat(entry: Any) -> StatSchema:
+            s = _as_dict(entry, "query-stats-schemas stat")
             unit = s.get("unit")
-            out.append(
-                StatSchema(
-                    provider,
-                    target,
-                    _as_str(s.get("name"), "name"),
-                    _as_str(s.get("type"), "type"),
-                    unit if isinstance(unit, str) else None,
-                    _as_int(s.get("base", 10), "base"),
-                    _as_int(s.get("exponent", 0), "exponent"),
-                )
+            return StatSchema(
+                provider,
+                target,
+                _as_str(s.get("name"), "name"),
+                _as_str(s.get("type"), "type"),
+                unit if isinstance(unit, str) else None,
+                _as_int(s.get("base", 10), "base"),
+                _as_int(s.get("exponent", 0), "exponent"),
             )
-    return tuple(out)
+
+        return _each(_as_list(d.get("stats", []), "stats"), "query-stats-schemas stats", stat)
+
+    found = _each(_as_list(ret, "query-stats-schemas"), "query-stats-schemas", schemas)
+    return tuple(schema for group in found for schema in group)
 
 
 def parse_stats(ret: Any) -> tuple[StatsResult, ...]:
     """query-stats: [{"provider": "kvm", "qom-path": "/machine/unattached/device[0]",
     "stats": [{"name": "exits", "value": 1914}, {"name": "guest_mode", "value": false},
     {"name": "halt_wait_hist", "value": [0, 8, ...]}]}]. "qom-path" is absent for the VM."""
-    out = []
-    for i, result in enumerate(_as_list(ret, "query-stats")):
-        d = _as_dict(result, f"query-stats[{i}]")
-        values: list[tuple[str, int | tuple[int, ...]]] = []
-        for j, stat in enumerate(_as_list(d.get("stats", []), "stats")):
-            s = _as_dict(stat, f"query-stats[{i}].stats[{j}]")
-            name = _as_str(s.get("name"), "name")
-            value = s.get("value")
-            if isinstance(value, bool):  # StatsValue 'boolean' (7.2), e.g. guest_mode
-                values.append((name, int(value)))
-            elif isinstance(value, int):
-                values.append((name, value))
-            elif isinstance(value, list):  # histogram buckets
-                values.append((name, tuple(_as_int(v, name) for v in value)))
-            else:
-                raise QmpError(f"malformed QMP reply: query-stats value of {name} is {value!r}")
+
+    def stat(entry: Any) -> tuple[str, int | tuple[int, ...]]:
+        s = _as_dict(entry, "query-stats stat")
+        name = _as_str(s.get("name"), "name")
+        value = s.get("value")
+        if isinstance(value, bool):  # StatsValue 'boolean' (7.2), e.g. guest_mode
+            return name, int(value)
+        if isinstance(value, int):
+            return name, value
+        if isinstance(value, list):  # histogram buckets
+            return name, tuple(_as_int(v, name) for v in value)
+        raise QmpError(f"malformed QMP reply: query-stats value of {name} is {_short(value)}")
+
+    def result(entry: Any) -> StatsResult:
+        d = _as_dict(entry, "query-stats element")
         qom = d.get("qom-path")
-        out.append(
-            StatsResult(_as_str(d.get("provider"), "provider"), qom if isinstance(qom, str) else None, tuple(values))
-        )
-    return tuple(out)
+        values = _each(_as_list(d.get("stats", []), "stats"), "query-stats stats", stat)
+        return StatsResult(_as_str(d.get("provider"), "provider"), qom if isinstance(qom, str) else None, tuple(values))
+
+    return tuple(_each(_as_list(ret, "query-stats"), "query-stats", result))
 
 
 def check_allowed(command: str) -> None:

@@ -12,9 +12,18 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from uniobs.host.procfs import ProcError, ProcFS
 from uniobs.plugin import LaunchError, LaunchPlan, Runtime, VmmInfo
 from uniobs.registry import PluginError, PluginInfo, load_group
 from uniobs.runtimes.common import processes, read_argv
+
+
+def _exe(pid: int, proc: str) -> str | None:
+    """/proc/PID/exe, None when it cannot be read (another user's process, a kernel thread, gone)."""
+    try:
+        return ProcFS(proc).exe(pid)
+    except (ProcError, OSError):
+        return None
 
 
 class Runtimes:
@@ -73,13 +82,23 @@ class Runtimes:
         """What the discoverable runtimes' commands are, for messages: "qemu-system-* or solo5-hvt"."""
         return " or ".join(r.program or r.name for r in self.discoverers()) or "known VMM"
 
-    def _inspect(self, runtimes: Sequence[Runtime], pid: int, argv: Sequence[str], proc: str) -> VmmInfo | None:
+    def _recognised(self, runtimes: Sequence[Runtime], pid: int, argv: Sequence[str], proc: str) -> VmmInfo | None:
         for runtime in runtimes:
             if runtime.recognises(argv):
                 info = runtime.inspect(pid, argv, proc)
                 if info is not None:
                     return info if info.kind is runtime.kind else dataclasses.replace(info, kind=runtime.kind)
         return None
+
+    def _inspect(self, runtimes: Sequence[Runtime], pid: int, argv: Sequence[str], proc: str) -> VmmInfo | None:
+        """By the command line, else by the program the process runs: a launcher may give argv[0]
+        any name (`exec -a`, a symlink of its own), /proc/PID/exe still names the binary."""
+        found = self._recognised(runtimes, pid, argv, proc)
+        if found is None and runtimes:
+            exe = _exe(pid, proc)
+            if exe is not None and os.path.basename(exe) != os.path.basename(argv[0]):
+                found = self._recognised(runtimes, pid, [exe, *argv[1:]], proc)
+        return found
 
     def inspect(self, pid: int, proc: str = "/proc") -> VmmInfo | None:
         """What a running process is, when a runtime recognises it; None otherwise (or gone)."""

@@ -162,6 +162,8 @@ class Telemetry:
                 known = self._declared.get(spec.name)
                 if known is not None and known.spec != spec:
                     raise ValueError(f"metric {spec.name} is declared twice, differently ({scope})")
+                if known is not None:
+                    continue  # the same metric from a second emitter: its series stay in the first's scope
                 self._declared[spec.name] = _Declared(
                     spec, InstrumentationScope(scope, __version__), frozenset(spec.attributes)
                 )
@@ -375,7 +377,10 @@ class Telemetry:
                 list(series.counts), list(spec.buckets), series.min, series.max,
             )  # fmt: skip
         start = series.start_ns if spec.instrument is not Instrument.GAUGE else 0
-        return NumberDataPoint(attrs, start, series.time_ns, series.value)
+        value = series.value
+        if isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:
+            value = float(value)  # OTLP's as_int is a signed 64-bit field: a kernel's 2^64-1 would fail the batch
+        return NumberDataPoint(attrs, start, series.time_ns, value)
 
     @staticmethod
     def _metric(spec: MetricSpec, points: list[Any]) -> Metric:

@@ -5,8 +5,12 @@ Solo5 0.4 to 0.9; the legacy names from 0.2): the four-line ASCII banner, then
 `Solo5: Bindings version v0.7.5`, then (after memory, clock, block and network set-up, just
 before `solo5_app_main()`) the memory map, whose last line is the heap. The legacy kernels print
 `Solo5: new bindings` at that point instead. The end is `Solo5: solo5_exit(N) called` (hvt/spt)
-or `solo5_app_main() returned with N` (legacy, and hvt at debug level). A CPU trap prints
-`Solo5: trap: type=#PF ec=... rip=...` and then always `Solo5: ABORT: file.c:N: Fatal trap`.
+or `solo5_app_main() returned with N` (legacy, and hvt at debug level), both EXIT with the status.
+A crash (CRASH, with its reason): a CPU trap prints `Solo5: trap: type=#PF ec=... rip=...` and then
+always `Solo5: ABORT: file.c:N: Fatal trap`; a failed assertion or stack smashing `Solo5: ABORT: ...`;
+`solo5_abort()` `Solo5: solo5_abort() called`. The crash lines are printed even under
+`--solo5:quiet`, the exit line is not. After a crash the hvt tender exits 255 (SOLO5_EXIT_ABORT);
+the virtio target always writes 41 to isa-debug-exit, so there the console is the only witness.
 The tender (host side) writes its own warnings to stderr as `solo5-hvt: WARNING: ...`; when
 stderr is captured with the console they arrive interleaved.
 
@@ -40,6 +44,7 @@ _APP_RETURNED = re.compile(r"(?:Solo5: )?solo5_app_main\(\) returned with (-?\d{
 _TRAP = re.compile(r"Solo5: trap: (.*)")
 _TRAP_TYPE = re.compile(r"type=(\S{1,16})")
 _ABORT = re.compile(r"Solo5: ABORT: (?:([\w.\-/]{1,64}:\d{1,6}): )?(.*)")
+_SOLO5_ABORT = re.compile(r"Solo5: solo5_abort\(\) called")  # bindings/exit.c (the dumpcore test's end)
 # The OCaml runtime's unimplemented-call stubs (ocaml-freestanding), and MirageOS Logs lines.
 _STUB = re.compile(r"STUB: (\w{1,64})\(\) called")
 _MIRAGE_LOG = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [-+]\d\d:\d\d: (?:APP|INF|WRN|ERR|DBG) \[")
@@ -83,7 +88,8 @@ class Solo5Parser(FamilyParser):
         events: list[GuestEvent] = []
         if not self.seen(Milestone.BOOT):  # the banner was lost (or cut from the transcript)
             events.append(event(line, "solo5.boot", self.once(Milestone.BOOT)))
-        hit = first_match((_BINDINGS, _NEW_BINDINGS, _MEMORY_MAP, _HEAP, _EXIT, _APP_RETURNED, _TRAP, _ABORT), text)
+        patterns = (_BINDINGS, _NEW_BINDINGS, _MEMORY_MAP, _HEAP, _EXIT, _APP_RETURNED, _TRAP, _ABORT, _SOLO5_ABORT)
+        hit = first_match(patterns, text)
         if hit is None:
             return events
         which, m = hit
@@ -117,6 +123,13 @@ class Solo5Parser(FamilyParser):
                     line, "solo5.trap", crash, severity=Severity.ERROR,
                     solo5__crash__reason=f"trap: {clip(detail)}" if crash else None,
                     solo5__trap=clip(detail), solo5__trap__type=kind.group(1) if kind else None,
+                )
+            )  # fmt: skip
+        elif which == 8:
+            events.append(
+                event(
+                    line, "solo5.abort", self.once(Milestone.CRASH), severity=Severity.ERROR,
+                    solo5__crash__reason="solo5_abort() called",
                 )
             )  # fmt: skip
         else:

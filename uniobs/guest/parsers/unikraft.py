@@ -12,7 +12,12 @@ What Unikraft prints (lib/ukdebug/print.c, lib/ukboot/boot.c, lib/ukboot/banner.
 - with info-level printk `Calling main(...)` (APP_START) and `main returned N` (EXIT); without
   it the application's first own line after the banner is taken as APP_START (marked
   `uniobs.inferred`), then `Halting system (N)`;
-- `CRIT:` messages (UK_CRASH, UK_ASSERT's `Assertion failure: ...`): CRASH.
+- `CRIT:` messages (UK_CRASH, UK_ASSERT's `Assertion failure: ...`): CRASH;
+- a failed boot: `ERR: [libukboot] ... Init function at 0x... returned error N` (an init function
+  failed, e.g. after `ERR: [libukrandom] ... Could not initialize the HWRNG (-95)`: Unikraft's target
+  for a failed initialisation is a crash), and `Halting system (3)` (UKPLAT_CRASH): CRASH, with the
+  library's own error as the reason; `Halting system (0|1)` (halt, restart) is the EXIT.
+Under QEMU with isa-debug-exit, Unikraft writes 41 for a halt and 42 for a crash (QEMU exits 83, 85).
 Stamps become `guest_time_s`. SeaBIOS and the ROM hand-off are not Unikraft's own (Linux and
 other -kernel guests print them too), so they count as BOOT but do not identify the family.
 """
@@ -45,6 +50,8 @@ _BOOTINFO = re.compile(r"Unikraft (\w{1,32}) \(([^)\s]{1,64})\)")
 _CALLING_MAIN = re.compile(r"Calling main\(")
 _MAIN_RETURNED = re.compile(r"main returned (-?\d{1,10})")
 _HALTING = re.compile(r"Halting system \((-?\d{1,4})\)")
+_INIT_FAILED = re.compile(r"Init function at (?:0x)?[0-9a-fA-F]{1,16} returned error (-?\d{1,6})")
+UKPLAT_CRASH = 3  # enum ukplat_gstate: HALT, RESTART, SUSPEND, CRASH
 # Banners: "Powered by" followed by art, or the one-line "Powered by Unikraft Epimetheus (0.12.0)".
 _POWERED_BY = re.compile(r"Powered by\s*$")
 _POWERED_BY_LINE = re.compile(r"Powered by Unikraft (\w{1,32}) \(?([\d.]{3,16}[^)\s]{0,48})\)?\s*$")
@@ -65,6 +72,7 @@ class UnikraftParser(FamilyParser):
     def __init__(self) -> None:
         super().__init__()
         self._banner_left = 0  # >0: inside the banner, the release line may come
+        self._last_error: str | None = None  # the last ERR message: why a failed boot failed
 
     def recognises(self, line: ConsoleLine) -> bool:
         _, text = strip_rom_handoff(line.text)
@@ -103,7 +111,18 @@ class UnikraftParser(FamilyParser):
                     unikraft__source=where, unikraft__crash__reason=clip(message) or "CRIT",
                 )
             ]  # fmt: skip
+        if level == "ERR" and _INIT_FAILED.match(message):  # the boot failed: Unikraft crashes
+            crash = self.once(Milestone.CRASH)
+            reason = "; ".join(m for m in (self._last_error, message) if m)
+            return [
+                event(
+                    line, "unikraft.boot_failed", crash, guest_time_s=uptime, severity=Severity.ERROR,
+                    unikraft__library=library, unikraft__source=where,
+                    unikraft__crash__reason=clip(reason) if crash else None, unikraft__message=message,
+                )
+            ]  # fmt: skip
         if level == "ERR":
+            self._last_error = message.strip() or None
             return [
                 event(
                     line, "unikraft.error", guest_time_s=uptime, severity=_SEVERITY[level],
@@ -133,8 +152,18 @@ class UnikraftParser(FamilyParser):
             ]  # fmt: skip
         h = _HALTING.match(message)
         if h is not None:
+            target = int(h.group(1))
+            if target == UKPLAT_CRASH:
+                crash = self.once(Milestone.CRASH)
+                return [
+                    event(
+                        line, "unikraft.halt", crash, guest_time_s=uptime, severity=Severity.ERROR,
+                        unikraft__halt__target=target,
+                        unikraft__crash__reason=clip(self._last_error or "halting system (crash)") if crash else None,
+                    )
+                ]  # fmt: skip
             end = None if self.seen(Milestone.CRASH) else self.once(Milestone.EXIT)
-            return [event(line, "unikraft.halt", end, guest_time_s=uptime, unikraft__halt__target=int(h.group(1)))]
+            return [event(line, "unikraft.halt", end, guest_time_s=uptime, unikraft__halt__target=target)]
         return []
 
     def _plain(self, line: ConsoleLine, uptime: float | None, text: str) -> list[GuestEvent]:
