@@ -80,12 +80,15 @@ class OtlpJsonLines:
 
 
 class _Metrics(MetricExporter):
+    encoded_metrics = True  # takes the bridge's MetricsBatch: its request is built once per flush
+
     def __init__(self, out: OtlpJsonLines) -> None:
         super().__init__()
         self._out = out
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        self._out.write(encode_metrics(metrics_data))
+        batch: Any = metrics_data
+        self._out.write(batch.request() if hasattr(batch, "otlp_bytes") else encode_metrics(metrics_data))
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

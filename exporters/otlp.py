@@ -1,7 +1,9 @@
 """`--export otlp[:ENDPOINT]` (OTLP/gRPC) and `--export otlp-http[:ENDPOINT]` (OTLP/HTTP protobuf).
 
-The requests are the OpenTelemetry SDK's own encoding (`encode_metrics`, `encode_logs`,
-`encode_spans`) of the official OTLP messages; sending them is ours, so that every answer is
+The requests are the official OTLP messages: metrics as the bridge serialises them once per
+flush for every OTLP exporter (`MetricsBatch.otlp_bytes()`, sent as is over HTTP), or the SDK's
+`encode_metrics` of the `MetricsData` a caller hands in directly; logs and spans the SDK's own
+encoding (`encode_logs`, `encode_spans`). Sending them is ours, so that every answer is
 read the way the OTLP specification says (protocol/exporter.md, "Retry" and "Failures"):
 
 - OTLP/HTTP: 429, 502, 503 and 504 are retryable, honouring `Retry-After` (seconds or an
@@ -153,14 +155,21 @@ def _grpc_endpoint(c: OtlpConfig, signal: str) -> str:
 # --- the encoders, shared by both transports -----------------------------------------------
 
 
-def _encoder(signal: str) -> Callable[[Any], Any]:
+def _encoder(signal: str, wire: bool = False) -> Callable[[Any], Any]:
+    """What a sink sends for a batch: the request message, or (metrics over HTTP, `wire`) the
+    bridge's already serialised request bytes."""
     from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+    def metrics(batch: Any) -> Any:
+        if hasattr(batch, "otlp_bytes"):  # the bridge's MetricsBatch: encoded once for every exporter
+            return batch.otlp_bytes() if wire else batch.request()
+        return encode_metrics(batch)
+
     encoders: dict[str, Callable[[Any], Any]] = {
-        "metrics": encode_metrics,
-        "logs": encode_logs,
+        "metrics": metrics,
+        "logs": lambda batch: batch if hasattr(batch, "resource_logs") else encode_logs(batch),  # the bridge's request
         "traces": encode_spans,
     }
     return encoders[signal]
@@ -205,6 +214,8 @@ class _Sink:
         self.signal = signal
         self._send = send
         self._encode = encode
+        self.encoded_metrics = signal == "metrics"  # takes the bridge's MetricsBatch (see _encoder)
+        self.encoded_logs = signal == "logs"  # takes the bridge's ExportLogsServiceRequest (see _encoder)
 
     def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
         from opentelemetry.sdk.metrics.export import MetricExportResult
@@ -259,7 +270,7 @@ class _HttpSender:
     def send(self, message: Any) -> None:
         import requests
 
-        body = message.SerializeToString()
+        body = message if isinstance(message, bytes) else message.SerializeToString()
         if self.settings.compression == "gzip":
             body = gzip.compress(body, compresslevel=6)
         elif self.settings.compression == "deflate":
@@ -433,7 +444,7 @@ class OtlpHttpExporter(_OtlpBase):
         sinks: dict[str, Any] = {}
         for signal in self._signals():
             sender = _HttpSender(signal, _resolve(c, signal, _http_endpoint(c, signal)))
-            sinks[signal] = _Sink(signal, sender.send, _encoder(signal))
+            sinks[signal] = _Sink(signal, sender.send, _encoder(signal, wire=True))
         return ExporterSinks(metrics=sinks.get("metrics"), logs=sinks.get("logs"), spans=sinks.get("traces"))
 
     def describe(self) -> str:

@@ -88,7 +88,12 @@ def check_adds_up(signals: Signals, *, unattributed: bool = False) -> list[dict[
     chain = [p for p in phases if p["name"] != "coldstart.first_request"]
     total = int(chain[-1]["endTimeUnixNano"]) - int(root["startTimeUnixNano"])
     assert sum(int(p["endTimeUnixNano"]) - int(p["startTimeUnixNano"]) for p in chain) == total
-    assert chain[-1]["attributes"]["uniobs.coldstart.to"] == root["attributes"]["uniobs.coldstart.ended_by"]
+    ended_by = root["attributes"]["uniobs.coldstart.ended_by"]
+    if chain[-1]["attributes"]["uniobs.coldstart.to"] != ended_by:
+        # the mark that ended it arrived with the previous one (same read): that phase has no
+        # measurable length and is left out (never a 0), so the chain ends at the same instant one
+        # mark earlier (the instant is checked against faas.init_duration below)
+        assert ended_by not in [p["attributes"]["uniobs.coldstart.to"] for p in chain]
     init = signals.points("faas.init_duration")[-1][2]
     assert init["count"] == "1" and abs(float(init["sum"]) * 1e9 - total) < 1_000  # the same interval (float seconds)
     names = [p["attributes"]["uniobs.phase"] for p in chain]
@@ -327,7 +332,11 @@ def test_solo5_virtio_hello_phases_add_up(tmp_path: Path) -> None:
     signals = Signals(out)
     chain = check_adds_up(signals)
     # (vmm_spawn is absent when QEMU's QMP socket answered only after the guest's first byte)
-    assert phase_names(chain) in (["vmm_spawn", "guest_load", "guest_boot"], ["guest_load", "guest_boot"])
+    # (guest_boot is left out, never 0, when the banner and kernel_ready arrived in one read)
+    assert phase_names(chain) in (
+        ["vmm_spawn", "guest_load", "guest_boot"], ["guest_load", "guest_boot"], ["vmm_spawn", "guest_load"],
+        ["guest_load"],
+    )  # fmt: skip
     assert signals.events()[-1]["resource"]["service.name"] == "test_hello"
 
 
@@ -379,13 +388,18 @@ def test_nanos_node_phases_add_up_on_the_guest_s_own_clock(tmp_path: Path) -> No
     chain = check_adds_up(signals)
     names = phase_names(chain)
     # vmm_spawn is absent when QEMU's QMP socket answered only after the guest's clock had started
-    assert names[names.index("guest_load") :][:4] == ["guest_load", "guest_boot", "runtime_load", "app_init"]
+    # guest_boot is the guest's own clock; when QEMU answered QMP only after that clock started (a
+    # loaded host), its start conflicts with vmm_spawn's end and it is left out, never made 0
+    after = [n for n in names[names.index("guest_load") :] if n != "guest_boot"][:3]
+    assert after == ["guest_load", "runtime_load", "app_init"], names
+    assert "guest_boot" in names or "vmm_spawn" in names
     assert names[-1] in ("readiness", "app_init")  # the probe may beat the line that says ready
-    boot = chain[names.index("guest_boot")]
-    assert (boot["attributes"]["uniobs.coldstart.from"], boot["attributes"]["uniobs.coldstart.to"]) == (
-        "guest_start",
-        "kernel_ready",
-    )
+    if "guest_boot" in names:  # measured on the guest's own clock, from its zero to kernel_ready
+        boot = chain[names.index("guest_boot")]
+        assert (boot["attributes"]["uniobs.coldstart.from"], boot["attributes"]["uniobs.coldstart.to"]) == (
+            "guest_start",
+            "kernel_ready",
+        )
     root, phases, _ = trace(signals)
     assert root["attributes"]["uniobs.guest.kernel_ready_s"] > 0  # the stamp the guest printed
     assert phases[-1]["name"] == "coldstart.first_request"

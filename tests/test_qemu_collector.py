@@ -236,6 +236,58 @@ def test_status_history_device_cap_and_event_flood(sock_path: str, caplog: pytes
     server.close()
 
 
+def test_static_queries_asked_once_until_an_event_or_a_reconnect(sock_path: str) -> None:
+    """The vCPU list and memory size are asked once, again after an event (a hot-plug, a reset),
+    a reconnect, or `static_refresh` scrapes; every scrape is one batch (one round trip)."""
+    asked: list[str] = []
+    send_event = threading.Event()
+    reset = recorded("tcg-events-guest-reset-loop.json")[0]
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        while True:
+            cmd = peer.read_command()
+            name = cmd["execute"]
+            asked.append(name)
+            if name == "query-balloon":
+                peer.send(line({"id": cmd["id"], "error": {"class": "DeviceNotActive", "desc": "no"}}))
+                continue
+            if name == "query-blockstats" and send_event.is_set():
+                send_event.clear()
+                peer.send(line(reset))
+            value = recorded(f"tcg-{name}.json")["return"]
+            if name == "query-cpus-fast":  # threads of ours (the server's peer pid): their times are read
+                value = [{**cpu, "thread-id": os.getpid()} for cpu in value]
+            peer.send(line({"return": value, "id": cmd["id"]}))
+
+    server = FakeQmp(sock_path, script, connections=2)
+    collector = QemuCollector(QemuConfig(static_refresh=4))
+    workload = Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="fake", qmp=sock_path)
+
+    def scrape() -> list[str]:
+        asked.clear()
+        samples = list(collector.collect(workload))
+        assert any(s.metric == "uniobs.vm.vcpu.count" for s in samples)
+        assert any(s.metric == "uniobs.vm.memory.size" for s in samples)
+        assert any(s.metric == "uniobs.vm.vcpu.time" for s in samples)
+        return sorted(set(asked))
+
+    static = {"query-cpus-fast", "query-memory-size-summary"}
+    assert static <= set(scrape())  # connect: learnt
+    assert not static & set(scrape())  # cached
+    send_event.set()
+    assert not static & set(scrape())  # the RESET arrives with this scrape's replies...
+    assert static <= set(scrape())  # ...so the next one asks again
+    assert not static & set(scrape())
+    assert not static & set(scrape())
+    assert not static & set(scrape())
+    assert static <= set(scrape())  # static_refresh = 4 scrapes
+    collector._disconnect(collector._vms[workload.key])  # a dropped connection
+    assert static <= set(scrape())
+    collector.close()
+    server.close()
+
+
 def test_a_refusing_socket_is_gone_only_when_the_vmm_is(sock_path: str) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(sock_path)  # bound, not listening: a QEMU about to listen, or a SIGKILLed one's leftover
@@ -500,7 +552,7 @@ def test_sigkill_between_two_scrapes(boot: Callable[..., Vm], pipeline: Pipeline
 
 @pytest.mark.qemu
 @qemu
-@pytest.mark.parametrize("at", ["query-cpus-fast", "query-blockstats", "vcpu-threads"])
+@pytest.mark.parametrize("at", ["query-status", "query-blockstats", "vcpu-threads"])
 def test_sigkill_during_a_scrape(
     boot: Callable[..., Vm], pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, at: str
 ) -> None:
@@ -514,12 +566,17 @@ def test_sigkill_during_a_scrape(
         killer.join(10)
         killed.set()
 
-    execute, task_stat = QmpClient.execute, ProcFS.task_stat
+    execute, execute_many, task_stat = QmpClient.execute, QmpClient.execute_many, ProcFS.task_stat
 
     def execute_then_die(self: QmpClient, command: str, arguments: Any = None) -> Any:
         if command == at and not killed.is_set():
             kill_from_a_thread()
         return execute(self, command, arguments)
+
+    def batch_then_die(self: QmpClient, calls: Any) -> Any:  # a scrape's queries go in one batch
+        if any(command == at for command, _ in calls) and not killed.is_set():
+            kill_from_a_thread()
+        return execute_many(self, calls)
 
     def read_then_die(self: ProcFS, pid: int, tid: int) -> ProcStat:
         if at == "vcpu-threads" and not killed.is_set():
@@ -527,6 +584,7 @@ def test_sigkill_during_a_scrape(
         return task_stat(self, pid, tid)
 
     monkeypatch.setattr(QmpClient, "execute", execute_then_die)
+    monkeypatch.setattr(QmpClient, "execute_many", batch_then_die)
     monkeypatch.setattr(ProcFS, "task_stat", read_then_die)
     pipeline.scrape([vm.workload])
     assert killed.is_set()

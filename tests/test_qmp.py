@@ -330,6 +330,35 @@ def test_replies_are_matched_by_id_and_events_buffered(serve: Callable[..., Fake
         assert client.drain_events() == []
 
 
+def test_a_batch_is_sent_at_once_and_answered_in_order(serve: Callable[..., FakeQmp], sock_path: str) -> None:
+    """`execute_many`: all requests before any reply; replies matched by id (an event and a reply
+    for someone else in between); a command error is that call's result, the others still count."""
+    events = recorded("tcg-events-guest-reset-loop.json")
+    error = recorded("tcg-query-balloon.json")["error"]
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmds = [peer.read_command() for _ in range(3)]  # all three arrive without waiting for a reply
+        assert [c["execute"] for c in cmds] == ["query-status", "query-balloon", "query-stats"]
+        peer.send(line(events[0]) + line({"return": {}, "id": "someone-else"}))
+        peer.send(line({"return": ret("tcg-query-status.json"), "id": cmds[0]["id"]}))
+        peer.send(line({"id": cmds[1]["id"], "error": error}) + line({"return": [], "id": cmds[2]["id"]}))
+        peer.reply(ret("tcg-query-memory-size-summary.json"))
+
+    serve(script)
+    with QmpClient(sock_path) as client:
+        status, balloon, stats = client.execute_many(
+            [("query-status", None), ("query-balloon", None), ("query-stats", {"target": "vm"})]
+        )
+        assert parse_status(status).status == "running"
+        assert isinstance(balloon, QmpCommandError) and balloon.error_class == "DeviceNotActive"
+        assert stats == []
+        assert [e.name for e in client.drain_events()] == ["RESET"]
+        assert client.execute("query-memory-size-summary")["base-memory"] == 64 << 20
+        with pytest.raises(QmpForbidden):
+            client.execute_many([("query-status", None), ("quit", None)])  # nothing is sent
+
+
 def test_a_command_error_keeps_the_connection(serve: Callable[..., FakeQmp], sock_path: str) -> None:
     def script(peer: Peer) -> None:
         peer.handshake()

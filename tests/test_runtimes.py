@@ -10,6 +10,7 @@ lays a package out (a module and a .dist-info with entry points) on PYTHONPATH.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -391,3 +392,39 @@ def test_a_qemu_guest_is_named_after_its_image_whether_kernel_or_disk(tmp_path: 
     assert name("-name", "guest=hello,debug-threads=on", "-hda", "fn.qcow2") == "hello"
     assert name("-blockdev", "driver=file,node-name=f0,filename=/srv/osv.raw") == "osv"
     assert name("-m", "64") == "qemu-system-x86_64"
+
+
+def test_discovery_reads_only_new_reused_or_execd_pids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process found not to be a VMM is not read again until its pid is reused (another start
+    time) or it execs (another comm); a new VMM, or a known process that becomes one, is found in
+    the next round, and a vanished one is gone."""
+    from uniobs.runtimes import select
+
+    proc = tmp_path / "proc"
+
+    def process(pid: int, argv: list[str], start: int, comm: str) -> None:
+        d = proc / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        fields = ["S", *["0"] * 18, str(start), *["0"] * 30]  # field 22 (starttime) is the 20th after comm
+        (d / "stat").write_text(f"{pid} ({comm}) " + " ".join(fields) + "\n")
+
+    qemu = ["qemu-system-x86_64", "-machine", "microvm", "-qmp", "unix:/tmp/q.sock,server=on,wait=off"]
+    process(10, ["sleep", "60"], 100, "sleep")
+    process(11, ["sh", "-c", "exec qemu"], 101, "sh")
+    read: list[int] = []
+    real = select.read_argv
+    monkeypatch.setattr(select, "read_argv", lambda pid, p: read.append(pid) or real(pid, p))
+    runtimes = Runtimes()
+    assert runtimes.discover(str(proc)) == [] and sorted(read) == [10, 11]
+    read.clear()
+    assert runtimes.discover(str(proc)) == [] and read == []  # nothing new: nothing read
+    process(11, qemu, 101, "qemu-system-x86")  # the launcher exec'd QEMU: same pid, same start
+    process(12, qemu, 102, "qemu-system-x86")  # a new VMM
+    assert sorted(v.pid for v in runtimes.discover(str(proc))) == [11, 12] and sorted(read) == [11, 12]
+    read.clear()
+    shutil.rmtree(proc / "10")
+    process(10, qemu, 200, "qemu-system-x86")  # pid 10 reused (a new start time), by a VMM
+    assert sorted(v.pid for v in runtimes.discover(str(proc))) == [10, 11, 12]
+    shutil.rmtree(proc / "12")
+    assert sorted(v.pid for v in runtimes.discover(str(proc))) == [10, 11]

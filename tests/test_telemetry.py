@@ -396,3 +396,27 @@ def test_a_counter_past_int64_is_exported_as_a_double_not_a_failed_batch() -> No
     assert point.value == float((1 << 64) - 1)
     encode_metrics(metrics.batches[-1])  # the OTLP encoding takes it
     t.shutdown(2)
+
+
+def test_the_direct_otlp_encoding_is_the_sdk_encoding_of_the_same_points() -> None:
+    """What OTLP exporters send (MetricsBatch.otlp_bytes, written straight from the series) is the
+    message the SDK's encode_metrics makes from the same batch's MetricsData: every instrument,
+    int and double values, an int past int64, a reset's new start time, several resources."""
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    updown = MetricSpec("test.queue", Instrument.UPDOWN_COUNTER, "{item}", "Queued.", ("q",))
+    t, _, _, _ = make()
+    t.declare([updown], scope="uniobs.collectors.other")
+    for value in (5, 3):  # 3 < 5: a reset
+        t.record(
+            VM,
+            [Sample("test.work", value, (("cpu.mode", "user"),)), Sample("test.work", 0.25, (("cpu.mode", "system"),))],
+        )
+    t.record(VM, [Sample("test.level", (1 << 64) - 1), Sample("test.latency", 0.02), Sample("test.latency", 7.0)])
+    t.record(CT, [Sample("test.level", 0), Sample("test.queue", -4, (("q", "in"),)), Sample("test.level", 2.5)])
+    [batch] = [b.payload for b in t._metric_batches()]
+    direct = ExportMetricsServiceRequest.FromString(batch.otlp_bytes())
+    assert direct == encode_metrics(batch.metrics_data())
+    assert batch.request() == direct and len(direct.resource_metrics) == 3  # VM, CT, uniobs itself
+    t.shutdown(2)

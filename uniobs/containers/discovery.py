@@ -709,6 +709,9 @@ class ContainerDiscovery:
         self._states: dict[str, list[RuntimeState]] = {}
         self._by_cgroup: dict[str, str] = {}
         self._scanned_at: float | None = None
+        # The cgroups the last discover() walked and no container claimed (plain Kind.CGROUP
+        # workloads), so a caller that also follows plain cgroups need not walk the tree again.
+        self.unclaimed: list[Workload] = []
         self._warned: set[str] = set()
 
     # -- files
@@ -1150,10 +1153,14 @@ class ContainerDiscovery:
             alive = self._cgroup_exists(workload) if workload.cgroup is not None else workload.pid is not None
             if alive:
                 found.setdefault(workload.key, workload)
+        unclaimed = []
         if self.layout is not None:
             for workload in discovery.discover_cgroups(self.layout, max_cgroups, identify=self.identify):
                 if workload.kind is Kind.CONTAINER:
                     found.setdefault(workload.key, workload)
+                else:
+                    unclaimed.append(workload)
+        self.unclaimed = unclaimed
         ids = {w.id for w in found.values()}
         for key in [k for k in self._asked if k[1] not in ids]:
             del self._asked[key]

@@ -114,6 +114,8 @@ class Agent:
         self._runtimes = Runtimes(self.pipeline.registry.runtimes)  # which processes are VMMs
         self.health = Health(self.config.health, self.status) if self.config.health else None
         self._stream_retries: dict[tuple[str, str, str], int] = {}  # consoles not reachable yet
+        self._discovery_rounds = 0  # discovery rounds and the CPU (s) they took, for the health endpoint
+        self._discovery_cpu = 0.0
 
     def _pipeline(self, settings: Settings) -> Pipeline:
         specs = self.export if self.export else (list(settings.core.export) or ["console"])
@@ -133,6 +135,7 @@ class Agent:
                 layout = None
         if self.config.vmms:
             found += [info.workload() for info in self._runtimes.discover()]
+        walked = None  # the plain cgroups container discovery's walk found: one walk per round
         if self.config.containers:
             from uniobs.containers.discovery import ContainerDiscovery
 
@@ -140,15 +143,17 @@ class Agent:
                 self._containers = ContainerDiscovery(layout)
             try:
                 found += self._containers.discover(self.config.max_workloads)
+                if self._containers.layout == layout:
+                    walked = self._containers.unclaimed
             except OSError as exc:
                 log.warning("container discovery failed: %s", exc)
         if self.config.cgroups and layout is not None:
             from uniobs.lifecycle import discover as discovery
 
             claimed = {path for w in found for path in w.cgroup_paths}  # every hierarchy's path
-            found += [
-                w for w in discovery.discover_cgroups(layout, self.config.max_workloads) if w.cgroup not in claimed
-            ]
+            if walked is None:
+                walked = discovery.discover_cgroups(layout, self.config.max_workloads)
+            found += [w for w in walked if w.cgroup not in claimed]
         unique: dict[tuple[str, str, str], Workload] = {}
         for workload in found:
             unique.setdefault(workload.key, workload)
@@ -157,7 +162,10 @@ class Agent:
         return list(unique.values())[: self.config.max_workloads]
 
     def reconcile(self) -> None:
+        started = time.thread_time()
         current = {w.key: w for w in self.discover()}
+        self._discovery_rounds += 1
+        self._discovery_cpu += time.thread_time() - started
         now = time.monotonic_ns()
         for key in [k for k in self.workloads if k not in current]:
             gone = self.workloads.pop(key)
@@ -296,6 +304,8 @@ class Agent:
             "status": "ok" if healthy else "exports failing",
             "uptime_s": round(now - self._started, 1),
             "workloads": len(self.workloads),
+            "discovery": {"rounds": self._discovery_rounds, "cpu_s": round(self._discovery_cpu, 6)},
+            "threads": {t.name: t.native_id for t in threading.enumerate()},  # for per-thread CPU (benches)
             "retiring": self.pipeline.retiring(),
             "buffer": {"used_bytes": buffer.used, "peak_bytes": buffer.peak, "limit_bytes": buffer.budget},
             "exporters": exporters,

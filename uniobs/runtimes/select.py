@@ -15,7 +15,27 @@ from typing import Any
 from uniobs.host.procfs import ProcError, ProcFS
 from uniobs.plugin import LaunchError, LaunchPlan, Runtime, VmmInfo
 from uniobs.registry import PluginError, PluginInfo, load_group
-from uniobs.runtimes.common import processes, read_argv
+from uniobs.runtimes.common import read_argv
+
+
+def _identity(pid: int, proc: str) -> tuple[bytes, bytes] | None:
+    """(comm, start time) from /proc/PID/stat: a pid reused by another process has another start
+    time, and an exec (a launcher script that becomes QEMU) another comm. None when it is gone."""
+    try:
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    head, sep, rest = data.rpartition(b")")  # comm may hold spaces and parentheses
+    fields = rest.split()
+    if not sep or len(fields) < 20:
+        return None
+    return head, fields[19]  # field 22, starttime (clock ticks after boot)
 
 
 def _exe(pid: int, proc: str) -> str | None:
@@ -39,6 +59,9 @@ class Runtimes:
                 self._runtimes.append(info.plugin())
             except Exception as exc:  # e.g. a method of the contract left abstract
                 raise PluginError(f"runtime {info.name!r} = {info.value!r}: {type(exc).__name__}: {exc}") from exc
+        # discover(): the processes found not to be VMMs, by pid, with their identity then: only a
+        # new pid, a reused one or one that exec'd is read and matched again (per /proc root).
+        self._not_vmms: dict[str, dict[int, tuple[bytes, bytes]]] = {}
 
     def __iter__(self) -> Iterator[Runtime]:
         return iter(self._runtimes)
@@ -106,13 +129,33 @@ class Runtimes:
         return self._inspect(self.discoverers(), pid, argv, proc) if argv else None
 
     def discover(self, proc: str = "/proc") -> list[VmmInfo]:
-        """Every VMM running now, by pid (one pass over /proc for all runtimes)."""
+        """Every VMM running now, by pid (one pass over /proc for all runtimes).
+
+        A process found not to be a VMM is remembered by pid with its start time and comm
+        (`_identity`, one small read): in the next calls it is skipped unless those changed (a
+        reused pid, an exec), so a round costs a stat read per process and a full look only at
+        new processes and at the VMMs (re-inspected each time: there are few).
+        """
         runtimes = self.discoverers()
+        try:
+            entries = os.listdir(proc)
+        except OSError:
+            return []
+        before = self._not_vmms.get(proc, {})
+        not_vmms: dict[int, tuple[bytes, bytes]] = {}
         found = []
-        for pid, argv in processes(proc):
-            info = self._inspect(runtimes, pid, argv, proc)
+        for pid in sorted(int(e) for e in entries if e.isdigit()):
+            identity = _identity(pid, proc)  # None: gone, or a recorded tree without stat files
+            if identity is not None and before.get(pid) == identity:
+                not_vmms[pid] = identity
+                continue
+            argv = read_argv(pid, proc)
+            info = self._inspect(runtimes, pid, argv, proc) if argv else None
             if info is not None:
                 found.append(info)
+            elif identity is not None and _identity(pid, proc) == identity:  # still the process read
+                not_vmms[pid] = identity  # (a kernel thread or zombie has no argv: not a VMM either)
+        self._not_vmms[proc] = not_vmms  # vanished pids are forgotten
         return found
 
     def find_by_qmp(self, path: str, proc: str = "/proc") -> VmmInfo | None:

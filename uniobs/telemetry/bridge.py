@@ -8,6 +8,14 @@ SDK's export data (`MetricsData` with one `ResourceMetrics` per workload, `Reada
 `ReadableSpan`) that the stock SDK exporters accept. One export worker thread per exporter
 delivers it, so a slow or dead backend never holds up the others.
 
+Metrics are handed over as `MetricsBatch`es: a snapshot of the series taken once per flush,
+turned at most once (whichever exporter asks first) into the SDK's `MetricsData` and/or into a
+serialised OTLP `ExportMetricsServiceRequest` written directly from the snapshot
+(`uniobs.telemetry.encode`, which keeps each workload's encoded resource and each series'
+encoded attributes). A metrics sink with a true `encoded_metrics` attribute receives the
+`MetricsBatch` itself (`otlp_bytes()`, `request()`, `metrics_data()`); any other sink receives
+the SDK's `MetricsData`, as before.
+
 Counters: collectors report the source's cumulative value. A value lower than the previous one
 means the source restarted (a workload restarted, a counter wrapped); the series then gets a
 new start time, which is how OTLP marks a reset, and no negative delta is ever produced.
@@ -26,6 +34,8 @@ from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.exporter.otlp.proto.common._internal._log_encoder import _encode_log
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -48,6 +58,7 @@ from uniobs import __version__
 from uniobs.metrics import SELF_METRICS
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, SpanEvent, Workload
 from uniobs.plugin import ExporterSinks
+from uniobs.telemetry.encode import MetricsEncoder, resource_metrics
 from uniobs.telemetry.export import (
     DEFAULT_BUFFER_BYTES,
     POINT_COST,
@@ -59,6 +70,7 @@ from uniobs.telemetry.export import (
     ExportWorker,
     log_cost,
 )  # fmt: skip
+from uniobs.telemetry.logs import encode_log_events
 from uniobs.telemetry.resource import SELF, host_attributes
 
 log = logging.getLogger("uniobs.telemetry")
@@ -94,6 +106,120 @@ class _WorkloadState:
     workload: Workload
     resource: Resource
     series: dict[tuple[str, Attributes], _Number | _Hist] = field(default_factory=dict)
+    encoded_resource: bytes | None = None  # ResourceMetrics.resource, encoded once
+
+
+# A series as of one flush: attributes, start (0 for gauges), time, and the value (a copy of
+# the histogram's state for histograms).
+_Row = tuple[Attributes, int, int, Any]
+# One workload's series in a flush, by instrumentation scope, then by metric.
+_ResourceRows = tuple[_WorkloadState, list[tuple[InstrumentationScope, list[tuple[MetricSpec, list[_Row]]]]], int]
+
+
+class MetricsBatch:
+    """One flush's series (or a part of them: whole resources), for every metrics exporter.
+
+    Built under the bridge's lock as plain tuples; converted lazily, once, in an export thread:
+    `otlp_bytes()` is the serialised `ExportMetricsServiceRequest`, `request()` that message
+    parsed back, `metrics_data()` the SDK's `MetricsData`. A flush too big for one request is
+    several batches: `part` of `parts` of the flush numbered `flush` (a pull exporter serves them
+    together).
+    """
+
+    __slots__ = ("_bytes", "_encoder", "_lock", "_sdk", "flush", "part", "parts", "points", "resources")
+
+    def __init__(
+        self, encoder: MetricsEncoder, resources: list[_ResourceRows], points: int,
+        flush: int = 0, part: int = 0, parts: int = 1,
+    ) -> None:  # fmt: skip
+        self._encoder = encoder
+        self.resources = resources
+        self.points = points
+        self.flush, self.part, self.parts = flush, part, parts
+        self._lock = threading.Lock()
+        self._bytes: bytes | None = None
+        self._sdk: MetricsData | None = None
+
+    @property
+    def resource_metrics(self) -> list[_ResourceRows]:
+        return self.resources  # how sinks that count resources (len, truthiness) see a batch
+
+    def otlp_bytes(self) -> bytes:
+        with self._lock:
+            if self._bytes is None:
+                self._bytes = self._encode()
+            return self._bytes
+
+    def request(self) -> Any:
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+        return ExportMetricsServiceRequest.FromString(self.otlp_bytes())
+
+    def _encode(self) -> bytes:
+        enc = self._encoder
+        number_point = enc.number_point
+        parts = []
+        for state, scopes, _ in self.resources:
+            if state.encoded_resource is None:
+                state.encoded_resource = enc.resource(state.resource)
+            encoded_scopes = []
+            for scope, metrics in scopes:
+                encoded_metrics = []
+                for spec, rows in metrics:
+                    if spec.instrument is Instrument.HISTOGRAM:
+                        points = [enc.histogram_point(spec, a, value) for a, _, _, value in rows]
+                    else:
+                        gauge = spec.instrument is Instrument.GAUGE
+                        points = [number_point(gauge, a, start, t, value) for a, start, t, value in rows]
+                    encoded_metrics.append(enc.metric(spec, points))
+                encoded_scopes.append((enc.scope(scope), encoded_metrics))
+            parts.append(resource_metrics(state.encoded_resource, encoded_scopes))
+        return b"".join(parts)
+
+    def metrics_data(self) -> MetricsData:
+        with self._lock:
+            if self._sdk is None:
+                self._sdk = MetricsData(
+                    [
+                        ResourceMetrics(
+                            state.resource,
+                            [
+                                ScopeMetrics(
+                                    scope, [_metric(spec, [_point(spec, r) for r in rows]) for spec, rows in m], ""
+                                )
+                                for scope, m in scopes
+                            ],
+                            "",
+                        )
+                        for state, scopes, _ in self.resources
+                    ]
+                )
+            return self._sdk
+
+
+def _point(spec: MetricSpec, row: _Row) -> Any:
+    attributes, start, time_ns, value = row
+    attrs = dict(attributes)
+    if spec.instrument is Instrument.HISTOGRAM:
+        h = value
+        return HistogramDataPoint(
+            attrs, h.start_ns, h.time_ns, h.count, h.total, list(h.counts), list(spec.buckets), h.min, h.max
+        )
+    if isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:
+        value = float(value)  # OTLP's as_int is a signed 64-bit field: a kernel's 2^64-1 would fail the batch
+    return NumberDataPoint(attrs, start, time_ns, value)
+
+
+def _metric(spec: MetricSpec, points: list[Any]) -> Metric:
+    cumulative = AggregationTemporality.CUMULATIVE
+    data: Sum | Gauge | Histogram
+    if spec.instrument is Instrument.GAUGE:
+        data = Gauge(points)
+    elif spec.instrument is Instrument.HISTOGRAM:
+        data = Histogram(points, cumulative)
+    else:
+        data = Sum(points, cumulative, spec.instrument is Instrument.COUNTER)
+    return Metric(spec.name, spec.description, spec.unit, data)
 
 
 @dataclass(frozen=True)
@@ -141,14 +267,26 @@ class Telemetry:
         self._ending: list[_WorkloadState] = []  # forgotten, not yet exported a last time
         self._rejected: dict[str, int] = {}
         self.buffer = ExportBuffer(buffer_bytes)
+        self._encoder = MetricsEncoder()
+        self._flushes = 0
         converters: dict[str, Callable[[Any], Any]] = {
-            "metrics": lambda data: data,
+            "metrics": lambda batch: batch.metrics_data(),
             "logs": lambda pairs: [self._log_record(resource, event) for resource, event in pairs],
             "traces": lambda spans: spans,
         }
+        encoded = {**converters, "metrics": lambda batch: batch}  # sinks that take a MetricsBatch
+        otlp_logs = self._logs_request  # log sinks that take the OTLP request (`encoded_logs`)
         self.workers = [
-            ExportWorker(name, sinks, self.buffer, converters, retry_initial, retry_max) for name, sinks in exporters
-        ]
+            ExportWorker(
+                name, sinks, self.buffer,
+                {
+                    **(encoded if getattr(sinks.metrics, "encoded_metrics", False) else converters),
+                    **({"logs": otlp_logs} if getattr(sinks.logs, "encoded_logs", False) else {}),
+                },
+                retry_initial, retry_max,
+            )
+            for name, sinks in exporters
+        ]  # fmt: skip
         self._queues = {signal: [w.queues[signal] for w in self.workers if signal in w.queues] for signal in SIGNALS}
         self._self_scope = InstrumentationScope("uniobs", __version__)
         self.declare(SELF_METRICS, scope="uniobs")
@@ -264,6 +402,14 @@ class Telemetry:
         self._open_logs, self._open_logs_size = [], 0
         return batch
 
+    def _logs_request(self, pairs: Sequence[tuple[Resource, LogEvent]]) -> ExportLogsServiceRequest:
+        """The OTLP request of a logs batch, built directly (`uniobs.telemetry.logs`)."""
+
+        def sdk(resource: Resource, event: LogEvent) -> Any:
+            return _encode_log(self._log_record(resource, event))
+
+        return encode_log_events(pairs, self.to_epoch_ns, self._self_scope, sdk)
+
     def _log_record(self, resource: Resource, event: LogEvent) -> ReadableLogRecord:
         context = None
         if event.trace_id and event.span_id:
@@ -346,71 +492,67 @@ class Telemetry:
 
     def metrics_data(self) -> tuple[MetricsData, int]:
         """The current cumulative state of every series, and its number of data points."""
+        batch = MetricsBatch(self._encoder, *self._snapshot())
+        return batch.metrics_data(), batch.points
+
+    def _snapshot(self) -> tuple[list[_ResourceRows], int]:
+        """Every workload's series as of now (with uniobs' own), grouped by scope and metric."""
         self.record(SELF, self._self_samples())
         points = 0
-        resource_metrics = []
+        resources: list[_ResourceRows] = []
+        declared_of = self._declared
+        gauge = Instrument.GAUGE
+        hist = Instrument.HISTOGRAM
         with self._lock:
             states, self._ending = [*self._ending, *self._workloads.values()], []
             for state in states:
-                by_scope: dict[str, tuple[InstrumentationScope, dict[str, tuple[MetricSpec, list[Any]]]]] = {}
+                by_scope: dict[str, tuple[InstrumentationScope, dict[str, tuple[MetricSpec, list[_Row]]]]] = {}
                 for (name, attributes), series in state.series.items():
-                    declared = self._declared[name]
-                    _, metrics = by_scope.setdefault(declared.scope.name, (declared.scope, {}))
-                    metrics.setdefault(name, (declared.spec, []))[1].append(
-                        self._point(declared.spec, attributes, series)
-                    )
-                    points += 1
-                scopes = [
-                    ScopeMetrics(scope, [self._metric(spec, pts) for spec, pts in metrics.values()], "")
-                    for scope, metrics in by_scope.values()
-                ]
-                if scopes:
-                    resource_metrics.append(ResourceMetrics(state.resource, scopes, ""))
-        return MetricsData(resource_metrics), points
-
-    @staticmethod
-    def _point(spec: MetricSpec, attributes: Attributes, series: _Number | _Hist) -> Any:
-        attrs = dict(attributes)
-        if isinstance(series, _Hist):
-            return HistogramDataPoint(
-                attrs, series.start_ns, series.time_ns, series.count, series.total,
-                list(series.counts), list(spec.buckets), series.min, series.max,
-            )  # fmt: skip
-        start = series.start_ns if spec.instrument is not Instrument.GAUGE else 0
-        value = series.value
-        if isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:
-            value = float(value)  # OTLP's as_int is a signed 64-bit field: a kernel's 2^64-1 would fail the batch
-        return NumberDataPoint(attrs, start, series.time_ns, value)
-
-    @staticmethod
-    def _metric(spec: MetricSpec, points: list[Any]) -> Metric:
-        cumulative = AggregationTemporality.CUMULATIVE
-        data: Sum | Gauge | Histogram
-        if spec.instrument is Instrument.GAUGE:
-            data = Gauge(points)
-        elif spec.instrument is Instrument.HISTOGRAM:
-            data = Histogram(points, cumulative)
-        else:
-            data = Sum(points, cumulative, spec.instrument is Instrument.COUNTER)
-        return Metric(spec.name, spec.description, spec.unit, data)
+                    declared = declared_of[name]
+                    spec = declared.spec
+                    scoped = by_scope.get(declared.scope.name)
+                    if scoped is None:
+                        scoped = by_scope[declared.scope.name] = (declared.scope, {})
+                    metric = scoped[1].get(name)
+                    if metric is None:
+                        metric = scoped[1][name] = (spec, [])
+                    if spec.instrument is hist:
+                        assert isinstance(series, _Hist)
+                        copy = _Hist(series.start_ns, series.time_ns, list(series.counts), series.total,
+                                     series.count, series.min, series.max)  # fmt: skip
+                        metric[1].append((attributes, series.start_ns, series.time_ns, copy))
+                    else:
+                        assert isinstance(series, _Number)
+                        start = 0 if spec.instrument is gauge else series.start_ns
+                        metric[1].append((attributes, start, series.time_ns, series.value))
+                if state.series:
+                    n = len(state.series)
+                    points += n
+                    scopes = [(scope, list(metrics.values())) for scope, metrics in by_scope.values()]
+                    resources.append((state, scopes, n))
+        return resources, points
 
     def _metric_batches(self) -> list[Batch]:
         """The current state as batches of whole resources, each up to `metrics_batch_points`
         points (a receiver refuses requests over 4 MiB by default)."""
-        data, _ = self.metrics_data()
-        batches: list[Batch] = []
-        chunk: list[ResourceMetrics] = []
+        resources, _ = self._snapshot()
+        chunks: list[tuple[list[_ResourceRows], int]] = []
+        chunk: list[_ResourceRows] = []
         points = 0
-        for rm in data.resource_metrics:
-            n = sum(len(m.data.data_points) for sm in rm.scope_metrics for m in sm.metrics)
+        for rows in resources:
+            n = rows[2]
             if chunk and points + n > self._metrics_batch_points:
-                batches.append(Batch("metrics", MetricsData(chunk), points, POINT_COST * points))
+                chunks.append((chunk, points))
                 chunk, points = [], 0
-            chunk.append(rm)
+            chunk.append(rows)
             points += n
         if chunk:
-            batches.append(Batch("metrics", MetricsData(chunk), points, POINT_COST * points))
-        return batches
+            chunks.append((chunk, points))
+        self._flushes += 1
+        return [
+            Batch("metrics", MetricsBatch(self._encoder, c, n, self._flushes, i, len(chunks)), n, POINT_COST * n)
+            for i, (c, n) in enumerate(chunks)
+        ]
 
     def flush(self, timeout: float = 10.0, metrics: bool = True) -> bool:
         """Hand everything accumulated to the exporters; wait up to `timeout` for delivery.
