@@ -13,14 +13,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from otlp_receiver import HttpReceiver
 from otlpfile import Signals
 from support import free_port, requires_qemu
-from test_agent import KERNEL, STARTED, health, start_agent, stop_agent
+from test_agent import (
+    KERNEL,
+    _no_agent_left_behind,  # noqa: F401 (autouse: a failed run never leaves its agent running)
+    health,
+    start_agent,
+    stop_agent,
+)
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, requires_qemu]
 
@@ -40,17 +45,6 @@ with open(path, "ab", buffering=0) as out:
         if ahead > 0:
             time.sleep(ahead)
 """
-
-
-@pytest.fixture(autouse=True)
-def _no_agent_left_behind() -> Iterator[None]:
-    """A failed run must not leave its agent attaching to later tests' guests."""
-    yield
-    for agent in STARTED:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
-    STARTED.clear()
 
 
 def test_agent_survives_a_console_flood_with_two_exporters_and_counts_exactly(tmp_path: Path) -> None:

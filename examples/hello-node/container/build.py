@@ -35,6 +35,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/hello-node/ldd.py
+from ldd import shared_libraries
+
 HERE = Path(__file__).resolve().parent
 MTIME = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
 
@@ -49,26 +52,6 @@ ETC = {
 }
 # Mount points the runtime mounts over; present so a read-only root works with any runtime.
 MOUNT_POINTS = ("proc", "sys", "dev", "tmp", "root")
-
-
-def shared_libraries(binary: Path) -> list[tuple[str, Path]]:
-    """(path inside the container, host file) for every library ldd lists, and the dynamic loader."""
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    libs: list[tuple[str, Path]] = []
-    for line in out.splitlines():
-        line = line.strip()
-        if "=>" in line:  # libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)
-            path = line.split("=>", 1)[1].strip().split(" ", 1)[0]
-            if not path.startswith("/"):
-                raise SystemExit(f"build.py: ldd could not resolve: {line}")
-        elif line.startswith("/"):  # /lib64/ld-linux-x86-64.so.2 (0x...)
-            path = line.split(" ", 1)[0]
-        else:  # linux-vdso.so.1: provided by the kernel
-            continue
-        # The path the binary asks for (PT_INTERP names the loader), the bytes from wherever the
-        # symlinks end (Debian 12 has a merged /usr: /lib -> usr/lib on the host).
-        libs.append((path, Path(os.path.realpath(path))))
-    return libs
 
 
 def install(src: Path, rootfs: Path, dest: str, mode: int = 0o755) -> None:

@@ -36,6 +36,9 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/hello-node/ldd.py
+from ldd import shared_libraries
+
 HERE = Path(__file__).resolve().parent
 
 # Modules the guest needs, by name; their dependencies are added from modules.dep. On Debian 12's
@@ -200,26 +203,6 @@ def resolve_modules(moddir: Path, wanted: Iterable[str]) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 # Node.js and its libraries
 # --------------------------------------------------------------------------------------------
-
-
-def shared_libraries(binary: Path) -> list[tuple[str, Path]]:
-    """(path inside the guest, host file) for every library ldd lists, and the dynamic loader."""
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    libs: list[tuple[str, Path]] = []
-    for line in out.splitlines():
-        line = line.strip()
-        if "=>" in line:  # libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)
-            path = line.split("=>", 1)[1].strip().split(" ", 1)[0]
-            if not path.startswith("/"):
-                raise SystemExit(f"build.py: ldd could not resolve: {line}")
-        elif line.startswith("/"):  # /lib64/ld-linux-x86-64.so.2 (0x...)
-            path = line.split(" ", 1)[0]
-        else:  # linux-vdso.so.1: provided by the kernel
-            continue
-        # Keep the path the binary asks for (the loader's name is baked into PT_INTERP), take
-        # the bytes from wherever the symlinks end (Debian 12 has a merged /usr).
-        libs.append((path, Path(os.path.realpath(path))))
-    return libs
 
 
 def stripped_copy(binary: Path, workdir: Path) -> Path:
