@@ -54,6 +54,15 @@ def config_options(func: F) -> F:
     return func
 
 
+# run and attach: one definition of the option (the scheduler's precedence is in docs/configuration.md)
+interval_option = click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between scrapes for collectors that set no interval of their own (overrides [uniobs] interval). "
+    "[default: [uniobs] interval, else 1]",
+)
+
+
 def load_settings(config_path: str | None) -> Settings:
     try:
         return load(config_path)
@@ -200,12 +209,7 @@ def scrape_once(
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @config_options
 @click.option("--name", "-n", help="The function's name (service.name, faas.name). Default: the image's name.")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between scrapes for collectors that set no interval of their own (overrides [uniobs] interval). "
-    "[default: [uniobs] interval, else 1]",
-)
+@interval_option
 @click.option("--quiet", "-q", is_flag=True, help="Do not copy the guest console to standard output.")
 @click.option(
     "--cgroup",
@@ -397,12 +401,7 @@ def _launch(
 @main.command()
 @config_options
 @click.option("--name", "-n", help="The function's name. Default: the VMM's own (QEMU's -name), else the image's name.")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between scrapes for collectors that set no interval of their own (overrides [uniobs] interval). "
-    "[default: [uniobs] interval, else 1]",
-)
+@interval_option
 @click.argument("target")
 def attach(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float | None, target: str
