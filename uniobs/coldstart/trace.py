@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -118,6 +119,10 @@ class ColdStart:
     # of its uptime-stamped lines (a line arrives after it was printed, never before).
     guest_zero_ns: int | None = None
     completed: str | None = None  # the mark a run-to-completion function's cold start ended at
+    parent_span_id: int = 0  # the span this cold start is part of (the invocation that launched it); 0: a root
+    # set the moment the instance is ready (the probe's first success, else the `ready` milestone):
+    # what `uniobs serve` holds a request on
+    ready_event: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @property
     def traceparent(self) -> str:
@@ -126,6 +131,8 @@ class ColdStart:
     def mark(self, name: str, time_ns: int) -> None:
         """Record when something happened; only the first occurrence of a mark counts."""
         self.marks.setdefault(name, time_ns)
+        if name == "probe_ok" or (name == "ready" and not self.probe):
+            self.ready_event.set()
 
     def guest_clock(self, time_ns: int, guest_s: float) -> None:
         """A console line that arrived at `time_ns` carried the guest's uptime `guest_s`."""
@@ -261,7 +268,7 @@ class ColdStart:
                 "coldstart",
                 self.trace_id,
                 self.root_span_id,
-                0,
+                self.parent_span_id,
                 start,
                 max(root_end, start),
                 base + guest + how,
