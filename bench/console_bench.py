@@ -1,11 +1,23 @@
-"""Console capture throughput: lines/s through capture, splitting, sanitising and hand-off to the
-telemetry bridge, against `cat FILE > /dev/null` of the same bytes (the floor for moving them).
+"""Console throughput, against a plain Python loop over the same bytes (issue 14, goal 3).
 
-The input is a console-shaped file: the real transcripts in tests/testdata/consoles repeated,
-with the project's line protocol records mixed in. Both sides run in this script; medians of
-several rounds (wall clock, since the baseline is another process).
+Three figures, on one console-shaped input: the real transcripts in tests/testdata/consoles,
+with the project's line protocol records mixed in, repeated to `--mb` MB.
 
-    python bench/console_bench.py [--mb 50] [--rounds 5]
+- (a) baseline: a plain Python loop over the bytes, `for line in data.split(b"\\n"): line.decode()`,
+  in lines per CPU-second;
+- (b) capture + family parsing: the console collector as `uniobs run` and the agent use it (`cat FILE |`
+  a pipe read on the I/O thread, split, sanitised and capped, each line handed as a log record to a
+  sink that discards it, the family parsers, the VMM log parsers and the line protocol), in lines per
+  CPU-second of this process (no export);
+- (c) exported: the same, every line exported as an OTLP log record by the `otlp-http` exporter to
+  a receiver on a loopback port (another process, which decodes each request and counts its
+  records), in lines per second of wall clock from the first byte until the last record is
+  delivered, and per CPU-second of this process (`--export-mb`).
+
+Medians of `--rounds` rounds (at least 5); ratios to the baseline measured in the same run and to
+the goals (1 M lines per CPU-second for (b), 200 k lines/s for (c)).
+
+    python bench/console_bench.py [--mb 20] [--export-mb 10] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -14,26 +26,67 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
-
-from uniobs.guest.capture import ConsoleStream
+from uniobs.collectors.console import ConsoleCollector  # type: ignore[import-not-found]  # the plugins alias
+from uniobs.exporters.otlp import OtlpConfig, OtlpHttpExporter  # type: ignore[import-not-found]
 from uniobs.ioloop import IoLoop
-from uniobs.model import Kind, LogEvent, Workload
-from uniobs.plugin import ConsoleLine, ExporterSinks
+from uniobs.model import Kind, LogEvent, MetricSpec, Sample, SpanEvent, Workload
 from uniobs.telemetry.bridge import Telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
+GOAL_CAPTURE = 1_000_000  # lines per CPU-second, capture + family parsing (issue 14)
+GOAL_EXPORT = 200_000  # lines per second exported as log records (issue 14)
+
+# The loopback receiver: decodes each request (the real OTLP message) and counts its log records;
+# GET answers the count so far.
+RECEIVER = r"""
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+lock = threading.Lock()
+count = [0]
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        request = ExportLogsServiceRequest.FromString(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        n = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        with lock:
+            count[0] += n
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        body = str(count[0]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
 
 
 def make_input(path: Path, megabytes: int) -> int:
+    """The input file; returns its number of lines."""
     lines: list[bytes] = []
     for transcript in sorted((ROOT / "tests" / "testdata" / "consoles").glob("*.txt")):
-        lines += transcript.read_bytes().splitlines()[1:]
+        lines += transcript.read_bytes().splitlines()[1:]  # line 1 names the transcript's source
     lines += [b"@@uniobs/1 metric fn.requests counter 42", b"@@uniobs/1 mark ready t=0.063751"]
     block = b"\n".join(lines) + b"\n"
     with open(path, "wb") as f:
@@ -44,75 +97,130 @@ def make_input(path: Path, megabytes: int) -> int:
     return path.read_bytes().count(b"\n")
 
 
-def cat_baseline(path: Path) -> float:
-    started = time.perf_counter()
-    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - started
+def baseline(data: bytes) -> float:
+    """CPU seconds of the plain Python loop over the lines."""
+    cpu0 = time.process_time()
+    for line in data.split(b"\n"):
+        line.decode("utf-8", "replace")
+    return time.process_time() - cpu0
 
 
-class _NullLogs(LogRecordExporter):
-    def export(self, batch: object) -> LogRecordExportResult:  # type: ignore[override]
-        return LogRecordExportResult.SUCCESS
+class _Discard:
+    """An EventSink that drops everything: the collector's own work is measured, not a backend's."""
 
-    def shutdown(self) -> None:
+    def log(self, workload: Workload, event: LogEvent) -> None:
         return None
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
+    def log_batch(self, workload: Workload, events: Sequence[LogEvent]) -> None:
+        return None
+
+    def log_lines(self, workload: Workload, lines: Any) -> None:
+        return None
+
+    def span(self, workload: Workload, event: SpanEvent) -> None:
+        return None
+
+    def record(self, workload: Workload, samples: Iterable[Sample]) -> None:
+        return None
+
+    def declare(self, specs: Iterable[MetricSpec], scope: str) -> None:
+        return None
 
 
-def uniobs_capture(path: Path) -> tuple[float, float, int]:
-    """Wall and CPU (this process) seconds to read the file through `cat |` into the bridge."""
-    # A logs sink that discards: the hand-off to the bridge and the batching are measured, not a
-    # backend (the SDK records are built by the export thread, counted in this process' CPU).
-    telemetry = Telemetry([("null", ExporterSinks(logs=_NullLogs()))], buffer_bytes=1 << 30)
-    workload = Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="bench", name="bench")
+def _console(path: Path, sink: Any) -> tuple[int, str | None]:
+    """Read the file through `cat |` into the console collector; the lines it read, the family found."""
+    collector = ConsoleCollector()
     loop = IoLoop().start()
-    done = threading.Event()
-    count = 0
-
-    def on_lines(lines: list[ConsoleLine]) -> None:
-        nonlocal count
-        count += len(lines)
-        events = [
-            LogEvent(line.time_ns, line.text, attributes=(("uniobs.console.line", line.number),)) for line in lines
-        ]
-        telemetry.log_batch(workload, events)
-
-    cpu0, started = time.process_time(), time.perf_counter()
     cat = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
     assert cat.stdout is not None
-    ConsoleStream(f"fd:{cat.stdout.fileno()}", on_lines, done.set).start(loop)
-    done.wait()
+    workload = Workload(
+        kind=Kind.UNIKERNEL, runtime="qemu", id="bench", name="bench", console=f"fd:{cat.stdout.fileno()}"
+    )
+    try:
+        collector.start(workload, sink, loop)
+        stream = collector.stream(workload)
+        assert stream is not None
+        while not stream.ended:
+            time.sleep(0.002)
+        return stream.splitter.stats.lines, collector.family(workload)
+    finally:
+        cat.wait()
+        loop.stop()
+
+
+def capture(path: Path) -> tuple[float, int, str | None]:
+    """CPU seconds (this process, all threads) through capture and parsing, the lines read, the family."""
+    cpu0 = time.process_time()
+    count, family = _console(path, _Discard())
+    return time.process_time() - cpu0, count, family
+
+
+def _received(endpoint: str) -> int:
+    import requests
+
+    return int(requests.get(endpoint, timeout=10).text)
+
+
+def exported(path: Path, endpoint: str) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds until every line is delivered as a log record; lines read, records received."""
+    before = _received(endpoint)
+    sinks = OtlpHttpExporter(OtlpConfig(endpoint=endpoint, signals=("logs",))).sinks()
+    telemetry = Telemetry([("otlp-http", sinks)], buffer_bytes=1 << 30)
+    cpu0, started = time.process_time(), time.perf_counter()
+    count, _ = _console(path, telemetry)
+    telemetry.shutdown(600)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
-    cat.wait()
-    loop.stop()
-    telemetry.shutdown(30)
-    return wall, cpu, count
+    stats = telemetry.stats()["otlp-http"]
+    assert not stats.failed["logs"] and not stats.dropped["logs"], stats
+    return wall, cpu, count, _received(endpoint) - before
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--mb", type=int, default=20)
+    parser.add_argument("--export-mb", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "console.log"
-        lines = make_input(path, args.mb)
-        size = os.path.getsize(path)
-        base, walls, cpus = [], [], []
-        for _ in range(args.rounds):
-            base.append(cat_baseline(path))
-            wall, cpu, count = uniobs_capture(path)
-            assert count == lines, (count, lines)
-            walls.append(wall)
-            cpus.append(cpu)
-    b, w, c = statistics.median(base), statistics.median(walls), statistics.median(cpus)
-    print(f"console benchmark: {size / 1e6:.0f} MB, {lines:,} lines (real transcripts + line protocol)")
-    print(f"  median of {args.rounds} rounds, wall clock:")
-    print(f"  {'cat FILE > /dev/null':38}{b:8.3f} s  {lines / b:>12,.0f} lines/s  {size / b / 1e6:8.0f} MB/s")
-    print(f"  {'uniobs capture -> log records':38}{w:8.3f} s  {lines / w:>12,.0f} lines/s  {size / w / 1e6:8.0f} MB/s")
-    print(f"  uniobs CPU: {c / lines * 1e6:.2f} us per line; ratio uniobs / cat (wall): {w / b:.0f}x")
+    rounds = max(5, args.rounds)
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None
+        endpoint = f"http://127.0.0.1:{int(receiver.stdout.readline())}"
+        with tempfile.TemporaryDirectory() as tmp:
+            path, small = Path(tmp) / "console.log", Path(tmp) / "export.log"
+            lines, export_lines = make_input(path, args.mb), make_input(small, args.export_mb)
+            data, size = path.read_bytes(), os.path.getsize(path)
+            base, cap, ex_wall, ex_cpu, delivered = [], [], [], [], []
+            family = None
+            for _ in range(rounds):
+                base.append(baseline(data))
+                cpu, count, family = capture(path)
+                assert count == lines, (count, lines)
+                cap.append(cpu)
+                wall, cpu, count, received = exported(small, endpoint)
+                assert count == export_lines, (count, export_lines)
+                ex_wall.append(wall)
+                ex_cpu.append(cpu)
+                delivered.append(received)
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    b, c = lines / statistics.median(base), lines / statistics.median(cap)
+    w, e = export_lines / statistics.median(ex_wall), export_lines / statistics.median(ex_cpu)
+    print(f"console benchmark: {size / 1e6:.0f} MB, {lines:,} lines (transcripts + line protocol), family {family}")
+    print(f"  medians of {rounds} rounds; ratios to the baseline of the same run, and to the goal")
+    base_name = '(a) baseline: for line in data.split(b"\\n"): decode'
+    print(f"  {base_name:56}{b:>12,.0f} lines/CPU-s")
+    print(
+        f"  {'(b) capture + family parsing (no export)':56}{c:>12,.0f} lines/CPU-s  "
+        f"{c / b:6.3f}x baseline  {c / GOAL_CAPTURE:5.2f}x goal (1 M/CPU-s)"
+    )
+    print(
+        f"  {'(c) exported as log records, otlp-http to loopback':56}{w:>12,.0f} lines/s      "
+        f"{w / b:6.3f}x baseline  {w / GOAL_EXPORT:5.2f}x goal (200 k/s)"
+    )
+    print(f"  {'':56}{e:>12,.0f} lines/CPU-s  ({export_lines:,} lines, {args.export_mb} MB)")
+    print(f"  log records received per round (median): {statistics.median(delivered):,.0f} (lines + events)")
 
 
 if __name__ == "__main__":

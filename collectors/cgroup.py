@@ -207,6 +207,8 @@ class CgroupCollector(Collector):
         self._gaps: dict[tuple[str, str, str], list[str]] = {}
         # the cgroup files that failed to read, per hierarchy: said once, some never tried again
         self._failures = cgroupfs.FileFailures()
+        # directory descriptors and absent unified/<path> directories, kept between scrapes
+        self._handles: cgroupfs.CgroupHandles | None = None
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.cgroup is not None
@@ -223,6 +225,8 @@ class CgroupCollector(Collector):
     def collect(self, workload: Workload) -> Iterable[Sample]:
         assert workload.cgroup is not None
         layout = self.layout()
+        if self._handles is None:
+            self._handles = cgroupfs.CgroupHandles()
         stats = cgroupfs.read_stats(
             layout,
             workload.cgroup,
@@ -230,6 +234,8 @@ class CgroupCollector(Collector):
             pressure=self.config.pressure,
             paths=workload.cgroups,
             failures=self._failures,
+            cpu_usage=False,  # the user/system split is emitted; the total only where there is none
+            handles=self._handles,
         )
         if stats.absent and workload.kind is not Kind.CGROUP and self._populated(layout, workload):
             self._gaps[workload.key] = self._describe_gaps(layout, workload, stats.absent)
@@ -359,3 +365,5 @@ class CgroupCollector(Collector):
         if workload.cgroup is not None:
             with contextlib.suppress(ValueError):  # a path read_stats refused has no state
                 self._devices.pop(cgroupfs.normalize_path(workload.cgroup), None)
+                if self._handles is not None:
+                    self._handles.forget(workload.cgroup, workload.cgroups)

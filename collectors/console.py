@@ -11,18 +11,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from uniobs.coldstart.trace import new_trace_id
 from uniobs.guest.capture import ConsoleStream
-from uniobs.guest.lines import DEFAULT_MAX_LINE
+from uniobs.guest.lineproto import PREFIX
+from uniobs.guest.lines import DEFAULT_MAX_LINE, LineBatch
 from uniobs.guest.parsers.detect import DETECT_LINES, StreamParser
 from uniobs.guest.reported import GuestTelemetry
 from uniobs.ioloop import IoLoop
 from uniobs.metrics import GUEST_STATS_METRICS
-from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Workload
+from uniobs.model import Instrument, LogEvent, MetricSpec, Sample, Workload
 from uniobs.plugin import ConsoleLine, ConsoleParser, EventSink, GuestEvent, PluginConfig, StreamingCollector
 from uniobs.registry import PluginError, load_group
 
@@ -110,16 +111,17 @@ class ConsoleCollector(StreamingCollector):
         with self._lock:
             self._analyzers[workload.key] = analyzer
 
-        def on_lines(lines: list[ConsoleLine]) -> None:
-            events = []
-            for line in lines:
-                attributes: Attributes = (("uniobs.console.line", line.number),)
-                if line.truncated:
-                    attributes += (("uniobs.console.truncated", True),)
-                events.append(LogEvent(line.time_ns, line.text, attributes=attributes))
-                if on_line is not None:
+        # The bridge takes a chunk's lines as they are (`Telemetry.log_lines`); another sink gets records.
+        log_lines = getattr(sink, "log_lines", None)
+
+        def on_lines(lines: LineBatch) -> None:
+            if log_lines is not None:
+                log_lines(workload, lines)
+            else:
+                sink.log_batch(workload, lines.log_events())
+            if on_line is not None:
+                for line in lines:
                     on_line(line)
-            sink.log_batch(workload, events)
             analyzer.feed(lines)
 
         tee: BinaryIO | None = None
@@ -232,13 +234,18 @@ class _Analyzer:
             trace_id, parent = context if context is not None else (new_trace_id(), None)
             self.guest = GuestTelemetry(trace_id, parent, lambda specs: sink.declare(specs, "uniobs.guest"))
 
-    def feed(self, lines: list[ConsoleLine]) -> None:
+    def feed(self, lines: Sequence[ConsoleLine]) -> None:
+        """A chunk's lines (a LineBatch from the capture, or any sequence of lines)."""
         events: list[GuestEvent] = []
         if self._families is not None:
-            for line in lines:
-                events.extend(self._families.feed(line))  # a failing parser is switched off inside
+            events = self._families.feed_lines(lines)  # a failing parser is switched off inside
         if self.guest is not None:
-            out = self.guest.feed_lines(lines)
+            # Only the line protocol's lines are the guest telemetry's: one search of the chunk finds them.
+            if isinstance(lines, LineBatch):
+                ours = [lines.line(i) for i in lines.starting_with(PREFIX)]
+            else:
+                ours = [line for line in lines if line.text.startswith(PREFIX)]
+            out = self.guest.feed_lines(ours)
             if out.samples:
                 self.sink.record(self.workload, out.samples)
             for span in out.spans:

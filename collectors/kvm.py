@@ -59,7 +59,7 @@ METRICS = (
     MetricSpec(
         "uniobs.vm.kvm.debugfs.stat",
         Instrument.COUNTER,
-        "1",
+        "{stat}",  # each statistic's own unit (counts, *_ns): none for the metric
         "Cumulative KVM statistics of the VM from debugfs (exits, io_exits, halt_exits, insn_emulation...), "
         "summed over its vCPUs; values as KVM reports them (the name carries the unit, e.g. *_ns).",
         (KVM_STAT,),
@@ -67,7 +67,7 @@ METRICS = (
     MetricSpec(
         "uniobs.vm.kvm.debugfs.gauge",
         Instrument.GAUGE,
-        "1",
+        "{stat}",  # pages, flags, sizes: not a ratio
         "Instant and peak KVM statistics of the VM from debugfs (pages_4k, blocking, max_mmu_rmap_size...).",
         (KVM_STAT,),
     ),

@@ -7,8 +7,11 @@ slower `smaps` otherwise), which costs more for large VMMs: turn them off with `
 container's init is its pid as the host sees it (from the runtime's state); its cgroup figures
 (`collectors/cgroup.py`) count every process of the container, these only the init. A container
 whose init is not known (no state names it) is reported once as SourceUnavailable rather than
-skipped in silence. A process uniobs may not read (another user's: `fd/` and `smaps_rollup`
-need ptrace access) is SourceUnavailable too, said once.
+skipped in silence. Of another user's process (a root-owned VMM seen by an agent without
+CAP_SYS_PTRACE, or by a non-root user) `stat`, `statm` and `status` are world-readable and still
+give CPU, RSS, virtual size, threads, context switches, page faults and uptime; `fd/` and
+`smaps_rollup` need ptrace access (proc(5): "ptrace access mode PTRACE_MODE_READ_FSCREDS"), so
+the descriptor count and PSS/USS are left out for it, each reported as a gap (`gaps()`).
 
 Not psutil: its procfs root is one module-wide setting (`psutil.PROCFS_PATH`), so a collector
 could not be pointed at its own root; it has no API for page faults, so `stat` was read twice;
@@ -22,13 +25,24 @@ per process, as psutil caches it).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from uniobs.host.procfs import DEFAULT_ROOT, ProcessGone, ProcFS
+from uniobs.host.procfs import DEFAULT_ROOT, AccessDenied, ProcessGone, ProcFS
 from uniobs.metrics import CPU_MODE, PROCESS_CPU_TIME
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable
+
+_T = TypeVar("_T")
+
+# Attributes of the samples, built once (a scrape only changes the values).
+_USER = ((CPU_MODE, "user"),)
+_SYSTEM = ((CPU_MODE, "system"),)
+_VOLUNTARY = (("process.context_switch.type", "voluntary"),)
+_INVOLUNTARY = (("process.context_switch.type", "involuntary"),)
+_MINOR = (("process.paging.fault_type", "minor"),)
+_MAJOR = (("process.paging.fault_type", "major"),)
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class ProcessCollector(Collector):
         super().__init__(config)
         self._proc = ProcFS(self.config.proc)
         self._started: dict[int, tuple[int, float]] = {}  # pid -> (stat starttime, epoch seconds)
+        self._denied: dict[int, list[str]] = {}  # pid -> what the last collect() was not allowed to read
 
     def applies_to(self, workload: Workload) -> bool:
         if workload.kind is Kind.CONTAINER:
@@ -112,38 +127,56 @@ class ProcessCollector(Collector):
             st = self._proc.stat(pid)  # a zombie (exited, not yet reaped; its figures read 0) is gone
             statm = self._proc.statm(pid)
             status = self._proc.status(pid)
-            fds = self._proc.num_fds(pid)
-            full = self._proc.memory_rollup(pid) if self.config.pss else None
+            # ptrace-guarded: another user's process degrades per field, not as a whole
+            denied: list[str] = []
+            fds = self._guarded(lambda: self._proc.num_fds(pid), "fd/", "process.unix.file_descriptor.count", denied)
+            full = (
+                self._guarded(
+                    lambda: self._proc.memory_rollup(pid), "smaps_rollup", "uniobs.process.memory.pss/uss", denied
+                )
+                if self.config.pss
+                else None
+            )
+            self._denied[pid] = denied
             created = self._start(pid, st.starttime)
         except ProcessGone:
             self._started.pop(pid, None)
             raise
         samples = [
-            Sample("process.cpu.time", st.utime, ((CPU_MODE, "user"),)),
-            Sample("process.cpu.time", st.stime, ((CPU_MODE, "system"),)),
+            Sample("process.cpu.time", st.utime, _USER),
+            Sample("process.cpu.time", st.stime, _SYSTEM),
             Sample("process.memory.usage", statm.rss_bytes),
             Sample("process.memory.virtual", statm.vms_bytes),
             Sample("process.thread.count", st.num_threads),
-            Sample("process.unix.file_descriptor.count", fds),
         ]
+        if fds is not None:
+            samples.append(Sample("process.unix.file_descriptor.count", fds))
         voluntary, involuntary = status.voluntary_ctxt_switches, status.nonvoluntary_ctxt_switches
         if voluntary is not None and involuntary is not None:  # Linux 2.6.23+
-            samples.append(
-                Sample("process.context_switches", voluntary, (("process.context_switch.type", "voluntary"),))
-            )
-            samples.append(
-                Sample("process.context_switches", involuntary, (("process.context_switch.type", "involuntary"),))
-            )
-        samples += [
-            Sample("process.paging.faults", st.minflt, (("process.paging.fault_type", "minor"),)),
-            Sample("process.paging.faults", st.majflt, (("process.paging.fault_type", "major"),)),
-            Sample("process.uptime", max(0.0, time.time() - created)),
-        ]
+            samples.append(Sample("process.context_switches", voluntary, _VOLUNTARY))
+            samples.append(Sample("process.context_switches", involuntary, _INVOLUNTARY))
+        samples.append(Sample("process.paging.faults", st.minflt, _MINOR))
+        samples.append(Sample("process.paging.faults", st.majflt, _MAJOR))
+        samples.append(Sample("process.uptime", max(0.0, time.time() - created)))
         if full is not None:
             samples.append(Sample("uniobs.process.memory.pss", full.pss))
             samples.append(Sample("uniobs.process.memory.uss", full.uss))
         return samples
 
+    @staticmethod
+    def _guarded(read: Callable[[], _T], path: str, metric: str, denied: list[str]) -> _T | None:
+        try:
+            return read()
+        except AccessDenied:
+            denied.append(
+                f"{path}: permission denied (another user's process: needs CAP_SYS_PTRACE); {metric} not read"
+            )
+            return None
+
+    def gaps(self, workload: Workload) -> Iterable[str]:
+        return self._denied.get(workload.pid, []) if workload.pid is not None else []
+
     def forget(self, workload: Workload) -> None:
         if workload.pid is not None:
             self._started.pop(workload.pid, None)
+            self._denied.pop(workload.pid, None)

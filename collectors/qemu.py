@@ -37,7 +37,10 @@ every `static_refresh` scrapes (a hot-plug by another QMP client on a QEMU that 
 The queries of a scrape are sent together (`QmpClient.execute_many`): one round trip.
 
 Cost (QEMU 7.2, TCG, measured): QEMU spends 0.3-0.4 ms of CPU on every QMP command whatever
-it is, so fewer commands per scrape is what saves QEMU's CPU (bench/vmm_bench.py).
+it is, so fewer commands per scrape is what saves QEMU's CPU (bench/vmm_bench.py). On the
+client's side a steady-state scrape is one batch of two queries, decoded with one JSON call, and
+one small read per vCPU thread (its stat file, by the thread id QMP gave: the task list is not
+read); the samples that repeat (vCPU count, memory size, run states) are built once.
 
 No semantic conventions exist for VMs, so the metrics live in one small namespace,
 `uniobs.vm.*`, declared below (the only place their names, units and attributes are written).
@@ -46,6 +49,7 @@ No semantic conventions exist for VMs, so the metrics live in one small namespac
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,12 +90,14 @@ KVM_STAT = "uniobs.kvm.stat"
 VM_WIDE = "vm"  # the uniobs.vm.vcpu value of VM-wide statistics
 OTHER_STATUS = "other"  # a run state newer than QEMU 7.2's enum
 SCALAR_STATS = ("cumulative", "instant", "peak")  # query-stats types reported; histograms are not
+_USER = (CPU_MODE, "user")
+_SYSTEM = (CPU_MODE, "system")
 
 METRICS = (
     MetricSpec(
         "uniobs.vm.status",
         Instrument.GAUGE,
-        "1",
+        "{vm}",  # a state indicator, not a ratio: no `_ratio` in Prometheus (as k8s.pod.status.phase's {pod})
         "1 for the VM's current QEMU run state (running, paused, shutdown, ...), 0 for states it had before.",
         (VM_STATUS,),
     ),
@@ -132,7 +138,7 @@ METRICS = (
     MetricSpec(
         "uniobs.vm.kvm.stat",
         Instrument.COUNTER,
-        "1",
+        "{stat}",  # each statistic's own unit (counts, *_ns): none for the metric
         "Cumulative KVM statistics from QMP query-stats (exits, insn_emulation, halt_*...), per vCPU or "
         "'vm'; values as KVM reports them (the name carries the unit, e.g. *_ns).",
         (KVM_STAT, VCPU),
@@ -140,7 +146,7 @@ METRICS = (
     MetricSpec(
         "uniobs.vm.kvm.gauge",
         Instrument.GAUGE,
-        "1",
+        "{stat}",  # pages, flags, sizes: not a ratio
         "Instant and peak KVM statistics from QMP query-stats (pages_4k, guest_mode, max_mmu_rmap_size...), "
         "per vCPU or 'vm'.",
         (KVM_STAT, VCPU),
@@ -194,7 +200,12 @@ class _Vm:
     busy: str = ""
     # Asked once until an event, a reconnect or `static_refresh` scrapes say otherwise.
     vcpus: tuple[Vcpu, ...] | None = None
+    # per vCPU of `vcpus`: (thread id, attributes of its user time, of its system time)
+    vcpu_threads: tuple[tuple[int, Attributes, Attributes], ...] = ()
     memory_total: int | None = None
+    # Samples of a scrape that repeat until what they say changes (Samples are immutable):
+    static_samples: tuple[Sample, ...] | None = None  # vCPU count and memory size, since last asked
+    status_samples: tuple[str, tuple[Sample, ...]] | None = None  # (the current state, its samples)
     static_age: int = 0  # scrapes since vcpus/memory_total were asked
     # Per connection: what this VM's QEMU offers, learnt once.
     balloon: bool = True
@@ -267,34 +278,32 @@ class QemuCollector(Collector):
         if vm.static_age >= self.config.static_refresh:
             vm.vcpus = None
         static = vm.vcpus is None
-        # (reply key, command, arguments): one batch, one round trip
-        asked: list[tuple[str, str, Mapping[str, object] | None]] = [("status", "query-status", None)]
-        if static:
-            asked += [("cpus", "query-cpus-fast", None), ("memory", "query-memory-size-summary", None)]
-        if vm.balloon:
-            asked.append(("balloon", "query-balloon", None))
-        asked.append(("blockstats", "query-blockstats", None))
-        targets: list[str] = []
+        targets: tuple[str, ...] = ()
         if self.config.kvm_stats and vm.schemas:
-            targets = [t for t in ("vm", "vcpu") if any(k == t for k, _ in vm.schemas)]
-            asked += [(f"stats:{t}", "query-stats", {"target": t}) for t in targets]
-        replies: dict[str, object] = {}
-        answers = client.execute_many([(command, arguments) for _, command, arguments in asked])
-        for (key, _, _), value in zip(asked, answers, strict=True):
+            targets = tuple(t for t in ("vm", "vcpu") if any(k == t for k, _ in vm.schemas))
+        keys, calls = _batch(static, vm.balloon, targets)
+        replies = dict(zip(keys, client.execute_many(calls), strict=True))
+        for key, value in replies.items():
             if isinstance(value, QmpCommandError) and key != "balloon":
                 raise value
-            replies[key] = value
         status = parse_status(replies["status"])
         if static:
             vm.vcpus = parse_cpus_fast(replies["cpus"])
+            vm.vcpu_threads = tuple(
+                (cpu.thread_id, ((VCPU, str(cpu.index)), _USER), ((VCPU, str(cpu.index)), _SYSTEM)) for cpu in vm.vcpus
+            )
             vm.memory_total = parse_memory_size_summary(replies["memory"]).total
             vm.static_age = 0
         vm.static_age += 1
         vcpus = vm.vcpus
         assert vcpus is not None and vm.memory_total is not None
+        if static or vm.static_samples is None:
+            vm.static_samples = (
+                Sample("uniobs.vm.vcpu.count", len(vcpus)),
+                Sample("uniobs.vm.memory.size", vm.memory_total),
+            )
         samples = self._status_samples(vm, status.status)
-        samples.append(Sample("uniobs.vm.vcpu.count", len(vcpus)))
-        samples.append(Sample("uniobs.vm.memory.size", vm.memory_total))
+        samples += vm.static_samples
         if vm.balloon:
             balloon = replies["balloon"]
             if isinstance(balloon, QmpCommandError):  # DeviceNotActive: no balloon; CommandNotFound: built without
@@ -308,14 +317,18 @@ class QemuCollector(Collector):
             samples += self._kvm_samples(vm, workload, client, vcpus, stats)
         pid = workload.pid or client.peer_pid
         if pid is not None:
-            samples += self._vcpu_times(vm, workload, pid, vcpus)
+            samples += self._vcpu_times(vm, workload, pid)
         return samples
 
     def _status_samples(self, vm: _Vm, status: str) -> list[Sample]:
         current = status if status in RUN_STATES else OTHER_STATUS
-        vm.statuses.add(current)
-        # Earlier states go to 0: otherwise a paused-then-resumed VM would show both at 1.
-        return [Sample("uniobs.vm.status", int(s == current), ((VM_STATUS, s),)) for s in sorted(vm.statuses)]
+        if vm.status_samples is None or vm.status_samples[0] != current:
+            vm.statuses.add(current)
+            # Earlier states go to 0: otherwise a paused-then-resumed VM would show both at 1.
+            states = sorted(vm.statuses)
+            samples = tuple(Sample("uniobs.vm.status", int(s == current), ((VM_STATUS, s),)) for s in states)
+            vm.status_samples = (current, samples)
+        return list(vm.status_samples[1])
 
     def _block_samples(self, vm: _Vm, workload: Workload, reply: object) -> list[Sample]:
         devices = parse_blockstats(reply)
@@ -372,20 +385,22 @@ class QemuCollector(Collector):
                 samples += stat_samples(vm.schemas, target, vcpu, result.values)
         return samples
 
-    def _vcpu_times(self, vm: _Vm, workload: Workload, pid: int, vcpus: Sequence[Vcpu]) -> list[Sample]:
+    def _vcpu_times(self, vm: _Vm, workload: Workload, pid: int) -> list[Sample]:
+        """utime and stime of each vCPU thread (`/proc/<pid>/task/<tid>/stat`), the thread ids
+        being QMP's (`query-cpus-fast`): the task list is not read."""
         samples: list[Sample] = []
-        for cpu in vcpus:
+        hz = self._proc.hz
+        for tid, user, system in vm.vcpu_threads:
             try:
-                thread = self._proc.task_stat(pid, cpu.thread_id)  # ProcessGone once the VMM has exited
+                utime, stime = self._proc.task_times(pid, tid)  # ProcessGone once the VMM has exited
             except (FileNotFoundError, ProcessLookupError):
                 if vm.static_age > 1:  # from a cached vCPU list: a vCPU unplugged quietly? ask again
                     vm.vcpus = None
                 # QEMU's thread ids are in its own pid namespace; ours may differ (QEMU in a container).
-                self._say_once(vm, "threads", workload, f"vCPU thread {cpu.thread_id} is not a thread of pid {pid}")
+                self._say_once(vm, "threads", workload, f"vCPU thread {tid} is not a thread of pid {pid}")
                 continue
-            index = str(cpu.index)
-            samples.append(Sample("uniobs.vm.vcpu.time", thread.utime, ((VCPU, index), (CPU_MODE, "user"))))
-            samples.append(Sample("uniobs.vm.vcpu.time", thread.stime, ((VCPU, index), (CPU_MODE, "system"))))
+            samples.append(Sample("uniobs.vm.vcpu.time", utime / hz, user))
+            samples.append(Sample("uniobs.vm.vcpu.time", stime / hz, system))
         return samples
 
     # -- events and state
@@ -467,6 +482,22 @@ class QemuCollector(Collector):
 
 
 # --- helpers (pure) -----------------------------------------------------------------------------
+
+
+@functools.cache
+def _batch(
+    static: bool, balloon: bool, targets: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[tuple[str, Mapping[str, object] | None], ...]]:
+    """A scrape's queries, one batch (one round trip): the reply keys, and the (command,
+    arguments) sent. Built once per combination (a handful exist)."""
+    asked: list[tuple[str, str, Mapping[str, object] | None]] = [("status", "query-status", None)]
+    if static:
+        asked += [("cpus", "query-cpus-fast", None), ("memory", "query-memory-size-summary", None)]
+    if balloon:
+        asked.append(("balloon", "query-balloon", None))
+    asked.append(("blockstats", "query-blockstats", None))
+    asked += [(f"stats:{t}", "query-stats", {"target": t}) for t in targets]
+    return tuple(key for key, _, _ in asked), tuple((command, arguments) for _, command, arguments in asked)
 
 
 def select_stats(schemas: Iterable[StatSchema], limit: int) -> dict[tuple[str, str], StatSchema]:

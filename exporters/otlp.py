@@ -21,7 +21,14 @@ Anything left unset here falls back to the standard variables, per signal first
 (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then `OTEL_EXPORTER_OTLP_ENDPOINT`; the same for
 `_HEADERS`, `_CERTIFICATE`, `_CLIENT_KEY`, `_CLIENT_CERTIFICATE`, `_COMPRESSION`, `_TIMEOUT` in
 milliseconds, and `_INSECURE` for gRPC). A per-signal HTTP endpoint is used as is; the general
-one gets `/v1/<signal>` appended, as the specification says.
+one gets `/v1/<signal>` appended, as the specification says (exporter.md, "Endpoint URLs for
+OTLP/HTTP"). `OTEL_METRIC_EXPORT_TIMEOUT` (ms) bounds a metrics request when no OTLP timeout is set.
+
+The protocol (`otlp` only; `otlp-http` always speaks http/protobuf): `protocol` in the table, then
+`OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL`, then `OTEL_EXPORTER_OTLP_PROTOCOL`, then `default_protocol`:
+gRPC for `--export otlp` (what it always meant here), http/protobuf (the specification's default)
+when the environment turned OTLP on (`uniobs.config.export_specs`). `http/json` is refused with a
+clear error: uniobs sends protobuf only. A bad variable is an error naming it.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ USER_AGENT = f"uniobs/{__version__}"
 DEFAULT_TIMEOUT_S = 10.0
 HTTP_RETRYABLE = frozenset({429, 502, 503, 504})
 _PATHS = {"metrics": "v1/metrics", "logs": "v1/logs", "traces": "v1/traces"}
+PROTOCOLS = ("grpc", "http/protobuf")
+_UNSUPPORTED = {"http/json": "http/json is not supported: uniobs sends protobuf (use http/protobuf or grpc)"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ class OtlpConfig(ExporterConfig):
     timeout: float | None = None  # seconds per request
     compression: str | None = None  # gzip, deflate (HTTP only) or none
     max_export_batch_size: int = 5000  # data points per request: many workloads exceed a receiver's 4 MiB
+    # `otlp` only: grpc or http/protobuf; unset: OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL, then default_protocol
+    protocol: str | None = None
+    default_protocol: str = "grpc"  # http/protobuf when the OTEL_* environment chose this exporter
 
     def validate(self) -> None:
         super().validate()
@@ -84,6 +96,11 @@ class OtlpConfig(ExporterConfig):
             raise ValueError("timeout: must be > 0 seconds")
         if self.max_export_batch_size < 1:
             raise ValueError("max_export_batch_size: must be >= 1")
+        for key in ("protocol", "default_protocol"):
+            value = getattr(self, key)
+            if value is not None and value not in PROTOCOLS:
+                why = _UNSUPPORTED.get(value, f"must be one of {', '.join(PROTOCOLS)}, not {value!r}")
+                raise ValueError(f"{key}: {why}")
 
 
 # --- settings: the config, then the standard variables -------------------------------------
@@ -91,11 +108,33 @@ class OtlpConfig(ExporterConfig):
 
 def _env(signal: str, key: str) -> str | None:
     """OTEL_EXPORTER_OTLP_<SIGNAL>_<KEY>, then OTEL_EXPORTER_OTLP_<KEY>; None when neither is set."""
+    found = _env_named(signal, key)
+    return found[1] if found else None
+
+
+def _env_named(signal: str, key: str) -> tuple[str, str] | None:
+    """(variable, value) of the first of OTEL_EXPORTER_OTLP_<SIGNAL>_<KEY>, OTEL_EXPORTER_OTLP_<KEY> that is set."""
     for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{key}", f"OTEL_EXPORTER_OTLP_{key}"):
         value = os.environ.get(name, "").strip()
         if value:
-            return value
+            return name, value
     return None
+
+
+def protocol_for(c: OtlpConfig, signal: str) -> str:
+    """The `otlp` exporter's protocol for one signal (see the module's doc). ValueError naming the
+    variable for a value that is not grpc or http/protobuf."""
+    if c.protocol is not None:
+        return c.protocol
+    found = _env_named(signal, "PROTOCOL")
+    if found is None:
+        return c.default_protocol
+    name, value = found
+    value = value.lower()
+    if value not in PROTOCOLS:
+        why = _UNSUPPORTED.get(value, f"expected one of {', '.join(PROTOCOLS)}")
+        raise ValueError(f"environment {name}={found[1]!r}: {why}")
+    return value
 
 
 def parse_headers(text: str) -> dict[str, str]:
@@ -119,14 +158,26 @@ class _Resolved:
     compression: str
 
 
+def _env_ms(name: str, value: str) -> float:
+    """A timeout variable's milliseconds as seconds; ValueError naming the variable if it is not > 0."""
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1.0
+    if not 0 < ms < float("inf"):
+        raise ValueError(f"environment {name}={value!r}: expected milliseconds, a number > 0")
+    return ms / 1000
+
+
 def _resolve(c: OtlpConfig, signal: str, endpoint: str) -> _Resolved:
-    env_timeout = _env(signal, "TIMEOUT")
+    """The settings one signal's requests use: the table's, then the variables'. ValueError for a bad variable."""
     timeout = c.timeout
-    if timeout is None and env_timeout is not None:
-        try:
-            timeout = float(env_timeout) / 1000  # the specification's unit: milliseconds
-        except ValueError:
-            timeout = None
+    found = _env_named(signal, "TIMEOUT")
+    if timeout is None and found is not None:
+        timeout = _env_ms(*found)  # the specification's unit: milliseconds
+    metric_timeout = os.environ.get("OTEL_METRIC_EXPORT_TIMEOUT", "").strip()
+    if timeout is None and signal == "metrics" and metric_timeout:
+        timeout = _env_ms("OTEL_METRIC_EXPORT_TIMEOUT", metric_timeout)
     return _Resolved(
         endpoint=endpoint,
         headers={**parse_headers(_env(signal, "HEADERS") or ""), **{k.lower(): v for k, v in c.headers.items()}},
@@ -170,7 +221,7 @@ def _encoder(signal: str, wire: bool = False) -> Callable[[Any], Any]:
     encoders: dict[str, Callable[[Any], Any]] = {
         "metrics": metrics,
         "logs": lambda batch: batch if hasattr(batch, "resource_logs") else encode_logs(batch),  # the bridge's request
-        "traces": encode_spans,
+        "traces": lambda batch: batch if hasattr(batch, "resource_spans") else encode_spans(batch),  # the bridge's
     }
     return encoders[signal]
 
@@ -216,6 +267,7 @@ class _Sink:
         self._encode = encode
         self.encoded_metrics = signal == "metrics"  # takes the bridge's MetricsBatch (see _encoder)
         self.encoded_logs = signal == "logs"  # takes the bridge's ExportLogsServiceRequest (see _encoder)
+        self.encoded_traces = signal == "traces"  # takes the bridge's ExportTraceServiceRequest (see _encoder)
 
     def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
         from opentelemetry.sdk.metrics.export import MetricExportResult
@@ -261,8 +313,16 @@ class _HttpSender:
         )
         if settings.compression in ("gzip", "deflate"):
             self.session.headers["Content-Encoding"] = settings.compression
+        # The environment (proxies, NO_PROXY, CA bundle) is read once here, not on every POST: requests
+        # re-reads it per request (~0.5 ms CPU each, half a log batch's cost). ~/.netrc is not consulted:
+        # OTLP credentials go in OTEL_EXPORTER_OTLP_HEADERS.
+        self.session.trust_env = False
+        self.session.proxies = requests.utils.get_environ_proxies(settings.endpoint)
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         if settings.certificate:
             self.session.verify = settings.certificate
+        elif bundle:
+            self.session.verify = bundle
         if settings.client_key and settings.client_certificate:
             self.session.cert = (settings.client_certificate, settings.client_key)
         self._lock = threading.Lock()  # a requests.Session is not documented as thread-safe
@@ -402,6 +462,19 @@ class _OtlpBase(Exporter):
     config_class = OtlpConfig
     config: OtlpConfig
 
+    def __init__(self, config: PluginConfig | None = None) -> None:
+        super().__init__(config)
+        # Every signal's protocol, endpoint and settings, resolved now: a bad OTEL_* variable is an
+        # error at start (naming it), not at the first export.
+        self.plan: dict[str, tuple[str, _Resolved]] = {}
+        for signal in self._signals():
+            protocol = self._protocol(signal)
+            where = _grpc_endpoint(self.config, signal) if protocol == "grpc" else _http_endpoint(self.config, signal)
+            self.plan[signal] = (protocol, _resolve(self.config, signal, where))
+
+    def _protocol(self, signal: str) -> str:
+        return protocol_for(self.config, signal)
+
     @classmethod
     def config_from_arg(cls, arg: str, base: PluginConfig) -> PluginConfig:
         assert isinstance(base, OtlpConfig)
@@ -409,6 +482,33 @@ class _OtlpBase(Exporter):
 
     def _signals(self) -> tuple[str, ...]:
         return tuple(s for s in ("metrics", "logs", "traces") if s in self.config.signals)
+
+    def sinks(self) -> ExporterSinks:
+        sinks: dict[str, Any] = {}
+        for signal, (protocol, settings) in self.plan.items():
+            if protocol == "grpc":
+                sinks[signal] = _ClosingSink(
+                    signal, _GrpcSender(signal, settings, self.config.insecure), _encoder(signal)
+                )
+            else:
+                sender = _HttpSender(signal, settings)
+                sinks[signal] = _Sink(signal, sender.send, _encoder(signal, wire=True))
+        return ExporterSinks(metrics=sinks.get("metrics"), logs=sinks.get("logs"), spans=sinks.get("traces"))
+
+    def describe(self) -> str:
+        """`otlp (http/protobuf) http://host:4318/v1/{metrics,logs,traces}`, or one part per signal when they differ."""
+        parts: dict[tuple[str, str], list[str]] = {}
+        for signal, (protocol, settings) in self.plan.items():
+            endpoint = settings.endpoint
+            if protocol != "grpc" and endpoint.endswith("/" + _PATHS[signal]):
+                endpoint = endpoint[: -len(_PATHS[signal])] + "v1/{signal}"
+            parts.setdefault((protocol, endpoint), []).append(signal)
+        shown = []
+        for (protocol, endpoint), signals in parts.items():
+            note = "" if len(parts) == 1 and len(signals) == 3 else f" ({', '.join(signals)} only)"
+            named = endpoint.replace("{signal}", signals[0] if len(signals) == 1 else "{" + ",".join(signals) + "}")
+            shown.append(f"({protocol}) {named}{note}")
+        return f"{self.name} " + "; ".join(shown)
 
 
 class _ClosingSink(_Sink):
@@ -421,36 +521,17 @@ class _ClosingSink(_Sink):
 
 
 class OtlpGrpcExporter(_OtlpBase):
+    """`--export otlp`: OTLP over gRPC, or over HTTP when `protocol` or OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL says."""
+
     name = "otlp"
-
-    def sinks(self) -> ExporterSinks:
-        c = self.config
-        sinks: dict[str, Any] = {}
-        for signal in self._signals():
-            sender = _GrpcSender(signal, _resolve(c, signal, _grpc_endpoint(c, signal)), c.insecure)
-            sinks[signal] = _ClosingSink(signal, sender, _encoder(signal))
-        return ExporterSinks(metrics=sinks.get("metrics"), logs=sinks.get("logs"), spans=sinks.get("traces"))
-
-    def describe(self) -> str:
-        where = self.config.endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "localhost:4317"
-        return f"otlp (gRPC) {where}" + _signals_note(self.config)
 
 
 class OtlpHttpExporter(_OtlpBase):
+    """`--export otlp-http`: OTLP/HTTP with protobuf bodies, whatever the protocol variables say."""
+
     name = "otlp-http"
 
-    def sinks(self) -> ExporterSinks:
-        c = self.config
-        sinks: dict[str, Any] = {}
-        for signal in self._signals():
-            sender = _HttpSender(signal, _resolve(c, signal, _http_endpoint(c, signal)))
-            sinks[signal] = _Sink(signal, sender.send, _encoder(signal, wire=True))
-        return ExporterSinks(metrics=sinks.get("metrics"), logs=sinks.get("logs"), spans=sinks.get("traces"))
-
-    def describe(self) -> str:
-        where = self.config.endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
-        return f"otlp-http {where}" + _signals_note(self.config)
-
-
-def _signals_note(config: ExporterConfig) -> str:
-    return "" if len(config.signals) == 3 else f" ({', '.join(config.signals)} only)"
+    def _protocol(self, signal: str) -> str:
+        if self.config.protocol not in (None, "http/protobuf"):
+            raise ValueError(f"protocol: otlp-http speaks http/protobuf (for {self.config.protocol}: --export otlp)")
+        return "http/protobuf"

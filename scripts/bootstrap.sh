@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the VMM and the container runtimes (runc, Podman) the tests drive for real, Prometheus for the
 # scrape test, a compiler for the example guests, Debian's kernel and Node.js for the
-# single-application microVM guest (examples/hello-node), Chromium to check the HTML report.
+# single-application microVM guest (examples/hello-node), Chromium to check the HTML report, tmux to drive
+# `uniobs top`'s live view (tests/test_top.py).
 PACKAGES=(python3 python3-venv python3-pip make gcc libc6-dev binutils openssl ca-certificates
-          qemu-system-x86 runc podman prometheus iproute2 procps linux-image-amd64 nodejs chromium fonts-dejavu-core)
+          qemu-system-x86 runc podman prometheus iproute2 procps linux-image-amd64 nodejs chromium fonts-dejavu-core
+          tmux)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -329,3 +329,29 @@ def test_a_file_an_unprivileged_reader_may_not_open_is_absent_and_said_once(unif
     got = _read_as_nobody(cg.layout, cg.path)
     assert not got["cpu_pressure"] and got["memory_pressure"] and got["cpu"] is not None, got
     assert got["same"] and len(got["said"]) == 1 and "EACCES" in got["said"][0], got
+
+
+def test_a_cgroup_made_anew_at_the_same_path_is_read_anew(live_cgroup: LiveCgroup) -> None:
+    """The collector keeps descriptors of the cgroup directories it reads (CgroupHandles): one
+    whose directory was removed and made again under the same path (a container restarted under
+    its name) must not serve the old directory, nor stop the new one being read."""
+    cg = live_cgroup
+    collector = CgroupCollector(CgroupConfig(root=ROOT))
+    workload = Workload(kind=Kind.CGROUP, runtime="cgroup", id=cg.path, cgroup=cg.path)
+
+    def limit() -> object:
+        return {s.metric: s.value for s in collector.collect(workload)}.get("uniobs.container.memory.limit")
+
+    assert limit() == 256 * MiB
+    handles = collector._handles
+    assert handles is not None and handles.held() >= 1  # the memory directory, at least
+    deadline = time.monotonic() + 5
+    for directory in reversed(cg.dirs):
+        _rmdir(directory, deadline)
+    for directory in cg.dirs:
+        os.mkdir(directory)
+    _write(f"{cg.layout.v1['memory']}{cg.path}/memory.limit_in_bytes", str(128 * MiB))
+    assert limit() == 128 * MiB
+    assert limit() == 128 * MiB
+    collector.forget(workload)
+    assert handles.held() == 0

@@ -1,7 +1,9 @@
 """`uniobs compare` for real: the seed function on three sides -- a Nanos unikernel (the real Nanos
 toolchain from ../shared/unikernels, as NANOS_DIR) and a single-application microVM under QEMU, and
 a runc container (crun refuses this hybrid cgroup host) -- a one-sided comparison of the minimal
-unikernel, re-rendering and diffing result files, and the HTML report in headless Chromium."""
+unikernel, re-rendering and diffing result files, the HTML report in headless Chromium, and the
+invocation rows (each launch triggered by a request, as `uniobs serve`) checked against the
+exported telemetry file."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from otlpfile import Signals
 from support import ROOT, UNIKERNELS, requires_node, requires_qemu, requires_root, requires_runc, requires_vmlinuz
 from test_report import _chromium, _js_errors, _png_pixels, _screenshot
 
+from uniobs.compare import function as fn
+from uniobs.compare.comparison import WARM_REQUESTS
 from uniobs.compare.results import ROWS, lookup
 
 HELLO = ROOT / "examples" / "hello-node" / "function.toml"
@@ -108,8 +112,8 @@ def figures_are_the_exported_telemetry(results: dict[str, Any], telemetry: Path)
                 assert side["memory"][phase][key] == expected, (phase, key)
             # the runtime CLI's own RSS is the one figure compare measures itself (no collector has it)
             assert (side["memory"][phase]["runtime_rss_bytes"] is not None) == container
-        for phase, per_run in cpu.items():
-            assert side["cpu"][f"{phase}_percent"] == round(statistics.median(per_run), 2), phase
+        for phase, percents in cpu.items():
+            assert side["cpu"][f"{phase}_percent"] == round(statistics.median(percents), 2), phase
         # the timeline: the first launch's exported points of its metric, across its windows
         first = [w for w in windows if w["run"] == 1]
         span = {**first[0], "end_unix_nano": first[-1]["end_unix_nano"]}
@@ -137,6 +141,7 @@ def test_seed_function_compared_on_three_sides(tmp_path: Path) -> None:
     sides = results["sides"]
     for side in sides:
         plausible(side)
+        invocations_plausible(side, 200, Signals(out / "telemetry.jsonl"))
     if nanos:
         assert [s["side"] for s in sides] == ["nanos", "unikernel", "container"] and results["skipped"] == []
         assert [s["shrinkwrap"] for s in sides] == ["unikernel", "unikernel", "container"]
@@ -184,6 +189,102 @@ def test_seed_function_compared_on_three_sides(tmp_path: Path) -> None:
         pytest.skip(f"compared 2 of 3 sides: no Nanos toolchain in {toolchain} (the real unikernel binaries)")
 
 
+INVOCATION_ROWS = [label for path, label, _, _ in ROWS if path.startswith("invocations.")]
+
+
+def invocations_plausible(side: dict[str, Any], load_requests: int, signals: Signals | None = None) -> None:
+    """The invocation figures of a side whose every launch was triggered by a request: counts equal to
+    the requests sent, the cold request at least the same launch's exec -> ready, warm below cold,
+    resumed from pause; and, given the exported telemetry, the figures' spans are in it."""
+    inv = side["invocations"]
+    assert "unknown" not in inv, inv.get("unknown")
+    runs = inv["runs"]
+    cs = side["coldstart"]
+    assert len(runs) == len(cs["samples_s"])
+    for run, exec_to_ready in zip(runs, cs["samples_s"], strict=True):
+        sent = 1 + WARM_REQUESTS + load_requests + 1  # cold, warm, the load, the one that resumed it
+        assert run["sent"] == run["spans"] == run["faas_invocations"] == sent, run
+        assert (run["cold_spans"], run["warm_spans"], run["load_spans"], run["resume_spans"]) == (
+            1, WARM_REQUESTS, load_requests, 1)  # fmt: skip
+        # the request that launched the instance waited for its whole cold start
+        assert run["cold_s"] >= exec_to_ready and run["init_s"] is not None and run["cold_s"] >= run["init_s"]
+        assert abs(run["init_s"] - exec_to_ready) < 0.05, run  # the REPORT's Init Duration: the same launch
+        # the host's resume (QMP cont, runc resume) happened inside the request's span
+        assert 0 < run["resume_host_s"] <= run["resume_s"]
+    assert inv["cold_p50_s"] <= inv["cold_p95_s"] and inv["warm_p50_s"] <= inv["warm_p99_s"]
+    assert inv["warm_p50_s"] < inv["cold_p50_s"] and inv["warm_invocations"] == WARM_REQUESTS * len(runs)
+    assert inv["resume_p50_s"] is not None and inv["resume_p50_s"] < inv["cold_p50_s"]
+    assert 0 < inv["max_memory_used_bytes"] <= inv["max_memory_used_max_bytes"]
+    assert inv["load_invocations"] == load_requests * len(runs) and inv["load_errors"] == 0
+    assert inv["load_throughput_per_s"] > 0 and 0 < inv["load_p50_s"] <= inv["load_p90_s"] <= inv["load_p99_s"]
+    assert {w["phase"] for w in inv["windows"]} == {"cold", "warm", "load", "resume"}
+    assert inv["method"]
+    if signals is None:
+        return
+    # recomputed from the OTLP JSON lines alone: the same spans, per instance and window
+    spans = [s for s in signals.spans() if "faas.invocation_id" in s["attributes"]]
+    for w in inv["windows"]:
+        inside = [s for s in spans if s["resource"].get("faas.instance") == w["instance"]
+                  and w["start_unix_nano"] <= int(s["startTimeUnixNano"]) <= w["end_unix_nano"]]  # fmt: skip
+        assert len(inside) == w["spans"] == w["sent"], w
+        if w["phase"] == "cold":
+            [cold] = inside
+            assert cold["attributes"]["faas.coldstart"] is True
+            run = next(r for r in runs if r["instance"] == w["instance"])
+            took = (int(cold["endTimeUnixNano"]) - int(cold["startTimeUnixNano"])) / 1e9
+            assert round(took, 6) == run["cold_s"]
+            # the launch's cold-start trace is a child of the request's span
+            roots = [s for s in signals.spans() if s["name"] == "coldstart" and s["resource"].get("faas.instance")
+                     == w["instance"]]  # fmt: skip
+            assert [r.get("parentSpanId") for r in roots] == [cold["spanId"]]
+        else:
+            assert not any(s["attributes"]["faas.coldstart"] for s in inside)
+
+
+def _two_sides(tmp_path: Path, load_requests: int) -> Path:
+    """The seed definition's runc container and Nanos sides (its images built as the definition says),
+    with paths made absolute, in a definition of their own: one container and one VM side."""
+    d = fn.load_definition(HELLO)
+    for name in ("container", "nanos"):
+        try:
+            fn.ensure_built(d, d.wraps[name])
+        except fn.SideSkipped as exc:
+            pytest.skip(f"the {name} side cannot be built here: {exc.reason}")
+    text = HELLO.read_text()
+    text = text[: text.index("[unikernel]")] + text[text.index("[container]") :]
+    base = str(HELLO.parent)
+    for prefix in ("nanos/", "container/"):
+        text = text.replace(f'"{prefix}', f'"{base}/{prefix}').replace(f"file={prefix}", f"file={base}/{prefix}")
+    text = text.replace("requests = 200", f"requests = {load_requests}")
+    path = tmp_path / "function.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.containers
+@requires_runc
+@requires_root
+def test_invocation_rows_for_a_container_and_a_vm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each launch is triggered by its first request through the serve host (scale from zero); the
+    invocation rows come from the spans, REPORTs and faas.invocations uniobs exported."""
+    monkeypatch.setenv("NANOS_DIR", str(UNIKERNELS / "nanos"))
+    definition = _two_sides(tmp_path, load_requests=40)
+    out = tmp_path / "out"
+    result = uniobs("compare", str(definition), "--runs", "2", "--idle", "0.5", "--out", str(out), "--no-color")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [s["side"] for s in results["sides"]] == ["nanos", "container"]
+    signals = Signals(out / "telemetry.jsonl")
+    for side in results["sides"]:
+        invocations_plausible(side, 40, signals)
+        assert "first_request" not in side["coldstart"]["phases"]  # the first request is the invocation now
+        assert "first_request" in side["coldstart"]["method"]  # ... and the method says so
+    for label in INVOCATION_ROWS:
+        assert label in result.stdout, label
+    md = (out / "report.md").read_text()
+    assert "### Invocations" in md and "| warm invocation, p50 |" in md
+
+
 def test_one_sided_comparison_then_from_and_diff(tmp_path: Path) -> None:
     out1, out2 = tmp_path / "a", tmp_path / "b"
     first = uniobs("compare", str(MINI), "--runs", "2", "--idle", "0.5", "--out", str(out1), "--no-color")
@@ -192,6 +293,10 @@ def test_one_sided_comparison_then_from_and_diff(tmp_path: Path) -> None:
     [side] = results["sides"]
     plausible(side)
     assert side["attack_surface"]["executables"] == 1 and side["attack_surface"]["shell"] is False
+    # a function with no port has no invocations to observe: not measured, and it says why
+    assert side["invocations"] == {"method": side["invocations"]["method"]}
+    assert "no port" in side["invocations"]["method"]
+    assert not any(label in first.stdout for label in INVOCATION_ROWS)
     table = first.stdout.split("★ marks")[0].split("figure", 1)[1]
     assert "★" not in table  # one side: no winners
     again = uniobs("compare", "--from", str(out1 / "results.json"), "--out", str(out2), "--no-color")

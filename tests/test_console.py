@@ -68,6 +68,45 @@ def test_fuzz_any_bytes_any_chunking(chunks: list[bytes], max_line: int) -> None
     assert total_lines >= b"".join(chunks).count(b"\n") - s.stats.truncated_lines
 
 
+def _reference(data: bytes, max_line: int) -> list[tuple[str, bool]]:
+    """What the splitter must give for a whole stream, by definition: each line (its CR end dropped),
+    sanitised, cut at max_line bytes."""
+    pieces = data.split(b"\n")
+    tail = pieces.pop()
+    out = []
+    for piece in [*pieces, *([tail] if tail else [])]:
+        cut = len(piece) > max_line
+        piece = piece[:max_line] if cut else piece
+        out.append((sanitize(piece.removesuffix(b"\r")), cut))
+    return out
+
+
+_console_bytes = st.lists(
+    st.sampled_from(
+        [b"\n", b"\r\n", b"\r", b"plain text ", b"caf\xc3\xa9 ", b"\xff", b"\x00", b"\t", b"\x1b[1m", b"x" * 70]
+    ),
+    max_size=60,
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_console_bytes, st.lists(st.integers(1, 200), min_size=1, max_size=8))
+def test_whole_chunk_splitting_gives_what_line_by_line_would(data: bytes, cuts: list[int]) -> None:
+    """The chunk-wide fast path (one check, decode and split per chunk) and the per-line path agree
+    with the definition, line by line and in the counters, however the bytes are chunked."""
+    s = LineSplitter(max_line=64)
+    got, at, i = [], 0, 0
+    while at < len(data):
+        size = cuts[i % len(cuts)]
+        batch = s.feed(data[at : at + size], i)
+        got += [(line.text, line.truncated) for line in batch]
+        assert [line.number for line in batch] == list(range(len(got) - len(batch) + 1, len(got) + 1))
+        at, i = at + size, i + 1
+    got += [(line.text, line.truncated) for line in s.flush()]
+    assert got == _reference(data, 64)
+    assert s.stats.lines == len(got) and s.stats.truncated_lines == sum(cut for _, cut in got)
+
+
 def _capture(
     data_writer: threading.Thread | None, fd: int, max_line: int = 16384
 ) -> tuple[list[ConsoleLine], ConsoleStream]:

@@ -234,10 +234,11 @@ def test_daemonset_security_mounts_probes_and_config() -> None:
     security = container["securityContext"]
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE", "DAC_READ_SEARCH"]}
+    assert security["readOnlyRootFilesystem"] is True and security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod.get("hostIPC", False) and pod["enableServiceLinks"] is False
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert {"/sys/fs/cgroup", "/run", "/var/lib/docker/containers", "/var/lib/containers/storage"} <= set(
-        host_paths.values()
-    )
+    assert {"/sys/fs/cgroup", "/var/lib/docker/containers", "/run/uniobs"} <= set(host_paths.values())
     for mount in container["volumeMounts"]:
         if mount["name"] in host_paths:
             assert mount.get("readOnly") is True, mount
@@ -252,6 +253,98 @@ def test_daemonset_security_mounts_probes_and_config() -> None:
     assert "k8s.node.name=$(NODE_NAME)" in attributes
     assert names.index("NODE_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"), "$(VAR) expands earlier vars only"
     assert docs["ServiceAccount"]["automountServiceAccountToken"] is False
+
+
+# Where the runtimes' API sockets live: a pod that can connect() to one is node root.
+RUNTIME_SOCKETS = (
+    "/run/containerd/containerd.sock", "/run/containerd/s/0123abcd", "/run/docker.sock", "/var/run/docker.sock",
+    "/run/docker/containerd/containerd.sock", "/run/crio/crio.sock", "/var/run/crio/crio.sock",
+    "/run/podman/podman.sock", "/run/k3s/containerd/containerd.sock", "/run/cri-dockerd.sock",
+    "/run/dockershim.sock", "/run/systemd/private", "/run/dbus/system_bus_socket",
+)  # fmt: skip
+
+
+def under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def daemonset_pod() -> dict[str, Any]:
+    assert yaml is not None
+    docs = {d["kind"]: d for d in yaml.safe_load_all(DAEMONSET.read_text(encoding="utf-8")) if d}
+    pod: dict[str, Any] = docs["DaemonSet"]["spec"]["template"]["spec"]
+    return pod
+
+
+@needs_yaml
+def test_daemonset_mounts_no_runtime_socket() -> None:
+    """Read-only mounts do not stop connect(): no host path may be /run, /var/run, a socket, or
+    a directory holding a runtime's API socket."""
+    pod = daemonset_pod()
+    volumes = [v["hostPath"] for v in pod["volumes"] if "hostPath" in v]
+    for volume in volumes:
+        path = volume["path"].rstrip("/") or "/"
+        assert path not in ("/", "/run", "/var/run", "/var", "/var/lib"), path
+        assert volume.get("type") != "Socket" and not path.endswith(".sock"), path
+        for socket_path in RUNTIME_SOCKETS:
+            assert not under(socket_path, path), f"{path} holds {socket_path}"
+        if under(path, "/run") or under(path, "/var/run"):
+            assert volume.get("type") in ("Directory", "DirectoryOrCreate"), volume
+
+
+@needs_yaml
+def test_daemonset_mounts_what_discovery_reads() -> None:
+    """Every state directory and metadata file container discovery reads (its own list, with the
+    host's roots), and the QMP socket directory of `uniobs run`, is under a read-only mount at
+    the same path."""
+    from uniobs.containers.discovery import ContainerDiscovery
+
+    pod = daemonset_pod()
+    (container,) = pod["containers"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = [m for m in container["volumeMounts"] if m["name"] in host_paths]
+    for mount in mounts:
+        assert mount.get("readOnly") is True and mount.get("recursiveReadOnly") == "IfPossible", mount
+        assert mount["mountPath"] == host_paths[mount["name"]], "host paths in state files must resolve as is"
+    discovery = ContainerDiscovery(None, "/run", "/var/lib", use_sockets=False, scan=False)
+    read = [
+        *discovery._runc_roots(), *discovery._task_roots(), "/run/crun",
+        "/run/containerd/runc/k8s.io", "/run/containerd/io.containerd.runtime.v2.task/k8s.io",
+        "/var/lib/docker/containers/0123/config.v2.json",
+        "/var/lib/containers/storage/overlay-containers/containers.json",
+        "/run/uniobs/fn-1/qmp.sock",  # uniobs run's run directory (uniobs/lifecycle/rundir.py)
+    ]  # fmt: skip
+    for path in read:
+        assert any(under(path, m["mountPath"]) for m in mounts), f"discovery reads {path}: not mounted"
+
+
+@needs_yaml
+def test_daemonset_and_systemd_unit_grant_the_same() -> None:
+    """The two deployments give the agent the same capabilities and the same sandbox promises."""
+    (container,) = daemonset_pod()["containers"]
+    security = container["securityContext"]
+    unit = unit_settings(UNIT.read_text(encoding="utf-8"))
+    assert {f"CAP_{c}" for c in security["capabilities"]["add"]} == set(unit["CapabilityBoundingSet"][0].split())
+    assert security["allowPrivilegeEscalation"] is False and unit["NoNewPrivileges"] == ["yes"]
+    assert security["readOnlyRootFilesystem"] is True and unit["ProtectSystem"] == ["strict"]
+    assert security["seccompProfile"]["type"] == "RuntimeDefault" and unit["SystemCallFilter"]
+    assert unit["ProtectControlGroups"] == ["yes"], "cgroupfs read-only, as the pod's mount"
+
+
+def test_daemonset_validates_against_the_kubernetes_schema() -> None:
+    """The manifests against Kubernetes' own OpenAPI schemas (kubernetes-validate bundles them:
+    no network), strict: an unknown or misplaced field fails."""
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed (pip install -e '.[test]')"
+    )
+    assert yaml is not None
+    for doc in yaml.safe_load_all(DAEMONSET.read_text(encoding="utf-8")):
+        if doc:
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    broken = daemonset_pod()
+    broken["containers"][0]["securityContext"]["readOnlyRootFilesytem"] = True  # misspelt
+    wrapper = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": broken}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrapper, "1.30.0", strict=True)
 
 
 # --- OpenTelemetry Collector -----------------------------------------------------------------
@@ -284,7 +377,8 @@ def test_gateway_exports_to_prometheus_and_tempo_and_sidecar_leaves_uniobs_its_p
     gateway = yaml.safe_load(GATEWAY.read_text())
     prw = gateway["exporters"]["prometheusremotewrite"]
     assert prw["endpoint"] == "http://prometheus:9090/api/v1/write"
-    assert prw["resource_to_telemetry_conversion"]["enabled"] is True, "the rules group by resource attributes"
+    # as uniobs' own endpoint: job/instance on the series, resource attributes on target_info (the rules join it)
+    assert prw["resource_to_telemetry_conversion"]["enabled"] is False and prw["target_info"]["enabled"] is True
     assert gateway["exporters"]["otlp/tempo"]["endpoint"] == "tempo:4317"
     assert gateway["exporters"]["otlp/tempo"]["tls"]["insecure"] is True
     attributes = gateway["processors"]["resource"]["attributes"]
@@ -304,11 +398,13 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
 def promql_references(expr: str) -> tuple[set[str], set[str]]:
     """(metric and recorded-series names, label names) an expression uses. Enough for our rules."""
     labels: set[str] = set()
-    for match in re.finditer(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+    for match in re.finditer(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
         labels |= {x.strip() for x in match.group(1).split(",") if x.strip()}
     for match in re.finditer(r"\{([^}]*)\}", expr):
         labels |= set(re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", match.group(1)))
-    bare = re.sub(r'\{[^}]*\}|\[[^\]]*\]|"[^"]*"|\b(?:by|without|on|ignoring)\s*\([^)]*\)', " ", expr)
+    bare = re.sub(
+        r'\{[^}]*\}|\[[^\]]*\]|"[^"]*"|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)', " ", expr
+    )
     names = set()
     for match in re.finditer(r"[A-Za-z_:][\w:]*", bare):
         follows = bare[match.end() :].lstrip()[:1]

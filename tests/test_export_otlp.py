@@ -316,3 +316,41 @@ def test_grpc_codes_follow_the_specification(process_workload: Workload) -> None
         pipeline.close(5)
     finally:
         server.stop(None)
+
+
+def test_otlp_http_honours_the_proxy_environment_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY sends the POST to the proxy (absolute-form request line); NO_PROXY exempts a host.
+    The environment is read when the exporter starts (requests would re-read it on every POST)."""
+    import socket
+    import threading
+
+    from uniobs.exporters.otlp import _HttpSender, _Resolved
+
+    seen: list[bytes] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            seen.append(data.split(b"\r\n", 1)[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    proxy = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "")
+    settings = _Resolved("http://backend.invalid:4318/v1/traces", {}, None, None, None, 5.0, "none")
+    _HttpSender("traces", settings).send(b"")
+    thread.join(5)
+    server.close()
+    assert seen == [b"POST http://backend.invalid:4318/v1/traces HTTP/1.1"]
+
+    monkeypatch.setenv("NO_PROXY", "backend.invalid")
+    sender = _HttpSender("traces", settings)
+    assert sender.session.proxies == {}  # exempt: the POST would go straight to the backend

@@ -6,9 +6,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.resources import Resource
 
+from uniobs.guest.lines import LineBatch, LineSplitter
 from uniobs.model import Kind, LogEvent, Severity, Workload
+from uniobs.plugin import ExporterSinks
 from uniobs.telemetry.bridge import Telemetry
 
 _values = st.one_of(
@@ -55,3 +58,59 @@ def test_equal_resources_are_one_and_a_record_over_the_attribute_cap_is_the_sdks
     request = telemetry._logs_request(pairs)
     assert request == _sdk(telemetry, pairs)
     assert len(request.resource_logs) == 1 and len(request.resource_logs[0].scope_logs[0].log_records) == 3
+
+
+_texts = st.lists(st.text(alphabet=st.characters(exclude_characters="\n", exclude_categories=["Cs"])), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    _texts,
+    st.integers(1, 1 << 40),
+    st.integers(0, 1 << 50),
+    st.sets(st.integers(0, 7)),
+    st.dictionaries(st.integers(0, 7), st.integers(0, 1 << 50)),
+    st.lists(_events, max_size=3),
+)
+def test_console_lines_written_as_bytes_are_the_sdks_encoding_of_their_records(
+    texts: list[str], first: int, time_ns: int, cut: set[int], times: dict[int, int], events: list[LogEvent]
+) -> None:
+    """A console chunk's lines (a LineBatch, columnar) encode as the SDK encodes `log_events()` of them,
+    mixed with ordinary events, whatever the texts (any Unicode), numbers (multi-byte varints), times and cuts."""
+    telemetry = Telemetry()
+    first_resource, second = _resources(telemetry)
+    n = len(texts)
+    batch = LineBatch(
+        time_ns, texts, first, {i: t for i, t in times.items() if i < n} or None, {i for i in cut if i < n} or None
+    )
+    pairs: list[tuple[Resource, LogEvent | LineBatch]] = [(first_resource, batch)]
+    pairs += [(second, event) for event in events]
+    pairs.append((first_resource, batch.slice(0, n // 2)))
+    expanded = [(resource, event) for resource, item in pairs for event in _as_events(item)]
+    assert telemetry._logs_request(pairs) == _sdk(telemetry, expanded)
+
+
+def _as_events(item: LogEvent | LineBatch) -> list[LogEvent]:
+    return item.log_events() if isinstance(item, LineBatch) else [item]
+
+
+def test_lines_held_as_a_batch_reach_an_sdk_sink_as_records() -> None:
+    """The exporters that take SDK records (console, file) get one per line, with number, cut and arrival."""
+    sink = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    telemetry = Telemetry([("memory", ExporterSinks(logs=sink))], export_batch_size=3)
+    workload = Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="w", name="fn")
+    splitter = LineSplitter(max_line=64)
+    telemetry.log_lines(workload, splitter.feed(b"one\ntwo\n" + b"x" * 100 + b"\nfour\nfi", 1_000))
+    telemetry.log_lines(workload, splitter.feed(b"ve\n", 2_000))
+    telemetry.flush(10)
+    telemetry.shutdown(10)
+    records = [item.log_record for item in sink.get_finished_logs()]
+    assert [r.body for r in records] == ["one", "two", "x" * 64, "four", "five"]
+    assert [dict(r.attributes or {}) for r in records] == [
+        {"uniobs.console.line": 1},
+        {"uniobs.console.line": 2},
+        {"uniobs.console.line": 3, "uniobs.console.truncated": True},
+        {"uniobs.console.line": 4},
+        {"uniobs.console.line": 5},
+    ]
+    assert [r.timestamp for r in records] == [telemetry.to_epoch_ns(t) for t in (1_000,) * 4 + (1_000,)]

@@ -288,10 +288,35 @@ def ps_faults(folder: Path) -> dict[str, int]:
 
 def test_a_thread_that_is_not_the_process_s_is_not_the_process_gone() -> None:
     fs, pid = recorded(THREADED), recorded_pid(THREADED)
-    with pytest.raises(FileNotFoundError):  # e.g. a vCPU thread id from QEMU's own pid namespace
-        fs.task_stat(pid, 1)
-    with pytest.raises(ProcessGone):  # a zombie's threads are gone with it
-        recorded(ZOMBIE).task_stat(recorded_pid(ZOMBIE), 1)
+    for read in (fs.task_stat, fs.task_times):
+        with pytest.raises(FileNotFoundError):  # e.g. a vCPU thread id from QEMU's own pid namespace
+            read(pid, 1)
+        with pytest.raises(ProcessGone):  # a zombie's threads are gone with it
+            getattr(recorded(ZOMBIE), read.__name__)(recorded_pid(ZOMBIE), 1)
+
+
+def test_task_times_are_task_stat_s_times() -> None:
+    fs, pid = recorded(THREADED), recorded_pid(THREADED)
+    for tid in fs.tasks(pid):
+        thread = fs.task_stat(pid, tid)
+        assert fs.task_times(pid, tid) == (thread.utime_ticks, thread.stime_ticks)
+
+
+@given(st.binary(max_size=400))
+def test_task_times_on_garbage_give_stat_s_times_or_a_format_error(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        Path(root, "7", "task", "7").mkdir(parents=True)
+        Path(root, "7", "stat").write_bytes(stat_line(THREADED))
+        Path(root, "7", "task", "7", "stat").write_bytes(data)
+        try:
+            times = ProcFS(root).task_times(7, 7)
+        except ProcFormatError:
+            return
+        try:
+            full = parse_stat(data)
+        except ProcFormatError:
+            return  # task_times reads only two fields: it may accept what parse_stat refuses
+        assert times == (full.utime_ticks, full.stime_ticks)
 
 
 @pytest.fixture
@@ -453,6 +478,8 @@ def test_live_child_against_psutil(child: int) -> None:
     for tid in fs.tasks(child):  # threads inherit the comm; a task's stat names the thread
         thread = fs.task_stat(child, tid)
         assert (thread.pid, thread.comm) == (tid, "a) b (c")
+        # the child's threads sleep: their times do not move between the two reads
+        assert fs.task_times(child, tid) == (thread.utime_ticks, thread.stime_ticks)
     assert fs.is_alive(child, s.starttime) and not fs.is_alive(child, s.starttime - 1)
     assert fs.netns(child) == fs.netns(os.getpid())
     assert [i.name for i in fs.net_dev(child)] == [i.name for i in fs.net_dev(os.getpid())]

@@ -33,7 +33,7 @@ import uniobs.collectors.kvm as kvm_module
 from uniobs.collectors.kvm import KvmCollector, KvmConfig
 from uniobs.collectors.qemu import QemuCollector, QemuConfig, event_log, select_stats, stat_samples
 from uniobs.config import Settings
-from uniobs.host.procfs import ProcFS, ProcStat
+from uniobs.host.procfs import ProcFS
 from uniobs.model import Kind, Severity, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import ExporterSinks, SourceUnavailable, WorkloadGone
@@ -451,7 +451,7 @@ def test_a_running_vm_through_the_pipeline(
     process_cpu = sum(v for v, _ in points(pipeline, w, "process.cpu.time").values())
     assert vcpu0 <= process_cpu + 0.05  # a vCPU thread is part of its process
     assert points(pipeline, w, "uniobs.vm.memory.size") == {(): (64 << 20, "By")}
-    assert points(pipeline, w, "uniobs.vm.status") == {(("uniobs.vm.status", "running"),): (1, "1")}
+    assert points(pipeline, w, "uniobs.vm.status") == {(("uniobs.vm.status", "running"),): (1, "{vm}")}
     assert points(pipeline, w, "uniobs.vm.vcpu.count") == {(): (2, "{vcpu}")}
     assert points(pipeline, w, "uniobs.vm.kvm.stat") == {}  # TCG has no query-stats
     assert points(pipeline, w, "uniobs.vm.memory.balloon") == {}  # no balloon device
@@ -566,7 +566,7 @@ def test_sigkill_during_a_scrape(
         killer.join(10)
         killed.set()
 
-    execute, execute_many, task_stat = QmpClient.execute, QmpClient.execute_many, ProcFS.task_stat
+    execute, execute_many, task_times = QmpClient.execute, QmpClient.execute_many, ProcFS.task_times
 
     def execute_then_die(self: QmpClient, command: str, arguments: Any = None) -> Any:
         if command == at and not killed.is_set():
@@ -578,14 +578,14 @@ def test_sigkill_during_a_scrape(
             kill_from_a_thread()
         return execute_many(self, calls)
 
-    def read_then_die(self: ProcFS, pid: int, tid: int) -> ProcStat:
+    def read_then_die(self: ProcFS, pid: int, tid: int) -> tuple[int, int]:
         if at == "vcpu-threads" and not killed.is_set():
             kill_from_a_thread()
-        return task_stat(self, pid, tid)
+        return task_times(self, pid, tid)
 
     monkeypatch.setattr(QmpClient, "execute", execute_then_die)
     monkeypatch.setattr(QmpClient, "execute_many", batch_then_die)
-    monkeypatch.setattr(ProcFS, "task_stat", read_then_die)
+    monkeypatch.setattr(ProcFS, "task_times", read_then_die)
     pipeline.scrape([vm.workload])
     assert killed.is_set()
     assert series_ended(pipeline, vm.workload)

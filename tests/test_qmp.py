@@ -31,6 +31,7 @@ from uniobs.runtimes.qmp import (
     StatsResult,
     Vcpu,
     decode_message,
+    decode_messages,
     parse_balloon,
     parse_blockstats,
     parse_cpus_fast,
@@ -200,6 +201,34 @@ def test_decode_refuses_what_is_not_a_json_object() -> None:
         decode_message(b"[1, 2]")
     with pytest.raises(QmpError, match="not JSON"):
         decode_message(b"[" * 200_000 + b"]" * 200_000)  # nesting that would blow the stack
+
+
+def test_decode_messages_gives_what_decoding_each_line_gives() -> None:
+    """One json.loads for a round trip's lines: the same objects as one decode per line, and the
+    same error, naming the line, when one is not an object (the recorded replies are QEMU 7.2's)."""
+    lines = [
+        json.dumps({"return": ret("tcg-query-status.json"), "id": "uniobs-1"}).encode(),
+        json.dumps(recorded("tcg-events-guest-reset-loop.json")[0]).encode(),
+        json.dumps({"return": ret("tcg-query-cpus-fast.json"), "id": "uniobs-2"}).encode(),
+    ]
+    assert decode_messages(lines) == [decode_message(one) for one in lines]
+    assert decode_messages(lines[:1]) == [decode_message(lines[0])]
+    with pytest.raises(QmpError, match="not an object: list"):
+        decode_messages([lines[0], b"[1, 2]"])
+    with pytest.raises(QmpError, match="not JSON"):
+        decode_messages([lines[0], b'{"a": 1}, {"b": 2}'])  # two objects on one line: not one message
+    with pytest.raises(QmpError, match="not JSON"):
+        decode_messages([b'{"return": "\xff"}', lines[0]])  # not UTF-8
+
+
+def test_framer_whole_chunks_and_split_ones_give_the_same_lines() -> None:
+    stream = b'{"a": 1}\r\n\r\n{"b": "x\\ny"}\r\n{"c": 3}\r\n'
+    whole = MessageFramer(max_message=100).feed(stream)
+    assert whole == [b'{"a": 1}', b'{"b": "x\\ny"}', b'{"c": 3}']
+    for cut in range(1, len(stream)):
+        framer = MessageFramer(max_message=100)
+        assert framer.feed(stream[:cut]) + framer.feed(stream[cut:]) == whole
+        assert framer.pending == 0
 
 
 # --- a fake QMP server ----------------------------------------------------------------------
@@ -420,6 +449,37 @@ def test_garbage_is_a_clean_error_and_closes(serve: Callable[..., FakeQmp], sock
         client.execute("query-status")
     assert not isinstance(info.value, WorkloadGone)
     assert not client.connected
+
+
+def test_garbage_within_a_batch_keeps_the_events_before_it(serve: Callable[..., FakeQmp], sock_path: str) -> None:
+    events = recorded("tcg-events-guest-reset-loop.json")
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmds = [peer.read_command() for _ in range(2)]
+        peer.send(line(events[0]) + line({"return": {}, "id": cmds[0]["id"]}) + b"not JSON\r\n")
+
+    serve(script)
+    client = QmpClient(sock_path)
+    with pytest.raises(QmpError, match="not JSON"):
+        client.execute_many([("query-status", None), ("query-blockstats", None)])
+    assert not client.connected
+    assert [e.name for e in client.drain_events()] == ["RESET"]
+
+
+def test_a_batch_larger_than_the_socket_buffer_is_sent_whole(serve: Callable[..., FakeQmp], sock_path: str) -> None:
+    """The socket is non-blocking: a send the kernel takes in part waits for the peer to read."""
+    calls = [("query-stats", {"target": "vm", "pad": "x" * 4000}) for _ in range(200)]  # ~800 KB
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        time.sleep(0.3)  # the client's buffer fills meanwhile
+        for _ in calls:
+            peer.reply([])
+
+    serve(script)
+    with QmpClient(sock_path) as client:
+        assert client.execute_many(calls) == [[]] * len(calls)
 
 
 def test_a_2_mib_message_is_refused_after_at_most_1_mib(serve: Callable[..., FakeQmp], sock_path: str) -> None:

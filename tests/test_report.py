@@ -33,6 +33,22 @@ def _timeline(start: int, plateau: int, points: int = 20, step_s: float = 0.5) -
     return out
 
 
+INVOCATION_METHOD = "From the exported invocation spans and REPORT records of each launch's instance."
+
+
+def _invocations(cold: tuple[float, float], warm: tuple[float, float], resume: float, memory: tuple[int, int],
+                 rate: float, load: tuple[float, float, float]) -> dict[str, Any]:  # fmt: skip
+    """An `invocations` block as compare writes it (the figures; runs and windows abridged)."""
+    return {
+        "cold_p50_s": cold[0], "cold_p95_s": cold[1], "warm_p50_s": warm[0], "warm_p99_s": warm[1],
+        "warm_invocations": 100, "resume_p50_s": resume, "resume_host_p50_s": resume / 4,
+        "max_memory_used_bytes": memory[0], "max_memory_used_max_bytes": memory[1],
+        "load_invocations": 1000, "load_errors": 0, "load_throughput_per_s": rate,
+        "load_p50_s": load[0], "load_p90_s": load[1], "load_p99_s": load[2],
+        "runs": [], "windows": [], "method": INVOCATION_METHOD,
+    }  # fmt: skip
+
+
 def make_results() -> dict[str, Any]:
     """A comparison like the talk's: Node.js hello world, a unikernel on QEMU (TCG) vs Alpine under runc."""
     unikernel = {
@@ -93,6 +109,9 @@ def make_results() -> dict[str, Any]:
             "guest_metrics": 1,
             "method": "What uniobs run exported: metric names, log records, trace spans.",
         },
+        "invocations": _invocations(
+            (3.4, 3.9), (0.012, 0.06), 0.004, (277 * MB, 309 * MB), 56.4, (0.032, 0.178, 0.293)
+        ),
     }
     container = {
         "shrinkwrap": "container",
@@ -149,6 +168,9 @@ def make_results() -> dict[str, Any]:
             "guest_metrics": 0,
             "method": "What uniobs run exported: metric names, log records, trace spans.",
         },
+        "invocations": _invocations(
+            (1.28, 1.5), (0.0007, 0.006), 0.0057, (9_600_000, 10_100_000), 1193.7, (0.0012, 0.0023, 0.004)
+        ),
     }
     return {
         "schema": SCHEMA,
@@ -225,6 +247,18 @@ EXPECTED = {  # label: (unikernel cell, container cell); ★ marks the winner
     "memory under load: cgroup": ("—", "66.0 MB"),
     "CPU idle": ("3.4 %", "0.3 % ★"),
     "CPU under load": ("97.2 %", "41.5 % ★"),
+    "cold request (sent → response), p50": ("3.40 s", "1.28 s ★"),
+    "cold request (sent → response), p95": ("3.90 s", "1.50 s ★"),
+    "warm invocation, p50": ("12.0 ms", "0.700 ms ★"),
+    "warm invocation, p99": ("60.0 ms", "6.00 ms ★"),
+    "request resuming from pause, p50": ("4.00 ms ★", "5.70 ms"),
+    "max memory used per invocation, median": ("277 MB", "9.60 MB ★"),
+    "max memory used per invocation, max": ("309 MB", "10.1 MB ★"),
+    "load: invocations per second": ("56.4/s", "1190/s ★"),  # higher is better
+    "load: invocation latency p50": ("32.0 ms", "1.20 ms ★"),
+    "load: invocation latency p90": ("178 ms", "2.30 ms ★"),
+    "load: invocation latency p99": ("293 ms", "4.00 ms ★"),
+    "load: invocation errors": ("0", "0"),  # a tie
     "executables in the image": ("1 ★", "21"),
     "shared libraries in the image": ("0 ★", "12"),
     "a shell in the image": ("no ★", "yes"),
@@ -380,6 +414,40 @@ def test_an_unknown_figure_is_said_so_and_wins_nothing() -> None:
     text = report.diff(old, results)
     line = next(x for x in text.splitlines() if x.startswith("| executables in the image | unikernel (Nanos"))
     assert "2 → —" in line and "REGRESSION" not in line
+
+
+NO_PAUSE = "not paused: crun: pausing is done with runc/crun's own `pause` (not for this runtime)"
+
+
+def test_invocation_rows_unknown_and_absent() -> None:
+    """An invocation figure that could not be measured reads unknown, with its reason in the notes,
+    and wins nothing; a file written before the invocation rows (no block) shows them as —."""
+    results = make_three()
+    container = results["sides"][2]
+    container["invocations"].update(resume_p50_s=None, resume_host_p50_s=None)
+    container["invocations"]["unknown"] = {"resume_p50_s": NO_PAUSE}
+    del results["sides"][1]["invocations"]  # the microVM's results file predates them
+    table = report.terminal_table(results, color=False)
+    assert _cells(table, "request resuming from pause, p50") == ["4.00 ms", "—", "unknown"]
+    assert _cells(table, "warm invocation, p50") == ["12.0 ms", "—", "0.700 ms ★"]
+    assert f"container (Alpine, runc): unknown (request resuming from pause, p50): {NO_PAUSE}." in report.notes(results)
+    md = report.markdown(results)
+    assert "| request resuming from pause, p50 | 4.00 ms | — | unknown |" in md
+    assert "### Invocations" in md and INVOCATION_METHOD in md
+    page = report.html(results)
+    assert "<td>load: invocations per second</td>" in page and "<h3>Invocations</h3>" in page
+    # the diff: an unknown figure is no regression; a changed one is
+    new = copy.deepcopy(results)
+    new["sides"][0]["invocations"]["warm_p50_s"] = 0.024
+    text = report.diff(results, new)
+    line = next(x for x in text.splitlines() if x.startswith("| warm invocation, p50 | unikernel (Nanos"))
+    assert "12.0 ms → 24.0 ms" in line and "REGRESSION" in line
+    # unknown on both runs: nothing to compare, no row
+    assert not any(x.startswith("| request resuming from pause, p50 | container") for x in text.splitlines())
+    # a whole comparison without invocation figures: no such rows
+    for side in results["sides"]:
+        side.pop("invocations", None)
+    assert "warm invocation" not in report.terminal_table(results, color=False)
 
 
 def test_a_skipped_side_is_named_with_its_reason() -> None:
@@ -604,11 +672,11 @@ def _chromium() -> str | None:
 
 
 def _screenshot(browser: str, page: Path, shot: Path, profile: Path) -> str:
-    """Chromium's log of rendering `page` into `shot` (1280 by 2000 pixels)."""
+    """Chromium's log of rendering `page` into `shot` (1280 by 2600 pixels: the table and the charts)."""
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
            "--force-device-scale-factor=1", f"--user-data-dir={profile}", f"--screenshot={shot}",
-           "--window-size=1280,2000", "--enable-logging=stderr", "--v=0", page.as_uri()]  # fmt: skip
+           "--window-size=1280,2600", "--enable-logging=stderr", "--v=0", page.as_uri()]  # fmt: skip
     env = {**os.environ, "HOME": str(profile)}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     log = done.stdout + done.stderr
@@ -639,7 +707,7 @@ def test_html_in_a_real_browser(tmp_path: Path) -> None:
         shutil.copy(shot, keep)
 
     width, height, rows = _png_pixels(shot.read_bytes())
-    assert (width, height) == (1280, 2000)
+    assert (width, height) == (1280, 2600)
     pixels: Counter[bytes] = Counter()
     for row in rows[::2]:  # every other row is plenty for counting
         pixels.update(row[i : i + 3] for i in range(0, len(row), 6))

@@ -420,3 +420,31 @@ def test_the_direct_otlp_encoding_is_the_sdk_encoding_of_the_same_points() -> No
     assert direct == encode_metrics(batch.metrics_data())
     assert batch.request() == direct and len(direct.resource_metrics) == 3  # VM, CT, uniobs itself
     t.shutdown(2)
+
+
+def test_a_buffer_too_small_for_one_metrics_export_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """10,000 workloads overflow the default budget: every export would lose points; the user is told
+    what to set, once (the drops themselves are counted as always)."""
+    metrics = MemoryMetrics()
+    t = Telemetry([("mem", ExporterSinks(metrics=metrics))], buffer_bytes=256 << 10)
+    t.declare([GAUGE], scope="test")
+    workloads = [Workload(kind=Kind.CGROUP, runtime="cgroup", id=f"/w{i}", cgroup=f"/w{i}") for i in range(1000)]
+    with caplog.at_level("WARNING", logger="uniobs.telemetry"):
+        for i in range(3):
+            for w in workloads:
+                t.record(w, [Sample("test.level", i)])
+            t.flush(2)
+    said = [r.getMessage() for r in caplog.records if "buffer_bytes" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "raise buffer_bytes to at least" in said[0]
+    t.shutdown(2)
+
+    caplog.clear()
+    roomy = Telemetry([("mem", ExporterSinks(metrics=MemoryMetrics()))], buffer_bytes=32 << 20)
+    roomy.declare([GAUGE], scope="test")
+    with caplog.at_level("WARNING", logger="uniobs.telemetry"):
+        for w in workloads:
+            roomy.record(w, [Sample("test.level", 1)])
+        roomy.flush(2)
+    assert not [r for r in caplog.records if "buffer_bytes" in r.getMessage()]
+    roomy.shutdown(2)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from uniobs.model import DURATION_BUCKETS, Instrument, MetricSpec
 
+# faas.mem_usage's buckets, bytes: 16 MiB to 8 GiB, doubling (a function's memory sizes).
+MEMORY_BUCKETS = tuple(float(16 << 20 << i) for i in range(10))
+
 # Attribute names the core's metrics carry.
 SHRINKWRAP = "uniobs.shrinkwrap"  # unikernel, container, process
 RUNTIME = "uniobs.runtime"  # qemu, solo5-hvt, runc...
@@ -16,6 +19,10 @@ PHASE = "uniobs.phase"  # a cold-start phase
 RECORD_TYPE_ATTR = "uniobs.guest.record_type"  # a line-protocol record's type
 REASON_ATTR = "uniobs.reason"  # why a record or sample was refused
 CPU_MODE = "cpu.mode"  # user, system
+# The kind counted by uniobs.workloads. Not uniobs.workload.kind: that is a resource attribute (uniobs'
+# own resource has it too), and a data point attribute of the same name would be the same label in
+# Prometheus once the resource attribute is promoted.
+WORKLOADS_KIND = "uniobs.kind"  # unikernel, container, cgroup, process
 
 # uniobs' own metrics, on uniobs' own resource.
 SELF_METRICS = (
@@ -58,8 +65,8 @@ SELF_METRICS = (
         "uniobs.workloads",
         Instrument.GAUGE,
         "{workload}",
-        "Workloads with live telemetry, by kind.",
-        ("uniobs.workload.kind",),
+        "Workloads with live telemetry, by kind (uniobs.kind: the uniobs.workload.kind of the workloads counted).",
+        (WORKLOADS_KIND,),
     ),
 )
 
@@ -155,6 +162,59 @@ COLDSTART_METRICS = (
 )
 
 
+# Per invocation observed at the function's port (uniobs/invoke/record.py), on the instance's resource.
+FAAS_TRIGGER = "faas.trigger"  # http, other (a plain TCP connection)
+ERROR_TYPE = "error.type"  # timeout, connection_reset, connection_refused, unavailable, or a 5xx status code
+INVOCATION_METRICS = (
+    MetricSpec(
+        "faas.invocations",
+        Instrument.COUNTER,
+        "{invocation}",
+        "Invocations observed at the function's port: HTTP requests, or TCP connections (protocol = tcp).",
+        (FAAS_TRIGGER,),
+    ),
+    MetricSpec(
+        "faas.errors",
+        Instrument.COUNTER,
+        "{error}",
+        "Invocations that failed: a 5xx answer (error.type: its status code), the upstream refusing or resetting "
+        "the connection, a timeout, or no instance available (unavailable).",
+        (FAAS_TRIGGER, ERROR_TYPE),
+    ),
+    MetricSpec(
+        "faas.timeouts",
+        Instrument.COUNTER,
+        "{timeout}",
+        "Invocations with no first response byte within the request timeout (answered 504 by uniobs).",
+        (FAAS_TRIGGER,),
+    ),
+    MetricSpec(
+        "faas.invoke_duration",
+        Instrument.HISTOGRAM,
+        "s",
+        "Invocation duration seen at the port: from the request's arrival to its response's last byte "
+        "(a request held for a cold start or a resume includes it).",
+        (FAAS_TRIGGER,),
+        DURATION_BUCKETS,
+    ),
+    MetricSpec(
+        "faas.mem_usage",
+        Instrument.HISTOGRAM,
+        "By",
+        "The instance's peak memory so far, read as each invocation ends (Lambda's Max Memory Used): the "
+        "container's cgroup memory.peak (v1: memory.max_usage_in_bytes), or the VMM process's VmHWM.",
+        (FAAS_TRIGGER,),
+        MEMORY_BUCKETS,
+    ),
+    MetricSpec(
+        "uniobs.invocation.unrecorded",
+        Instrument.COUNTER,
+        "{invocation}",
+        "Invocations proxied but not recorded: the recorder's queue was full (the proxy never waits for it).",
+    ),
+)
+
+
 # Declared by the collector that owns the console stream (not by GuestTelemetry).
 GUEST_STATS_METRICS = (
     MetricSpec(
@@ -179,5 +239,6 @@ GUEST_STATS_METRICS = (
 CORE_METRICS: tuple[tuple[str, tuple[MetricSpec, ...]], ...] = (
     ("uniobs run/attach", (*LIFECYCLE_METRICS, *COLDSTART_METRICS)),
     ("uniobs run", EXIT_USAGE_METRICS[1:]),  # process.cpu.time is listed with the process collector
+    ("uniobs run/compare/serve (invocations)", INVOCATION_METRICS),
     ("uniobs (self)", (*SELF_METRICS, *PIPELINE_METRICS)),
 )

@@ -232,3 +232,4 @@ class SpanEvent:
     attributes: Attributes = ()
     error: str | None = None  # None: ok; a message: the span failed with that reason
     events: tuple[tuple[str, int, Attributes], ...] = ()  # (name, monotonic ns, attributes)
+    kind: str = "internal"  # the OTel span kind: internal, server, client, producer, consumer

@@ -123,8 +123,8 @@ class Pipeline:
         try:
             for label, exporter in self.exporters:
                 sinks.append((label, exporter.sinks()))
-        except OSError as exc:  # a port in use, a file that cannot be opened
-            raise ConfigError(f"exporter {label}: {exc}") from None
+        except OSError as exc:  # a port in use, a file that cannot be opened: say which, and what it was for
+            raise ConfigError(f"exporter {label}: cannot start {exporter.describe()}: {exc.strerror or exc}") from None
         self.telemetry = Telemetry(
             [*sinks, *extra_sinks],
             service_name=settings.core.service_name,

@@ -1,5 +1,6 @@
 // hello-node: the uniobs sample function. A plain Node.js HTTP server (no npm packages) that
-// answers every request with "Hello World\n" on 0.0.0.0:8002 (PORT overrides the port).
+// answers "Hello World\n" on 0.0.0.0:8002 (PORT overrides the port); /status/<code> and
+// /sleep/<ms> (below) are there to test errors and timeouts.
 //
 // The same file runs as the microVM's application (unikernel/) and in the container twin. It
 // reports what it does on stdout in the uniobs line protocol v1, one record per line:
@@ -88,11 +89,31 @@ if (rawTraceparent && !context) emit("log warn app: ignoring a malformed tracepa
 
 let requests = 0;
 
-const server = http.createServer((req, res) => {
-  res.writeHead(200, { "Content-Type": "text/plain; charset=utf-8" });
-  res.end("Hello World\n");
+// Two routes for testing what the host sees of invocations (errors, timeouts):
+//   /status/<code>  answers with that status code (200-599)
+//   /sleep/<ms>     answers 200 after <ms> milliseconds (at most 600000)
+// Every other path, "/" included, answers "Hello World".
+const STATUS = /^\/status\/([2-5][0-9][0-9])$/;
+const SLEEP = /^\/sleep\/([0-9]{1,6})$/;
+
+function answer(res, status, body) {
+  res.writeHead(status, { "Content-Type": "text/plain; charset=utf-8" });
+  res.end(body);
   requests += 1;
   emit(`metric hello.requests counter ${requests} unit={request}`);
+}
+
+const server = http.createServer((req, res) => {
+  const path = (req.url || "/").split("?")[0];
+  let m;
+  if ((m = STATUS.exec(path))) {
+    answer(res, Number(m[1]), `status ${m[1]}\n`);
+  } else if ((m = SLEEP.exec(path))) {
+    const ms = Math.min(Number(m[1]), 600000);
+    setTimeout(() => answer(res, 200, `slept ${ms} ms\n`), ms);
+  } else {
+    answer(res, 200, "Hello World\n");
+  }
 });
 
 // The span around start-up: from here until the socket listens (or fails to).

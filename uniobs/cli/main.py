@@ -9,12 +9,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 
 from uniobs import __version__
-from uniobs.config import ConfigError, Settings, load
+from uniobs.config import DEFAULT_EXPORT, ConfigError, Settings, export_specs, load
 from uniobs.model import MetricSpec
 from uniobs.registry import PluginError, Registry
 
@@ -31,27 +31,61 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def config_options(func: F) -> F:
-    """--config and --export, shared by every command that exports telemetry."""
-    func = click.option(
-        "--export",
-        "-e",
-        "export",
-        multiple=True,
-        envvar="UNIOBS_EXPORT",
-        metavar="SPEC",
-        help="Where telemetry goes; repeat for several: console, file:PATH, otlp[:ENDPOINT], "
-        "otlp-http[:ENDPOINT], prometheus[:HOST:PORT]. Overrides [uniobs] export.",
-    )(func)
-    func = click.option(
-        "--config",
-        "-c",
-        "config_path",
-        type=click.Path(dir_okay=False),
-        envvar="UNIOBS_CONFIG",
-        help="TOML configuration file.",
-    )(func)
-    return func
+@overload
+def config_options(func: F) -> F: ...
+
+
+@overload
+def config_options(func: None = None, *, default_export: str = DEFAULT_EXPORT) -> Callable[[F], F]: ...
+
+
+def config_options(func: F | None = None, *, default_export: str = DEFAULT_EXPORT) -> F | Callable[[F], F]:
+    """--config and --export, shared by every command that exports telemetry; `default_export` is
+    what --help shows as the command's default (`@config_options` or `@config_options(default_export=...)`)."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--export",
+            "-e",
+            "export",
+            multiple=True,
+            envvar="UNIOBS_EXPORT",
+            show_envvar=True,
+            metavar="SPEC",
+            help="Where telemetry goes; repeat for several: console, file:PATH, otlp[:ENDPOINT], "
+            "otlp-http[:ENDPOINT], prometheus[:HOST:PORT]. Overrides [uniobs] export, which overrides "
+            "OTEL_{TRACES,METRICS,LOGS}_EXPORTER and OTEL_EXPORTER_OTLP_[SIGNAL_]ENDPOINT; OTEL_SDK_DISABLED=true "
+            f"exports nothing.  [default: {default_export}]",
+        )(func)
+        func = click.option(
+            "--config",
+            "-c",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            envvar="UNIOBS_CONFIG",
+            show_envvar=True,
+            help="TOML configuration file.",
+        )(func)
+        return func
+
+    return decorate(func) if func is not None else decorate
+
+
+def choose_exports(flags: Sequence[str], settings: Settings, default: str = DEFAULT_EXPORT) -> list[str]:
+    """The export specs of a command (`uniobs.config.export_specs`); says so once when
+    OTEL_SDK_DISABLED turns every exporter off."""
+    try:
+        specs, chosen_by = export_specs(flags, settings, [default])
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if chosen_by == "OTEL_SDK_DISABLED":
+        click.echo("uniobs: OTEL_SDK_DISABLED=true: no telemetry is exported", err=True)
+    return specs
+
+
+def telemetry_goes(pipeline: Any) -> str:
+    """Where a pipeline's telemetry goes, for a start-up line: its exporters, or "nowhere"."""
+    return ", ".join(pipeline.describe_exporters()) or "nowhere"
 
 
 # run and attach: one definition of the option (the scheduler's precedence is in docs/configuration.md)
@@ -77,6 +111,7 @@ def load_settings(config_path: str | None) -> Settings:
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
     envvar="UNIOBS_LOG_LEVEL",
+    show_envvar=True,
     show_default=True,
 )
 def main(log_level: str) -> None:
@@ -164,9 +199,18 @@ def describe(fmt: str) -> None:
 
 @main.command("scrape-once")
 @config_options
-@click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True, envvar="UNIOBS_CGROUP_ROOT")
+@click.option(
+    "--cgroup-root", default="/sys/fs/cgroup", show_default=True, envvar="UNIOBS_CGROUP_ROOT", show_envvar=True
+)
 @click.option("--max-cgroups", default=2000, show_default=True, help="Stop listing cgroups past this many.")
-@click.option("--timeout", default=15.0, show_default=True, help="Seconds to wait for exporters to deliver.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="Seconds, from the end of the scrape, for the exporters to deliver; what is not delivered by then is "
+    "counted as lost.",
+)
 def scrape_once(
     config_path: str | None, export: tuple[str, ...], cgroup_root: str, max_cgroups: int, timeout: float
 ) -> None:
@@ -178,7 +222,7 @@ def scrape_once(
     from uniobs.telemetry import SELF
 
     settings = load_settings(config_path)
-    specs = list(export) or list(settings.core.export) or ["console"]
+    specs = choose_exports(export, settings)
     try:
         pipeline = Pipeline(settings, export=specs)
     except (ConfigError, PluginError) as exc:
@@ -194,19 +238,32 @@ def scrape_once(
         workloads += containers
         workloads += [w for w in discovery.discover_cgroups(layout, max_cgroups=max_cgroups) if w.cgroup not in claimed]
     samples = pipeline.scrape(workloads)
-    delivered = pipeline.flush(timeout)
-    pipeline.close(timeout=min(timeout, 5.0))
+    # One export of what was scraped: close() hands it over once and waits for delivery; a second
+    # flush before it would export every data point again (cumulative series are re-sent whole).
+    # close(t) waits up to t for delivery and up to t again to settle: half the budget each keeps
+    # the whole within --timeout (plus the last request's own timeout, at worst).
+    pipeline.close(timeout=timeout / 2)
     click.echo(
-        f"uniobs: scraped {len(workloads)} workloads ({samples} samples) -> "
-        + ", ".join(pipeline.describe_exporters()),
-        err=True,
+        f"uniobs: scraped {len(workloads)} workloads ({samples} samples) -> {telemetry_goes(pipeline)}", err=True
     )
     lost = say_undelivered(pipeline)
-    if lost or not delivered:
+    # a request still unanswered at the deadline is neither sent nor failed yet: lost all the same
+    for worker in pipeline.telemetry.workers:
+        unanswered = worker.queued_items()
+        if unanswered:
+            lost.append(worker.name)
+            click.echo(
+                f"uniobs: exporter {worker.name}: {unanswered} items not delivered: no answer within --timeout "
+                f"{timeout:g} s",
+                err=True,
+            )
+    if lost:
         sys.exit(1)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+# allow_interspersed_args=False: everything from the command's name on is the command's (`run qemu-system-x86_64
+# -m 512 ...`), and so is everything after `--`; an unknown option before either is an error naming it.
+@main.command(context_settings={"allow_interspersed_args": False})
 @config_options
 @click.option("--name", "-n", help="The function's name (service.name, faas.name). Default: the image's name.")
 @interval_option
@@ -243,14 +300,28 @@ def scrape_once(
     "--rundir",
     metavar="DIR",
     envvar="UNIOBS_RUNDIR",
+    show_envvar=True,
     help="Where the run keeps its sockets, FIFOs and bundle copy: a run-* directory of its own, removed when it "
     "ends; stale ones of killed runs are removed at the next start.  [default: /run/uniobs, else $TMPDIR/uniobs-UID]",
+)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="With --function: where the invocation proxy listens (default: 127.0.0.1 and the definition's port, "
+    "else a free one). PORT 0: a free port.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="With --function: a request with no response byte this long after it arrived is answered 504 (faas.timeouts).",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     config_path: str | None, export: tuple[str, ...], name: str | None, interval: float | None, quiet: bool,
     cgroup: str | None, ready: str | None, request: str | None, definition: str | None, shrinkwrap: str | None,
-    rundir: str | None, command: tuple[str, ...], propagate_trace: bool = False,
+    rundir: str | None, command: tuple[str, ...], propagate_trace: bool = False, listen: str | None = None,
+    request_timeout: float | None = None,
 ) -> None:  # fmt: skip
     """Run COMMAND and observe it until it exits: a unikernel (qemu-system-*, solo5-hvt), a container
     (runc run, crun run, podman run, docker run) or any command; or `--function F.toml --as KIND`.
@@ -261,37 +332,43 @@ def run(
     """
     env: dict[str, str] = {}
     cwd = None
+    front = None
+    if definition is None and (listen is not None or request_timeout is not None):
+        raise click.UsageError("--listen and --request-timeout go with --function")
     if definition is not None:
         from uniobs.compare import function as fn
-        from uniobs.runtimes.accel import probe
+        from uniobs.invoke.proxy import FrontSpec
+        from uniobs.invoke.serve import FunctionSide
 
         if command:
             raise click.UsageError("give either --function or a COMMAND, not both")
         try:
             fdef = fn.load_definition(definition)
-            kind = shrinkwrap or next(iter(fdef.wraps))
-            if kind not in fdef.wraps:
-                raise fn.DefinitionError(f"{fdef.path}: no [{kind}] table (it has: {', '.join(fdef.wraps)})")
-            wrap = fdef.wraps[kind]
-            fn.check_runnable(fdef, wrap)
-            fn.ensure_built(fdef, wrap)
-            chosen = probe() if wrap.uses_accel else None
-            if chosen is not None and not chosen.probed:
-                log.warning("accelerator: %s", chosen.describe())
-            inst = fn.instance(fdef, wrap, chosen.accel if chosen is not None else "tcg")
+            side = FunctionSide(fdef, shrinkwrap)  # checked, built, its accelerator probed: as serve and compare
+            spec = side.spec()
+            listen_at = _host_port(listen) if listen is not None else ("127.0.0.1", fdef.port or 0)
+            # the public port is bound by the proxy itself (port 0: the kernel picks it); {port} in a
+            # request URL needs it first, so a free one is chosen here
+            public = listen_at[1] or fn.free_port()
+            if side.proxied:
+                front = FrontSpec((listen_at[0], public), (spec.host, spec.port), fdef.protocol, fdef.routes,
+                                  request_timeout)  # fmt: skip
+            elif listen is not None or request_timeout is not None:
+                raise fn.DefinitionError(f"{fdef.path}: [{side.side}] is not proxied (proxy = false, or no port)")
         except fn.SideSkipped as exc:  # the first side, taken by default, cannot be built here
-            others = [side for side in fdef.wraps if side != exc.side] if shrinkwrap is None else []
+            others = [other for other in fdef.wraps if other != exc.side] if shrinkwrap is None else []
             hint = f" (another side: --as {'|'.join(others)})" if others else ""
             raise click.ClickException(str(exc) + hint) from None
         except fn.DefinitionError as exc:
             raise click.ClickException(str(exc)) from None
-        command = tuple(fn.command_for(fdef, wrap, inst))
-        env = {k: inst.fill(v, fdef) for k, v in wrap.env.items()}
-        ready = ready or (inst.fill(fdef.ready, fdef) if fdef.ready else None)
-        request = request or (inst.fill(fdef.request, fdef) if fdef.request else None)
-        name = name or fdef.name
-        cwd = str(fdef.dir)
-        propagate_trace = propagate_trace or wrap.propagate_trace
+        command = tuple(spec.command)
+        env = spec.env
+        ready = ready or spec.ready
+        url_port = public if side.proxied else spec.port  # the first request goes through the proxy
+        request = request or (side.public_url(fdef.request, url_port) if fdef.request else None)
+        name = name or spec.name
+        cwd = spec.cwd
+        propagate_trace = propagate_trace or spec.propagate_trace
     elif shrinkwrap is not None:
         raise click.UsageError("--as goes with --function")
     if not command:
@@ -303,6 +380,7 @@ def run(
         info, described, function = launch(
             settings, list(export), list(command), name=name, interval=interval, quiet=quiet, cgroup=cgroup,
             ready=ready, request=request, env=env, cwd=cwd, rundir=rundir, propagate_trace=propagate_trace,
+            front=front,
         )  # fmt: skip
     except RunInterrupted as exc:
         click.echo(f"uniobs: {exc}", err=True)
@@ -312,14 +390,26 @@ def run(
     sys.exit(info.status)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT, or :PORT for 127.0.0.1) as (host, port); a usage error otherwise."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.UsageError(f"--listen {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
 def launch(
     settings: Settings, export: list[str], command: list[str], *, name: str | None = None,
     interval: float | None = None,
     quiet: bool = False, cgroup: str | None = None, ready: str | None = None, request: str | None = None,
     env: dict[str, str] | None = None, cwd: str | None = None, rundir: str | None = None,
-    propagate_trace: bool = False,
+    propagate_trace: bool = False, front: Any = None,
 ) -> tuple[Any, str, str]:  # fmt: skip
     """One observed launch; returns (exit info, where telemetry went, the function's name).
+
+    `front`: a uniobs.invoke.proxy.FrontSpec: the invocation proxy in front of the function, from
+    before the launch to its end (its address printed on stderr).
 
     Its run directory (under `rundir`, see uniobs.rundir) is removed however the launch ends; a
     SIGINT, SIGTERM or SIGHUP before the command runs raises RunInterrupted (after that, the
@@ -337,7 +427,7 @@ def launch(
     try:
         return _launch(settings, export, command, name=name, interval=interval, quiet=quiet, cgroup=cgroup,
                        ready=ready, request=request, env=env, cwd=cwd, rundir=rundir,
-                       propagate_trace=propagate_trace)  # fmt: skip
+                       propagate_trace=propagate_trace, front=front)  # fmt: skip
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -347,7 +437,7 @@ def _launch(
     settings: Settings, export: list[str], command: list[str], *, name: str | None, interval: float | None,
     quiet: bool,
     cgroup: str | None, ready: str | None, request: str | None, env: dict[str, str] | None, cwd: str | None,
-    rundir: str | None, propagate_trace: bool = False,
+    rundir: str | None, propagate_trace: bool = False, front: Any = None,
 ) -> tuple[Any, str, str]:  # fmt: skip
     from uniobs.coldstart.probes import ProbeError
     from uniobs.lifecycle.run import RunInterrupted, Runner
@@ -356,7 +446,7 @@ def _launch(
     from uniobs.plugin import LaunchError
     from uniobs.runtimes.select import Runtimes
 
-    specs = export or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
+    specs = choose_exports(export, settings)
     try:
         owned = RunDir.create(rundir)
     except OSError as exc:
@@ -371,6 +461,7 @@ def _launch(
         for note in plan.notes:
             log.info("%s", note)
         function = name or runtimes.of(plan).function_name(plan)
+        click.echo(f"uniobs: {function}: telemetry -> {telemetry_goes(pipeline)}", err=True)  # where, before it runs
         if cgroup == "auto":
             cgroup = f"/uniobs/{function}-{os.path.basename(owned.path)}"
         if cgroup is not None and not cgroup.strip("/"):
@@ -384,16 +475,37 @@ def _launch(
         except ProbeError as exc:
             pipeline.close(1)
             raise click.ClickException(str(exc)) from None
+        proxy = None
+        if front is not None:
+            from uniobs.invoke.proxy import RunnerFront
+
+            proxy = RunnerFront(front, pipeline.telemetry, function, runner)
+            try:
+                host, port = proxy.start()
+            except OSError as exc:
+                pipeline.close(1)
+                at = f"{front.listen[0]}:{front.listen[1]}"
+                why = exc.strerror or exc
+                raise click.ClickException(f"cannot listen on {at} (the invocation proxy, --listen): {why}") from None
+            up_host, up_port = front.upstream
+            scheme = "http" if front.protocol == "http" else "tcp"
+            click.echo(f"uniobs: {function}: invocations at {scheme}://{host}:{port}/ (proxied to {up_host}:{up_port})",
+                       err=True)  # fmt: skip
         try:
             info = runner.run()
         except RunInterrupted:
+            if proxy is not None:
+                proxy.close(1)
             pipeline.close(5)
             raise
         except OSError as exc:
+            if proxy is not None:
+                proxy.close(1)
             pipeline.close(5)
             raise click.ClickException(f"cannot run {command[0]}: {exc.strerror or exc}") from None
-        pipeline.flush(10)
-        pipeline.close(5)
+        if proxy is not None:
+            proxy.close(1)  # the function has ended: requests still held get a 503
+        pipeline.close(7.5)  # one last export (a flush before it would send every point twice)
     say_undelivered(pipeline)
     return info, ", ".join(pipeline.describe_exporters()), function
 
@@ -436,7 +548,7 @@ def attach(
     else:
         container = _find_container(target, runtimes.programs())
     settings = load_settings(config_path)
-    specs = list(export) or list(settings.core.export) or ["file:uniobs-telemetry.jsonl"]
+    specs = choose_exports(export, settings)
     try:
         pipeline = Pipeline(settings, export=specs)
     except (ConfigError, PluginError) as exc:
@@ -446,7 +558,7 @@ def attach(
         function = workload.display_name
         click.echo(
             f"uniobs: attached to {workload.runtime} container {workload.id[:12]} ({function}); pid {workload.pid}, "
-            f"cgroup {workload.cgroup} -> " + ", ".join(pipeline.describe_exporters()),
+            f"cgroup {workload.cgroup} -> {telemetry_goes(pipeline)}",
             err=True,
         )
     else:
@@ -457,18 +569,17 @@ def attach(
         function = workload.display_name
         click.echo(
             f"uniobs: attached to {info.runtime} pid {info.pid} ({function}); qmp {info.qmp or 'none'}, "
-            f"console {info.console or 'none'} -> " + ", ".join(pipeline.describe_exporters()),
+            f"console {info.console or 'none'} -> {telemetry_goes(pipeline)}",
             err=True,
         )
     ended = Attacher(pipeline, workload, interval=interval).run()
-    pipeline.flush(10)
-    pipeline.close(5)
+    pipeline.close(7.5)  # one last export (a flush before it would send every point twice)
     say_undelivered(pipeline)
     click.echo(f"uniobs: {function}: {ended}", err=True)
 
 
 @main.command()
-@config_options
+@config_options(default_export="none: only with --export")
 @click.option("--family", help="Skip detection: parse as this family (see `uniobs plugins`).")
 @click.option("--name", "-n", help="The function's name on the exported records. Default: the file's name.")
 @click.argument("console", type=click.Path(dir_okay=False, allow_dash=True))
@@ -530,14 +641,13 @@ def parse(config_path: str | None, export: tuple[str, ...], family: str | None, 
         workload,
         [LogEvent(base + e.time_ns, e.name, e.severity, e.attributes, event_name=e.name) for e in result.events],
     )
-    pipeline.flush(10)
-    pipeline.close(5)
+    pipeline.close(7.5)  # one last export (a flush before it would send every point twice)
     click.echo("exported -> " + ", ".join(pipeline.describe_exporters()))
     say_undelivered(pipeline)
 
 
 @main.command()
-@config_options
+@config_options(default_export="file:OUT/telemetry.jsonl, beside the reports")
 @click.argument("definition", required=False, type=click.Path(dir_okay=False))
 @click.option("--runs", "-N", default=3, show_default=True, help="Cold starts per shrink-wrap (interleaved).")
 @click.option("--out", "out_dir", default="uniobs-compare", show_default=True, type=click.Path(file_okay=False),
@@ -581,7 +691,7 @@ def compare(
             except fn.DefinitionError as exc:
                 raise click.ClickException(str(exc)) from None
             settings = load_settings(config_path)
-            specs = list(export) or list(settings.core.export) or [f"file:{out_dir}/telemetry.jsonl"]
+            specs = choose_exports(export, settings, f"file:{out_dir}/telemetry.jsonl")
             from uniobs.coldstart.probes import ProbeError
             from uniobs.runtimes.launch import LaunchError
 
@@ -621,7 +731,7 @@ def agent(config_path: str | None, export: tuple[str, ...]) -> None:
     except (ConfigError, PluginError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     where = f"health http://{runner.config.health}/healthz" if runner.health is not None else "no health endpoint"
-    click.echo(f"uniobs agent: exporting to {', '.join(runner.pipeline.describe_exporters())}; {where}", err=True)
+    click.echo(f"uniobs agent: exporting to {telemetry_goes(runner.pipeline)}; {where}", err=True)
     sys.exit(runner.run())
 
 
@@ -666,6 +776,9 @@ def _find_container(target: str, vmms: str) -> Any:
         raise click.ClickException(f"{target}: matches several containers ({ids}); give more of the id")
     return matches[0]
 
+
+from uniobs.cli import serve as _serve  # noqa: E402, F401  (registers `uniobs serve`: uniobs/cli/serve.py)
+from uniobs.cli import top as _top  # noqa: E402, F401  (registers `uniobs top`: uniobs/cli/top.py)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -123,6 +123,10 @@ class ColdStart:
     # set the moment the instance is ready (the probe's first success, else the `ready` milestone):
     # what `uniobs serve` holds a request on
     ready_event: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    # called once, with the mark's time (monotonic ns), on the thread that marked it ready (the
+    # I/O thread, a probe's): so a waiter can also wake at a failure, which `ready_event` never says
+    on_ready: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
+    _ready_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def traceparent(self) -> str:
@@ -132,7 +136,11 @@ class ColdStart:
         """Record when something happened; only the first occurrence of a mark counts."""
         self.marks.setdefault(name, time_ns)
         if name == "probe_ok" or (name == "ready" and not self.probe):
-            self.ready_event.set()
+            with self._ready_lock:  # a probe's thread and the I/O thread may both get here
+                first = not self.ready_event.is_set()
+                self.ready_event.set()
+            if first and self.on_ready is not None:
+                self.on_ready(self.marks[name])
 
     def guest_clock(self, time_ns: int, guest_s: float) -> None:
         """A console line that arrived at `time_ns` carried the guest's uptime `guest_s`."""

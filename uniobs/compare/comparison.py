@@ -9,6 +9,14 @@ load, then it is stopped. Image size and the static attack surface are measured 
 image files, the runtime attack surface once from the running instance. The result is one
 document (`uniobs.compare.results`), rendered by `uniobs.compare.report`.
 
+Each launch is triggered by a request, as `uniobs serve` does (scale from zero): a `FunctionHost`
+(uniobs/invoke/serve.py) behind the invocation proxy launches the instance when compare's first
+request arrives and holds the request until it is ready. Then, on that instance: the idle window,
+WARM_REQUESTS sequential requests, the load, a pause (QMP `stop` / `runc pause`) and one request
+that resumes it. The `invocations` figures are computed from the invocation spans and REPORT
+records the proxy exported (and `faas.invocations`), per instance and window, never from compare's
+own timings.
+
 The memory and CPU figures are the exported telemetry: `Measure` has the pipeline's own `process`
 and `cgroup` collectors sample the instance and hands each sample to every exporter at once, and
 the figures are computed afterwards from the data points compare's own in-process exporter
@@ -42,15 +50,18 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from uniobs import __version__
 from uniobs.coldstart.probes import http_get, parse_probe
+from uniobs.coldstart.trace import new_trace_id
 from uniobs.compare import function as fn
 from uniobs.compare.results import SCHEMA, MemoryFigures, Window, percentile
 from uniobs.config import Settings
+from uniobs.invoke.admission import Unavailable
+from uniobs.invoke.proxy import InvocationProxy
+from uniobs.invoke.record import REPORT_EVENT, InvocationRecorder
+from uniobs.invoke.serve import FunctionHost, FunctionSide, State
 from uniobs.lifecycle.run import Runner
-from uniobs.lifecycle.rundir import RunDir
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import Collector, ExporterSinks
 from uniobs.runtimes.accel import probe
-from uniobs.runtimes.launch import plan_launch
 
 log = logging.getLogger("uniobs.compare")
 
@@ -58,6 +69,8 @@ READY_TIMEOUT_S = 180.0
 IDLE_S = 2.0
 SAMPLE_S = 0.2
 LOAD_REQUEST_TIMEOUT_S = 30.0
+WARM_REQUESTS = 20  # sequential requests after the idle window: the warm invocations
+HOLD_S = 24 * 3600.0  # the host's idle timeout: compare stops (or pauses) each instance itself
 
 
 # --- what the telemetry covered ---------------------------------------------------------------
@@ -66,7 +79,36 @@ LOAD_REQUEST_TIMEOUT_S = 30.0
 RSS, PSS = "process.memory.usage", "uniobs.process.memory.pss"  # the VMM, or the container's init
 PROCESS_CPU = "process.cpu.time"
 CGROUP_MEMORY, CGROUP_CPU = "container.memory.usage", "container.cpu.time"
-FIGURE_METRICS = frozenset({RSS, PSS, PROCESS_CPU, CGROUP_MEMORY, CGROUP_CPU})
+INVOCATIONS = "faas.invocations"  # the proxy's count, per instance: checked against the spans
+FIGURE_METRICS = frozenset({RSS, PSS, PROCESS_CPU, CGROUP_MEMORY, CGROUP_CPU, INVOCATIONS})
+# The log records the invocation figures read: each invocation's REPORT, the host's resume
+RESUME_EVENT = "uniobs.serve.resume"
+FIGURE_EVENTS = frozenset({REPORT_EVENT, RESUME_EVENT})
+
+
+@dataclass(frozen=True)
+class InvocationSpan:
+    """One exported invocation span (SERVER, `faas.invocation_id`): epoch ns, as exported."""
+
+    start_ns: int
+    end_ns: int
+    coldstart: bool
+    error: str | None  # its error.type
+    status: int | None  # http.response.status_code
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+@dataclass(frozen=True)
+class Record:
+    """One exported log record the figures read (a REPORT, `uniobs.serve.resume`)."""
+
+    time_ns: int
+    event: str
+    attributes: dict[str, Any]
+
 
 _PointKey = tuple[tuple[tuple[str, Any], ...], int]  # (attributes, time_unix_nano)
 
@@ -80,6 +122,8 @@ class Coverage:
         self.metrics: dict[str, set[str]] = {}
         self.logs: dict[str, int] = {}
         self.spans: dict[str, list[str]] = {}
+        self.invocations: dict[str, list[InvocationSpan]] = {}  # invocation spans the proxy recorded
+        self.records: dict[str, list[Record]] = {}  # REPORT and serve records, per instance
         # per (instance, metric): each distinct point exported (a series not sampled again since
         # the last export is exported again unchanged, with its old time: one point)
         self.points: dict[tuple[str, str], dict[_PointKey, float | int]] = {}
@@ -117,6 +161,12 @@ class Coverage:
                     for record in batch:
                         key = str(record.resource.attributes.get("faas.instance", ""))
                         cov.logs[key] = cov.logs.get(key, 0) + 1
+                        lr = getattr(record, "log_record", None)
+                        event = getattr(lr, "event_name", None)
+                        if event in FIGURE_EVENTS:
+                            cov.records.setdefault(key, []).append(
+                                Record(int(lr.timestamp or 0), str(event), dict(lr.attributes or {}))  # type: ignore[union-attr]
+                            )
                 return LogRecordExportResult.SUCCESS
 
             def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -130,6 +180,15 @@ class Coverage:
                 with cov.lock:
                     for span in spans:
                         key = str(span.resource.attributes.get("faas.instance", ""))
+                        attrs = span.attributes or {}
+                        if "faas.invocation_id" in attrs:  # the proxy's, not the guest's own
+                            status = attrs.get("http.response.status_code")
+                            cov.invocations.setdefault(key, []).append(InvocationSpan(
+                                int(span.start_time), int(span.end_time), bool(attrs.get("faas.coldstart")),
+                                str(attrs["error.type"]) if "error.type" in attrs else None,
+                                int(status) if isinstance(status, int) else None,
+                            ))  # fmt: skip
+                            continue
                         cov.spans.setdefault(key, []).append(span.name)
                 return SpanExportResult.SUCCESS
 
@@ -150,6 +209,19 @@ class Coverage:
                 "guest_metrics": sum(1 for m in metrics if m.startswith("uniobs.guest.") and m not in
                                      ("uniobs.guest.records", "uniobs.guest.rejected")),
             }  # fmt: skip
+
+    def invocation_spans(self, instance: str, start_ns: int, end_ns: int) -> list[InvocationSpan]:
+        """The instance's exported invocation spans that started in [start_ns, end_ns] (epoch), by start."""
+        with self.lock:
+            spans = list(self.invocations.get(instance, []))
+        return sorted((s for s in spans if start_ns <= s.start_ns <= end_ns), key=lambda s: s.start_ns)
+
+    def records_of(self, instance: str, event: str, start_ns: int = 0, end_ns: int = 1 << 63) -> list[Record]:
+        """The instance's exported records of `event` in [start_ns, end_ns] (epoch), oldest first."""
+        with self.lock:
+            records = list(self.records.get(instance, []))
+        return sorted((r for r in records if r.event == event and start_ns <= r.time_ns <= end_ns),
+                      key=lambda r: r.time_ns)  # fmt: skip
 
     def instants(self, instance: str, metric: str, start_ns: int, end_ns: int) -> list[tuple[int, float | int]]:
         """The metric's exported value at each distinct instant in [start_ns, end_ns] (epoch), oldest
@@ -177,12 +249,25 @@ class _Window:
 
 
 @dataclass
+class _Calls:
+    """Requests compare sent to one launch in one phase, and when (epoch ns, on the bridge's clock:
+    the clock of the exported spans and records)."""
+
+    phase: str  # "cold", "warm", "load" or "resume"
+    start_ns: int
+    end_ns: int
+    sent: int
+
+
+@dataclass
 class _Launch:
     run: int
     instance: str  # the workload's id: the `faas.instance` of its exported telemetry
     exec_ns: int  # epoch ns of its exec, for the timeline
     container: bool
     windows: list[_Window] = field(default_factory=list)
+    calls: list[_Calls] = field(default_factory=list)  # empty: its invocations were not observed
+    pause_unknown: str | None = None  # why it could not be paused (None: it was, or it was not tried)
 
 
 def _rss(pid: int) -> int | None:
@@ -461,73 +546,42 @@ class Comparison:
 
     def _one(self, pipeline: Pipeline, coverage: Coverage, wrap: fn.Wrap, accel: str, side: dict[str, Any],
              run: int) -> None:  # fmt: skip
-        with RunDir.create() as rundir:  # the launch's sockets, FIFO and bundle copy, removed however it ends
-            self._launch_one(rundir, pipeline, coverage, wrap, accel, side, run)
-
-    def _launch_one(self, rundir: RunDir, pipeline: Pipeline, coverage: Coverage, wrap: fn.Wrap, accel: str,
-                    side: dict[str, Any], run: int) -> None:  # fmt: skip
-        from uniobs.compare import surface
-
+        """One launch of a side, triggered by its first request through a FunctionHost (as `uniobs
+        serve`), measured, then stopped (the host removes its run directory however it ends)."""
         d = self.d
-        first = run == 1
-        inst = fn.instance(d, wrap, accel)
-        command = fn.command_for(d, wrap, inst)
-        env = {k: inst.fill(v, d) for k, v in wrap.env.items()}
-        plan = plan_launch(command, rundir, "vm")
-        ready = inst.fill(d.ready, d) if d.ready else None
-        request = inst.fill(d.request, d) if d.request else None
-        runner = Runner(pipeline, plan, d.name, interval=1.0, mirror_console=False, rundir=rundir,
-                        ready=ready, request=request, env=env, cwd=str(d.dir),
-                        propagate_trace=wrap.propagate_trace)  # fmt: skip
+        fside = FunctionSide(d, wrap.side, accel=accel)  # checked and built already: the one launch recipe
+        host = FunctionHost(pipeline, fside, idle_timeout=HOLD_S, on_idle="pause", start_timeout=READY_TIMEOUT_S,
+                            interval=1.0, quiet=True)  # fmt: skip
+        template = d.request or (d.load.url if d.load is not None else None)
+        proxy = recorder = None
+        if unobserved(d, wrap) is None:  # every request, from the first, observed at the function's port as exported
+            recorder = InvocationRecorder(pipeline.telemetry, function=d.name)
+            proxy = InvocationProxy(host, recorder, listen=("127.0.0.1", 0), protocol=d.protocol, routes=d.routes)
+            recorder.server_port = proxy.start()[1]
+        host.start()
         measured: dict[str, Any] = {}
-
-        def watch() -> None:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not runner.coldstart_done and time.monotonic() < deadline:
-                proc = getattr(runner, "proc", None)
-                if proc is not None and proc.poll() is not None:
-                    return
-                time.sleep(0.02)
-            proc = getattr(runner, "proc", None)
-            if not runner.coldstart_done or proc is None or proc.poll() is not None or runner.workload is None:
-                runner.stop()
-                return
-            measure = Measure(runner, pipeline)
-            exec_ns = pipeline.telemetry.to_epoch_ns(runner.coldstart.marks.get("exec", 0))
-            launch = _Launch(run, runner.workload.id, exec_ns, measure.container)
-            idle, _ = _window(measure, "idle", self.idle_s)
-            launch.windows.append(idle)
-            if first and runner.workload is not None and runner.workload.pid:
-                config = os.path.join(rundir, "bundle", "config.json")
-                measured["surface"] = surface.surface_of_process(
-                    runner.workload.pid if measure.container else proc.pid,
-                    container_config=config if os.path.exists(config) else None,
-                )
-            if d.load is not None:
-                url = inst.fill(d.load.url, d)
-                loaded, measured["load_result"] = _window(measure, "load", 0, lambda: _send_load(d.load, url))  # type: ignore[arg-type]
-                launch.windows.append(loaded)
-            measured["launch"] = launch
-            runner.stop()
-
-        watcher = threading.Thread(target=watch, name="uniobs-compare", daemon=True)
-        watcher.start()
-        runner.run()
-        watcher.join(30)
-        cs = runner.coldstart
-        ready_ns = cs.ready_ns()
-        if ready_ns is None or "exec" not in cs.marks:
+        try:
+            self._measure(pipeline, host, fside, proxy, template, side, run, measured)
+        finally:
+            if proxy is not None:
+                proxy.close(1)
+            host.close()  # the instance stopped (resumed first if paused), its run directory removed
+            if recorder is not None:
+                recorder.close()  # its invocations recorded: they reach the exporters (and Coverage)
+        runner: Runner | None = host.runner
+        cs = runner.coldstart if runner is not None else None
+        ready_ns = cs.ready_ns() if cs is not None else None
+        if cs is None or ready_ns is None or "exec" not in cs.marks or "launch" not in measured:
             side["coldstart"]["failures"] += 1
-            log.warning("%s: not ready: %s", side["side"], cs.failure)
+            log.warning("%s: not ready: %s", side["side"], host.failure or (cs.failure if cs is not None else None))
             return
         side["coldstart"]["samples_s"].append((ready_ns - cs.marks["exec"]) / 1e9)
         for phase, start, end in cs.phases():
             side["coldstart"]["phase_samples"].setdefault(phase, []).append((end - start) / 1e9)
-        if "launch" in measured:
-            self.launches[side["side"]].append(measured["launch"])
+        self.launches[side["side"]].append(measured["launch"])
         if "load_result" in measured:
             side["load"] = measured["load_result"]
-        if first:
+        if run == 1:
             if "surface" in measured:
                 block = side["attack_surface"]
                 block.update({k: v for k, v in measured["surface"].items() if k not in ("method", "complete")})
@@ -535,9 +589,71 @@ class Comparison:
                 side["attack_surface"]["method"] = (
                     side["attack_surface"].get("method", "") + " Runtime: " + measured["surface"].get("method", "")
                 ).strip()
-            if runner.workload is not None:
+            if runner is not None and runner.workload is not None:
                 pipeline.flush(5)
                 side["observability"] = coverage.of(runner.workload.id)
+
+    def _measure(self, pipeline: Pipeline, host: FunctionHost, fside: FunctionSide, proxy: InvocationProxy | None,
+                 template: str | None, side: dict[str, Any], run: int, measured: dict[str, Any]) -> None:  # fmt: skip
+        from uniobs.compare import surface
+
+        d = self.d
+
+        def now() -> int:  # epoch ns on the bridge's clock: that of the exported spans and records
+            return pipeline.telemetry.to_epoch_ns(time.monotonic_ns())
+
+        calls: list[_Calls] = []
+        port = proxy.address[1] if proxy is not None and proxy.address is not None else 0
+
+        def send(phase: str, n: int, timeout: float) -> list[int | None]:
+            assert template is not None
+            target = parse_probe(fside.public_url(template, port))
+            start = now()
+            statuses = [http_get(target.host, target.port, target.path, timeout=timeout) for _ in range(n)]
+            calls.append(_Calls(phase, start, now(), n))
+            return statuses
+
+        # scale from zero: the first request launches the instance and is held until it is ready
+        if proxy is not None:
+            send("cold", 1, READY_TIMEOUT_S + LOAD_REQUEST_TIMEOUT_S)
+            upstream_port = port
+        else:  # nothing observed at a port (no port, proxy = false): launched by admission alone
+            try:
+                admission = host.admit(new_trace_id(), 0)
+            except Unavailable:
+                return
+            host.done(admission)
+            upstream_port = admission.port
+        runner: Runner | None = host.runner
+        proc = getattr(runner, "proc", None)
+        if host.state is not State.READY or runner is None or runner.workload is None or proc is None:
+            return
+        measure = Measure(runner, pipeline)
+        exec_ns = pipeline.telemetry.to_epoch_ns(runner.coldstart.marks.get("exec", 0))
+        launch = _Launch(run, runner.workload.id, exec_ns, measure.container)
+        idle, _ = _window(measure, "idle", self.idle_s)
+        launch.windows.append(idle)
+        if run == 1 and runner.workload.pid:
+            config = os.path.join(runner.rundir, "bundle", "config.json") if runner.rundir is not None else ""
+            measured["surface"] = surface.surface_of_process(
+                runner.workload.pid if measure.container else proc.pid,
+                container_config=config if config and os.path.exists(config) else None,
+            )
+        if proxy is not None:
+            send("warm", WARM_REQUESTS, LOAD_REQUEST_TIMEOUT_S)
+        if d.load is not None:
+            url = fside.public_url(d.load.url, upstream_port)
+            start = now()
+            loaded, measured["load_result"] = _window(measure, "load", 0, lambda: _send_load(d.load, url))  # type: ignore[arg-type]
+            if proxy is not None:
+                calls.append(_Calls("load", start, now(), d.load.requests))
+            launch.windows.append(loaded)
+        if proxy is not None:
+            launch.pause_unknown = host.pause_now()
+            if launch.pause_unknown is None:
+                send("resume", 1, READY_TIMEOUT_S)
+        launch.calls = calls
+        measured["launch"] = launch
 
     def _summarise(self, side: dict[str, Any], launches: Sequence[_Launch], coverage: Coverage) -> None:
         cs = side["coldstart"]
@@ -549,7 +665,9 @@ class Comparison:
         cs["phases"] = {p: {"median_s": statistics.median(v), "samples_s": v} for p, v in phases.items()}
         cs["method"] = ("exec of the launch command to the first successful readiness probe (else the function's "
                         "`ready` milestone), timed by uniobs run on the host's monotonic clock; phases from the "
-                        "cold-start trace")  # fmt: skip
+                        "cold-start trace. Each launch is triggered by a request (scale from zero, as `uniobs "
+                        "serve`): that request is the invocation the cold-start trace is a child of, so the trace "
+                        "no longer has a first_request phase; what the request saw is `invocations` cold")  # fmt: skip
         # Per window, then the median over the launches, as the figures of one launch are.
         memory: dict[str, list[MemoryFigures]] = {"idle": [], "load": []}
         cpu: dict[str, list[float]] = {"idle": [], "load": []}
@@ -593,6 +711,135 @@ class Comparison:
             "metrics the guest reported through the line protocol"
         )
         side["windows"] = windows
+        side["invocations"] = invocation_figures(coverage, launches, unobserved(self.d, self.wraps[side["side"]]))
+
+
+def unobserved(d: fn.FunctionDef, wrap: fn.Wrap) -> str | None:
+    """Why compare cannot observe this side's invocations at its port (None: it can)."""
+    if not fn.proxied(d, wrap):
+        return "the function has no port to observe (no `port`, no {port} in the side), or `proxy = false`"
+    if d.protocol != "http":
+        return f"the function's protocol is {d.protocol}: compare sends HTTP requests only"
+    template = d.request or (d.load.url if d.load is not None else None)
+    if template is None or not template.startswith("http://"):
+        return "the definition has no http:// `request` (nor `[load] url`) to send"
+    return None
+
+
+def _p(samples: Sequence[float], q: float) -> float | None:
+    return round(percentile(samples, q), 6) if samples else None
+
+
+def invocation_figures(coverage: Coverage, launches: Sequence[_Launch], why_not: str | None) -> dict[str, Any]:
+    """A side's `invocations` block, from the invocation spans, REPORT and `uniobs.serve.resume`
+    records and `faas.invocations` points compare's own exporter received, per launch (its
+    instance) and per window in which compare sent the requests (`_Calls`). Figures in s and bytes;
+    a figure that could not be measured is None with the reason in `unknown`."""
+    if why_not is not None:
+        return {"method": f"not measured: {why_not}."}
+    cold: list[float] = []
+    warm: list[float] = []
+    load: list[float] = []
+    resume: list[float] = []
+    resume_host: list[float] = []
+    rates: list[float] = []
+    load_errors = 0
+    memory: list[int] = []
+    runs: list[dict[str, Any]] = []
+    windows: list[dict[str, Any]] = []
+    unknown: dict[str, str] = {}
+    for launch in launches:
+        if not launch.calls:
+            continue
+        row: dict[str, Any] = {"run": launch.run, "instance": launch.instance, "sent": 0, "spans": 0}
+        for calls in launch.calls:
+            spans = coverage.invocation_spans(launch.instance, calls.start_ns, calls.end_ns)
+            windows.append({"run": launch.run, "phase": calls.phase, "instance": launch.instance,
+                            "start_unix_nano": calls.start_ns, "end_unix_nano": calls.end_ns,
+                            "sent": calls.sent, "spans": len(spans)})  # fmt: skip
+            row["sent"] += calls.sent
+            row["spans"] += len(spans)
+            row[f"{calls.phase}_spans"] = len(spans)
+            if calls.phase == "cold":
+                first = [s for s in spans if s.coldstart]
+                if first:
+                    row["cold_s"] = round(first[0].duration_s, 6)
+                    cold.append(first[0].duration_s)
+                reports = [r for r in coverage.records_of(launch.instance, REPORT_EVENT, calls.start_ns, calls.end_ns)
+                           if r.attributes.get("faas.coldstart")]  # fmt: skip
+                init = reports[0].attributes.get("uniobs.invocation.init_duration") if reports else None
+                row["init_s"] = init if isinstance(init, int | float) else None
+            elif calls.phase == "warm":
+                warm.extend(s.duration_s for s in spans if not s.coldstart)
+            elif calls.phase == "load" and spans:
+                load.extend(s.duration_s for s in spans)
+                load_errors += sum(1 for s in spans if s.error is not None)
+                span_ns = max(s.end_ns for s in spans) - min(s.start_ns for s in spans)
+                if span_ns > 0:
+                    rates.append(len(spans) / (span_ns / 1e9))
+            elif calls.phase == "resume" and spans:
+                row["resume_s"] = round(spans[0].duration_s, 6)
+                resume.append(spans[0].duration_s)
+                done = coverage.records_of(launch.instance, RESUME_EVENT, calls.start_ns, calls.end_ns)
+                took = done[0].attributes.get("uniobs.serve.resume_s") if done else None
+                if isinstance(took, int | float):
+                    row["resume_host_s"] = took
+                    resume_host.append(float(took))
+        if launch.pause_unknown is not None:
+            unknown.setdefault("resume_p50_s", f"not paused: {launch.pause_unknown}")
+        counted = coverage.instants(launch.instance, INVOCATIONS, 0, 1 << 63)
+        row["faas_invocations"] = int(counted[-1][1]) if counted else None  # cumulative: the last is the count
+        for record in coverage.records_of(launch.instance, REPORT_EVENT):
+            used = record.attributes.get("uniobs.invocation.max_memory_used")
+            if isinstance(used, int):
+                memory.append(used)
+        runs.append(row)
+    if not cold:
+        unknown["cold_p50_s"] = unknown["cold_p95_s"] = (
+            "no exported invocation span of a request that launched an instance"
+        )
+    if not warm:
+        unknown["warm_p50_s"] = unknown["warm_p99_s"] = "no exported span of a warm invocation"
+    if not resume and "resume_p50_s" not in unknown:
+        unknown["resume_p50_s"] = "no exported span of a request that resumed a paused instance"
+    if not memory:
+        unknown["max_memory_used_bytes"] = unknown["max_memory_used_max_bytes"] = (
+            "no REPORT record carried Max Memory Used (the instance's peak memory could not be read)"
+        )
+    has_load = any(c.phase == "load" for launch in launches for c in launch.calls)
+    if has_load and not load:
+        for key in ("load_throughput_per_s", "load_p50_s", "load_p90_s", "load_p99_s"):
+            unknown[key] = "no exported span of the load's invocations"
+    block: dict[str, Any] = {
+        "cold_p50_s": _p(cold, 0.5), "cold_p95_s": _p(cold, 0.95),
+        "warm_p50_s": _p(warm, 0.5), "warm_p99_s": _p(warm, 0.99), "warm_invocations": len(warm),
+        "resume_p50_s": _p(resume, 0.5), "resume_host_p50_s": _p(resume_host, 0.5),
+        "max_memory_used_bytes": _median(memory), "max_memory_used_max_bytes": max(memory) if memory else None,
+        "load_invocations": len(load) if has_load else None, "load_errors": load_errors if has_load else None,
+        "load_throughput_per_s": round(statistics.median(rates), 1) if rates else None,
+        "load_p50_s": _p(load, 0.5), "load_p90_s": _p(load, 0.9), "load_p99_s": _p(load, 0.99),
+        "runs": runs, "windows": windows,
+        "method": (
+            "from the invocation spans (SERVER, faas.invocation_id), REPORT records and faas.invocations points "
+            "uniobs exported for each launch's instance (faas.instance), in the windows in which compare sent "
+            "the requests (`windows`, epoch ns on the exported data's clock); durations are the spans' (the "
+            "request's arrival at uniobs' proxy on the function's port to its response's last byte). Cold: the "
+            "first request of each launch, sent while no instance existed; its arrival launched the instance "
+            "through the same FunctionHost as `uniobs serve` and it was held until ready, so it includes the "
+            "whole cold start (faas.coldstart=true; p50/p95 over the launches). Warm: "
+            f"{WARM_REQUESTS} sequential requests per launch after the idle window (faas.coldstart=false; p50/p99 "
+            "over all launches; the load's invocations are not in them). Resume: after the load, the instance "
+            "paused (QMP `stop` on uniobs' own socket, or the runtime's `pause`) and one request sent: its span "
+            "(resume_host_p50_s: the `cont`/`resume` alone, as the host measured it, from the uniobs.serve.resume "
+            "record). Max memory used: each REPORT's Max Memory Used, the instance's peak so far as Lambda's "
+            "(a VM's VMM VmHWM, a container's cgroup peak), median and max over the side's invocations. Load: the "
+            "spans of the [load] requests: invocations/s from the first span's start to the last one's end "
+            "(median over launches), latency percentiles over all launches, errors (spans with error.type)"
+        ),
+    }  # fmt: skip
+    if unknown:
+        block["unknown"] = unknown
+    return block
 
 
 def progress_printer(stream: Any = sys.stderr) -> Callable[[str], None]:

@@ -1,6 +1,10 @@
 """Function definitions: one function, and how to launch it in each shrink-wrap it is compared in.
 
     name = "hello-node"
+    port = 8002                                  # optional: the function's public port (`uniobs serve`'s default)
+    proxy = true                                 # optional (default true): invocations observed at the port
+    protocol = "http"                            # optional: "http" (an invocation per request), "tcp" (per connection)
+    routes = ["/status/{code}"]                  # optional: http.route templates
     ready = "http://127.0.0.1:{port}/=200"      # probe: tcp:, http://, console:
     request = "http://127.0.0.1:{port}/"        # optional: the first request, timed
 
@@ -36,7 +40,21 @@ every other build failure stops it.
 
 Placeholders: `{port}` (a free loopback port, new for each launch), `{accel}` (KVM or TCG, by a
 real probe boot), `{id}` (a unique instance id), `{boot_args}`, `{dir}` (the definition's
-folder). Relative paths in `image`, `build` and `command` are relative to the definition's
+folder).
+
+The proxy (`proxy = true`, the default; uniobs/invoke/proxy.py): uniobs listens on the function's
+public port and forwards each request to the instance, recording every invocation (a span, the
+`faas.*` metrics, a REPORT). Then `{port}` means two ports:
+- in `command`, `env` and `boot_args` (and so the guest's `hostfwd`, the container's PORT) and in
+  `ready`: the UPSTREAM port, a free loopback port the instance listens on. A readiness probe goes
+  straight to the instance: it is not an invocation;
+- in `request` and `[load] url`: the PUBLIC port, the proxy's, so the first request and the load
+  are invocations. The public port is `port` for `uniobs run --function` (and `uniobs serve`; a
+  free port when the definition has none), a free port for each launch of `uniobs compare`.
+With `proxy = false`, or a side with no port (no `port` key, no `{port}` in its command, env or
+boot_args), both are the same port and nothing is proxied.
+
+Relative paths in `image`, `build` and `command` are relative to the definition's
 folder, which is also the working directory of the commands. Commands are argument lists, never
 shell strings.
 """
@@ -56,7 +74,8 @@ from pathlib import Path
 from typing import Any
 
 SHRINKWRAPS = ("unikernel", "container")  # what a side is; its table's name is its own
-TOP_LEVEL = ("name", "description", "ready", "request", "load")
+TOP_LEVEL = ("name", "description", "ready", "request", "load", "port", "proxy", "protocol", "routes")
+PROTOCOLS = ("http", "tcp")
 SIDE_KEYS = ("command", "image", "build", "boot_args", "env", "label", "shrinkwrap", "propagate_trace")
 SIDE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 SKIP_STATUS = 77  # a build's "cannot be built on this host": the side is skipped, not failed
@@ -117,6 +136,10 @@ class FunctionDef:
     request: str | None = None
     load: Load | None = None
     description: str = ""
+    port: int | None = None  # the public port (the proxy's; `uniobs serve`'s default); None: a free one
+    proxy: bool = True  # invocations observed at the port (see the module's docstring)
+    protocol: str = "http"  # "http": one invocation per request; "tcp": one per connection
+    routes: tuple[str, ...] = ()  # http.route templates ("/users/{id}")
 
     @property
     def dir(self) -> Path:
@@ -189,7 +212,23 @@ def load_definition(path: str | os.PathLike[str]) -> FunctionDef:
     for key in ("ready", "request"):
         if key in raw and not isinstance(raw[key], str):
             raise DefinitionError(f"{path}: {key}: expected a string")
-    return FunctionDef(name, path, wraps, raw.get("ready"), raw.get("request"), load, str(raw.get("description", "")))
+    port = raw.get("port")
+    if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+        raise DefinitionError(f"{path}: port: expected a TCP port, 1 to 65535")
+    proxy = raw.get("proxy", True)
+    if not isinstance(proxy, bool):
+        raise DefinitionError(f"{path}: proxy: expected true or false")
+    protocol = raw.get("protocol", "http")
+    if protocol not in PROTOCOLS:
+        raise DefinitionError(f"{path}: protocol: expected {' or '.join(map(repr, PROTOCOLS))}")
+    routes = _strings(raw.get("routes", []), f"{path}: routes")
+    bad = [r for r in routes if not r.startswith("/")]
+    if bad:
+        raise DefinitionError(f"{path}: routes: a template starts with / ({bad[0]!r})")
+    return FunctionDef(
+        name, path, wraps, raw.get("ready"), raw.get("request"), load, str(raw.get("description", "")),
+        port=port, proxy=proxy, protocol=protocol, routes=routes,
+    )  # fmt: skip
 
 
 def free_port() -> int:
@@ -200,21 +239,28 @@ def free_port() -> int:
 
 @dataclass
 class Instance:
-    """One launch's concrete values."""
+    """One launch's concrete values: `port` is the port the instance listens on (upstream of the
+    proxy), `public_port` the one clients use (the proxy's; `port` itself without a proxy)."""
 
     port: int
     id: str
     accel: str
     boot_args: str = ""
+    public_port: int = 0  # 0: the same as `port` (no proxy)
 
-    def fill(self, text: str, definition: FunctionDef) -> str:
+    def fill(self, text: str, definition: FunctionDef, port: int | None = None) -> str:
+        """`text` with its placeholders filled; `{port}` is the upstream port (command, env, ready)."""
         return (
-            text.replace("{port}", str(self.port))
+            text.replace("{port}", str(self.port if port is None else port))
             .replace("{id}", self.id)
             .replace("{accel}", self.accel)
             .replace("{boot_args}", self.boot_args)
             .replace("{dir}", str(definition.dir))
         )
+
+    def fill_public(self, text: str, definition: FunctionDef) -> str:
+        """`text` with `{port}` the public port (`request`, `[load] url`: through the proxy)."""
+        return self.fill(text, definition, self.public_port or self.port)
 
 
 # Where the programs a definition's commands name usually come from, for the "not installed" line.
@@ -284,8 +330,19 @@ def check_runnable(definition: FunctionDef, wrap: Wrap) -> None:
         raise DefinitionError(f"{definition.path}: [{wrap.side}] cannot launch: {_not_installed(program)}")
 
 
-def instance(definition: FunctionDef, wrap: Wrap, accel: str) -> Instance:
+def proxied(definition: FunctionDef, wrap: Wrap) -> bool:
+    """Whether a launch of `wrap` gets the invocation proxy: `proxy` is on and the function has a
+    port (a `port` key, or `{port}` in the side's command, env or boot_args). A function without
+    one (a run-to-completion guest) has nothing to proxy."""
+    uses_port = any("{port}" in a for a in (*wrap.command, *wrap.env.values(), *wrap.boot_args))
+    return definition.proxy and (definition.port is not None or uses_port)
+
+
+def instance(definition: FunctionDef, wrap: Wrap, accel: str, public_port: int | None = None) -> Instance:
+    """A launch's values: a free upstream port; when proxied, `public_port` (else a free one)."""
     inst = Instance(free_port(), f"{definition.name}-{secrets.token_hex(4)}", accel)
+    if proxied(definition, wrap):
+        inst.public_port = public_port or free_port()
     if wrap.boot_args:
         args = [inst.fill(a, definition) for a in wrap.boot_args]
         if args and args[0] == "python3":

@@ -42,6 +42,7 @@ BLOCKS: tuple[tuple[str, str], ...] = (
     ("coldstart", "Cold start"),
     ("memory", "Memory"),
     ("cpu", "CPU"),
+    ("invocations", "Invocations"),
     ("attack_surface", "Attack surface"),
     ("observability", "Observability"),
 )
@@ -57,10 +58,13 @@ MEMORY_NOTE = (
     "QEMU's own memory, as the host sees one process; PSS divides the pages it shares with other "
     "processes (libraries) among them. A container's cgroup figure (memory.current) is what the kernel charges to "
     "its cgroup: the function's anonymous memory, page cache and kernel memory, but not the runtime "
-    "outside it. Both are shown, labelled; compare a row across sides, not RSS with cgroup."
+    "outside it. Both are shown, labelled; compare a row across sides, not RSS with cgroup. Max memory used per "
+    "invocation is each REPORT's, the instance's peak so far as Lambda's: a VM's VMM peak RSS (VmHWM), a "
+    "container's cgroup peak."
 )
 STAR_NOTE = (
-    f"{STAR} marks the better figure of a row (lower is better, except observability signals); "
+    f"{STAR} marks the better figure of a row (lower is better, except invocations per second and observability "
+    "signals); "
     f"no mark on a tie, where only one side has a figure, or where a side's figure is {UNKNOWN}."
 )
 
@@ -138,6 +142,8 @@ def fmt_value(value: Any, unit: str) -> str:
         return fmt_seconds(value)
     if unit == "%":
         return fmt_percent(value)
+    if unit == "/s":
+        return f"{fmt_count(value)}/s"
     return fmt_count(value)
 
 

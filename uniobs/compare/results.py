@@ -37,8 +37,26 @@ keep it readable by any tool; the helpers here build and check them.
                          "method": "..."},
       "observability": {"metrics": [names...], "logs": N, "trace_phases": [...],
                         "guest_spans": N, "guest_metrics": N, "method": "..."},
-      "windows": [WINDOW, ...]        # since uniobs 0.2; absent from older files
+      "windows": [WINDOW, ...],       # since uniobs 0.2; absent from older files
+      "invocations": INVOCATIONS      # since uniobs 0.3; absent from older files
     }
+
+    INVOCATIONS = {                   # seconds and bytes; null: not measured (see "unknown")
+      "cold_p50_s": x, "cold_p95_s": x,          # the request that launched an instance: sent -> response
+      "warm_p50_s": x, "warm_p99_s": x, "warm_invocations": N,
+      "resume_p50_s": x,                         # the request that resumed a paused instance
+      "resume_host_p50_s": x,                    # the resume alone (QMP cont, runc resume), as the host timed it
+      "max_memory_used_bytes": N, "max_memory_used_max_bytes": N,  # REPORT Max Memory Used: median, max
+      "load_invocations": N, "load_errors": N, "load_throughput_per_s": x,
+      "load_p50_s": x, "load_p90_s": x, "load_p99_s": x,
+      "runs": [{"run": 1, "instance": "<faas.instance>", "sent": N, "spans": N, "faas_invocations": N,
+                "cold_s": x, "init_s": x, "resume_s": x, "resume_host_s": x,
+                "cold_spans": N, "warm_spans": N, "load_spans": N, "resume_spans": N}, ...],
+      "windows": [{"run": 1, "phase": "cold" | "warm" | "load" | "resume", "instance": "<faas.instance>",
+                   "start_unix_nano": N, "end_unix_nano": N, "sent": N, "spans": N}, ...],
+      "unknown": {"resume_p50_s": "not paused: why", ...},   # only where a figure is unknown
+      "method": "..."
+    }                                 # a side whose invocations cannot be observed: {"method": "not measured: why"}
 
     SKIPPED = {"side": "nanos", "shrinkwrap": "unikernel", "label": "...",
                "reason": "no Nanos toolchain on this host (set NANOS_DIR or install ops)"}
@@ -51,7 +69,10 @@ that could not be measured is null; where it is null because it is unknown (not 
 applicable, like a VM's cgroup memory), its block's "unknown" says why, and no side wins that row. The memory
 and CPU figures are computed from the telemetry uniobs exported: each `windows` entry names the
 instance (its `faas.instance` resource attribute) and the span of time (the data points'
-`timeUnixNano`) one measurement window covered, so they can be checked against any backend.
+`timeUnixNano`) one measurement window covered, so they can be checked against any backend. The
+invocation figures likewise come from the exported invocation spans (their start and end),
+REPORT records and `faas.invocations` points of the instance and window each
+`invocations.windows` entry names.
 """
 
 from __future__ import annotations
@@ -77,6 +98,18 @@ ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("memory.load.cgroup_bytes", "memory under load: cgroup", "bytes", "lower"),
     ("cpu.idle_percent", "CPU idle", "%", "lower"),
     ("cpu.load_percent", "CPU under load", "%", "lower"),
+    ("invocations.cold_p50_s", "cold request (sent → response), p50", "s", "lower"),
+    ("invocations.cold_p95_s", "cold request (sent → response), p95", "s", "lower"),
+    ("invocations.warm_p50_s", "warm invocation, p50", "s", "lower"),
+    ("invocations.warm_p99_s", "warm invocation, p99", "s", "lower"),
+    ("invocations.resume_p50_s", "request resuming from pause, p50", "s", "lower"),
+    ("invocations.max_memory_used_bytes", "max memory used per invocation, median", "bytes", "lower"),
+    ("invocations.max_memory_used_max_bytes", "max memory used per invocation, max", "bytes", "lower"),
+    ("invocations.load_throughput_per_s", "load: invocations per second", "/s", "higher"),
+    ("invocations.load_p50_s", "load: invocation latency p50", "s", "lower"),
+    ("invocations.load_p90_s", "load: invocation latency p90", "s", "lower"),
+    ("invocations.load_p99_s", "load: invocation latency p99", "s", "lower"),
+    ("invocations.load_errors", "load: invocation errors", "count", "lower"),
     ("attack_surface.executables", "executables in the image", "count", "lower"),
     ("attack_surface.shared_libraries", "shared libraries in the image", "count", "lower"),
     ("attack_surface.shell", "a shell in the image", "bool", "lower"),

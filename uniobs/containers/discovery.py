@@ -684,8 +684,13 @@ class ContainerDiscovery:
         socket_timeout: float = 0.25,
         scan: bool = True,
         rescan_after: float = 2.0,
+        watch: bool = False,
     ) -> None:
         self.layout = layout
+        # watch=True: the cgroup tree is kept current with inotify between discover() calls
+        # (cgroupfs.CgroupTree) rather than walked each time; close() drops its watches
+        self.watch = watch
+        self._tree: cgroupfs.CgroupTree | None = None
         self.run_dir = run_dir.rstrip("/") or "/"
         self.var_lib = var_lib.rstrip("/") or "/"
         self.proc_dir = proc_dir  # None: trust state files' pids without checking them
@@ -708,6 +713,10 @@ class ContainerDiscovery:
         self._asked: dict[tuple[str, str], ManagerMeta | None] = {}  # (daemon, id) -> answer
         self._states: dict[str, list[RuntimeState]] = {}
         self._by_cgroup: dict[str, str] = {}
+        # What does not change while the state files do not: the paths identify() found no
+        # container for (a name and the state files decide it), and the plain cgroups' Workloads
+        self._no_container: set[str] = set()
+        self._plain: dict[str, Workload] = {}
         self._scanned_at: float | None = None
         # The cgroups the last discover() walked and no container claimed (plain Kind.CGROUP
         # workloads), so a caller that also follows plain cgroups need not walk the tree again.
@@ -828,6 +837,8 @@ class ContainerDiscovery:
                     by_cgroup.setdefault(path, cid)
                 if state.cgroups_path is not None:
                     by_cgroup.setdefault(state.cgroups_path, cid)
+        if by_cgroup != self._by_cgroup:
+            self._no_container.clear()
         self._states = states
         self._by_cgroup = by_cgroup
         self._scanned_at = time.monotonic()
@@ -927,6 +938,8 @@ class ContainerDiscovery:
             return None
         if self.scan:
             self._fresh()
+            if path in self._no_container:
+                return None
         # The nearest cgroup at or above `path` that a state file or its own name gives to a
         # container: runtimes and containers nest cgroups below the container's (see
         # `container_cgroup`), and those are the container's too.
@@ -938,6 +951,8 @@ class ContainerDiscovery:
             if cid is not None or match is not None:
                 break
         else:
+            if self.scan:
+                self._no_container.add(path)  # until the state files change (refresh)
             return None
         if cid is None:
             assert match is not None
@@ -1137,6 +1152,12 @@ class ContainerDiscovery:
             dirs = [(self.layout.unified, workload.cgroup_of(""))]
         return any(os.path.isdir(d if p == "/" else d + p) for d, p in dirs if p is not None)
 
+    def close(self) -> None:
+        """Drop the cgroup tree's inotify watches (watch=True); a later discover() sets them anew."""
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
+
     def lookup(self, cid: str) -> Workload | None:
         """One container by id, from the runtimes' state files (what `uniobs run`/`attach` need)."""
         return self._describe(cid, None, None)
@@ -1155,7 +1176,14 @@ class ContainerDiscovery:
                 found.setdefault(workload.key, workload)
         unclaimed = []
         if self.layout is not None:
-            for workload in discovery.discover_cgroups(self.layout, max_cgroups, identify=self.identify):
+            if self.watch and (self._tree is None or self._tree.max_cgroups != max_cgroups):
+                self.close()
+                self._tree = cgroupfs.CgroupTree(self.layout, max_cgroups)
+            workloads = discovery.discover_cgroups(
+                self.layout, max_cgroups, identify=self.identify, tree=self._tree, plain=self._plain
+            )
+            self._no_container.intersection_update(self._plain)  # paths gone meanwhile
+            for workload in workloads:
                 if workload.kind is Kind.CONTAINER:
                     found.setdefault(workload.key, workload)
                 else:

@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from uniobs.guest.lines import DEFAULT_MAX_LINE, LineSplitter
+from uniobs.guest.lines import DEFAULT_MAX_LINE, LineBatch, LineSplitter
 from uniobs.ioloop import IoLoop
-from uniobs.plugin import ConsoleLine
 
 log = logging.getLogger("uniobs.capture")
 
@@ -32,7 +31,7 @@ READ_SIZE = 64 * 1024
 READS_PER_WAKEUP = 16  # then yield to other streams: one flooding guest cannot starve the rest
 FILE_POLL_S = 0.02
 
-LinesCallback = Callable[[list[ConsoleLine]], None]
+LinesCallback = Callable[[LineBatch], None]  # a chunk's lines (a sequence of ConsoleLine)
 
 
 class SourceError(ValueError):

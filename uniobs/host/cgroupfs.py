@@ -49,9 +49,10 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from uniobs.plugin import WorkloadGone
 
@@ -611,13 +612,243 @@ def list_cgroups(
     return sorted(found)
 
 
+class CgroupTree:
+    """The cgroup paths `list_cgroups` gives, kept current between rounds with inotify.
+
+    `list()` returns the same sorted paths as `list_cgroups(layout, max_cgroups, failures)`. The
+    first call walks the hierarchies once, putting an inotify watch (IN_CREATE, IN_DELETE,
+    IN_MOVED_FROM, IN_MOVED_TO, IN_ONLYDIR) on each cgroup directory before deciding whether it
+    has children; later calls read the queued events and walk only the directories created since
+    (a directory's mtime is no help: cgroupfs does not change it when a child is made). Removed
+    directories are forgotten and their watches removed (a kernfs directory's watch outlives its
+    rmdir otherwise, and counts against the watch limit).
+
+    A full walk (watches set anew) replaces the events in the round after: the queue overflowed
+    (IN_Q_OVERFLOW), a watch could not be set (EACCES...), a cgroup was renamed, the listing was
+    truncated at `max_cgroups`, or `full_walk_every` rounds went by. The last is a safety net for
+    directories made through another mount of the same hierarchy (a container's cgroup-namespace
+    mount has its own superblock, whose mkdirs our watches do not see). When the kernel refuses
+    more watches (ENOSPC: `fs.inotify.max_user_watches`, or `max_user_instances`) it is said
+    once and every round is a full walk from then on, as it is where inotify is unavailable (no
+    `inotify_simple`, a kernel without it).
+
+    Counters: `full_walks`, their CPU `full_walk_cpu_s`, and `rounds`. Not thread-safe: one caller (the discovery loop).
+    """
+
+    _MASK = 0x100 | 0x200 | 0x40 | 0x80 | 0x1000000  # IN_CREATE|IN_DELETE|IN_MOVED_FROM|IN_MOVED_TO|IN_ONLYDIR
+    _ISDIR, _OVERFLOW, _IGNORED, _MOVED = 0x40000000, 0x4000, 0x8000, 0x40 | 0x80
+
+    def __init__(
+        self,
+        layout: CgroupLayout,
+        max_cgroups: int = DEFAULT_MAX_CGROUPS,
+        failures: FileFailures | None = None,
+        *,
+        full_walk_every: int = 60,
+        inotify: bool = True,
+    ) -> None:
+        if max_cgroups < 1:
+            raise ValueError("max_cgroups: must be >= 1")
+        self.layout = layout
+        self.max_cgroups = max_cgroups
+        self.failures = failures if failures is not None else FileFailures()
+        self.full_walk_every = full_walk_every
+        self._hierarchies = _walk_hierarchies(layout)
+        self._use_inotify = inotify
+        self._inotify: Any = None
+        self._wds: dict[int, tuple[int, str]] = {}  # watch -> (hierarchy index, cgroup path)
+        self._dirs: list[dict[str, int]] = [{} for _ in self._hierarchies]  # per hierarchy: path -> watch
+        self._sorted: list[str] | None = None
+        self._since_full = 0
+        self._dirty = True  # the next round walks everything
+        self.rounds = 0
+        self.full_walks = 0
+        self.full_walk_cpu_s = 0.0  # the CPU (thread time) of the full walks, together
+
+    @property
+    def watching(self) -> bool:
+        """Whether rounds are answered from inotify events (False: every round walks)."""
+        return self._inotify is not None
+
+    def close(self) -> None:
+        """Drop the watches (closing the inotify descriptor removes them all at once)."""
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        self._wds.clear()
+        for dirs in self._dirs:
+            dirs.clear()
+        self._sorted = None
+        self._dirty = True
+
+    def list(self) -> list[str]:
+        """Every cgroup path, sorted ("/" first, parents before children), as `list_cgroups`."""
+        self.rounds += 1
+        if not self._use_inotify:
+            self.full_walks += 1
+            return list_cgroups(self.layout, self.max_cgroups, self.failures)
+        if not self._dirty and self._inotify is not None:
+            self._since_full += 1
+            if self._since_full >= self.full_walk_every:
+                self._dirty = True
+            else:
+                self._apply(self._inotify.read(timeout=0))
+        if self._dirty or self._inotify is None:
+            self._full()
+        if not self._use_inotify:  # given up during this round's walk
+            return list_cgroups(self.layout, self.max_cgroups, self.failures)
+        if self._sorted is None:
+            found = set().union(*self._dirs)
+            if len(found) > self.max_cgroups:
+                self._give_up(f"more than {self.max_cgroups} cgroups (max_cgroups)")
+                return list_cgroups(self.layout, self.max_cgroups, self.failures)
+            self._sorted = sorted(found)
+        return self._sorted
+
+    # -- the full walk, watches set before each directory is listed
+
+    def _full(self) -> None:
+        self.full_walks += 1
+        started = time.thread_time()
+        self._since_full = 0
+        self.close()
+        self._dirty = False
+        try:
+            from inotify_simple import INotify  # type: ignore[import-untyped]
+
+            self._inotify = INotify(nonblocking=True)
+        except (ImportError, OSError) as exc:
+            self._give_up(f"inotify unavailable ({exc})")
+            return
+        for index in range(len(self._hierarchies)):
+            if not self._add_tree(index, "/"):
+                break
+        self.full_walk_cpu_s += time.thread_time() - started
+
+    def _give_up(self, why: str) -> None:
+        """Walk every round from now on (list() returns list_cgroups)."""
+        log.warning("cgroup discovery: %s; walking the cgroup hierarchies every round instead", why)
+        self.close()
+        self._use_inotify = False
+
+    def _watch(self, index: int, rel: str) -> int | None:
+        """Watch one directory; None if it is gone. A refused watch makes the next round walk."""
+        hierarchy = self._hierarchies[index]
+        try:
+            wd: int = self._inotify.add_watch(_join(hierarchy, rel), self._MASK)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # removed meanwhile: churn
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._give_up(
+                    f"more than fs.inotify.max_user_watches directories to watch (at {sum(map(len, self._dirs))})"
+                )
+                return None
+            self.failures.failed(hierarchy, rel, _join(hierarchy, rel), exc)
+            self._dirty = True
+            return None
+        self._wds[wd] = (index, rel)
+        dirs = self._dirs[index]
+        dirs[rel] = wd
+        self._sorted = None
+        if len(dirs) > self.max_cgroups:
+            self._give_up(f"more than {self.max_cgroups} cgroups (max_cgroups)")
+            return None
+        return wd
+
+    def _add_tree(self, index: int, top: str) -> bool:
+        """Watch `top` and every directory below it. False when inotify was given up."""
+        hierarchy = self._hierarchies[index]
+        dirs = self._dirs[index]
+        stack = [top]
+        while stack:
+            rel = stack.pop()
+            if rel in dirs:
+                continue
+            if self._watch(index, rel) is None:
+                if self._inotify is None:
+                    return False
+                continue
+            # Watched before listing: a child made from here on is an event, one made before is listed.
+            try:
+                with os.scandir(_join(hierarchy, rel)) as it:
+                    children = [e for e in it if e.is_dir(follow_symlinks=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                self._forget(index, rel)
+                continue
+            except OSError as exc:
+                self.failures.failed(hierarchy, rel, _join(hierarchy, rel), exc)
+                continue
+            prefix = "" if rel == "/" else rel
+            for entry in children:
+                path = f"{prefix}/{entry.name}"
+                if path in dirs:
+                    continue
+                try:
+                    leaf = entry.stat(follow_symlinks=False).st_nlink == 2  # see list_cgroups
+                except OSError:
+                    leaf = False
+                if not leaf:
+                    stack.append(path)
+                    continue
+                # a leaf: watched, then its link count checked again, so a child made in between
+                # is either an event or seen here
+                if self._watch(index, path) is None:
+                    if self._inotify is None:
+                        return False
+                    continue
+                try:
+                    still = os.lstat(_join(hierarchy, path)).st_nlink == 2
+                except OSError:
+                    self._forget(index, path)
+                    continue
+                if not still:
+                    del dirs[path]
+                    stack.append(path)
+        return True
+
+    def _forget(self, index: int, rel: str) -> None:
+        """Drop a removed directory and its watch. A cgroup directory can only be removed once it
+        has no child cgroup, so each removal below it came first, as its own event."""
+        wd = self._dirs[index].pop(rel, None)
+        if wd is None:
+            return
+        self._wds.pop(wd, None)
+        self._sorted = None
+        try:
+            self._inotify.rm_watch(wd)
+        except OSError:
+            pass  # already dropped by the kernel
+
+    def _apply(self, events: Iterable[Any]) -> None:
+        for wd, mask, _cookie, name in events:
+            if mask & self._OVERFLOW or mask & self._MOVED:
+                self._dirty = True  # a lost event, or a renamed subtree whose watches name old paths
+                return
+            if mask & self._IGNORED:
+                self._wds.pop(wd, None)
+                continue
+            where = self._wds.get(wd)
+            if where is None or not mask & self._ISDIR:
+                continue
+            index, rel = where
+            path = f"{'' if rel == '/' else rel}/{name}"
+            if mask & 0x200:  # IN_DELETE
+                self._forget(index, path)
+            elif mask & 0x100 and not self._add_tree(index, path):  # IN_CREATE; False: inotify given up
+                return
+            if self._dirty:
+                return
+
+
 # --- reading --------------------------------------------------------------------------------
 
 
-def _read_file(path: str) -> str | None:
-    """The whole file, or None if it (or its cgroup) does not exist or is going away."""
+def _read_file(path: str, dir_fd: int | None = None) -> str | None:
+    """The whole file (`path` relative to `dir_fd` if given), or None if it (or its cgroup) does
+    not exist or is going away."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in _VANISHED:
             return None
@@ -689,6 +920,119 @@ def _errno_name(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno, str(exc.errno))
 
 
+class CgroupHandles:
+    """What repeated reads of the same cgroups keep between scrapes (one per collector).
+
+    - Directory descriptors (O_PATH) of the cgroup directories that `read_stats` reads several
+      files from (v1 memory, pids and blkio; the one v2 directory): a file is then opened
+      relative to it (openat) instead of through its whole path, ~3 µs less per file measured
+      here. At most `budget` descriptors are held (default: half of RLIMIT_NOFILE, whose soft
+      limit is raised to the hard one); the directories past it are read by path, as without
+      handles. A descriptor whose directory was removed (and perhaps made again) answers ENOENT:
+      it is dropped and the read is made again by path. `forget(path, paths)` closes them.
+    - Where each cgroup is read (its directories per controller), computed once per cgroup.
+    - Secondary directories found absent (`unified/<path>` on a hybrid host, which a runc
+      container never has: PSI): not tried again for `recheck` reads, which saves a failed open
+      and two stats per cgroup and scrape; one made later is read from the next check.
+
+    Thread-safe for the collector's use (a call abandoned after its timeout may still be reading).
+    """
+
+    def __init__(self, budget: int | None = None, recheck: int = 30) -> None:
+        if budget is None:
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if hard == resource.RLIM_INFINITY or hard > soft:
+                try:
+                    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                    soft = target
+                except (ValueError, OSError):
+                    pass
+            budget = max(0, soft // 2 - 256)
+        self.budget = budget
+        self.recheck = recheck
+        self._lock = threading.Lock()
+        self._fds: dict[str, int] = {}
+        self._absent: dict[str, int] = {}  # secondary directory -> reads left before it is checked again
+        self._plans: dict[tuple[str, tuple[tuple[str, str], ...] | None], _Plan] = {}
+
+    def plan(self, layout: CgroupLayout, path: str, paths: Mapping[str, str] | None) -> _Plan:
+        """Where a cgroup is read (computed once per cgroup; ValueError for a path with "..")."""
+        key = (path, tuple(sorted(paths.items())) if paths else None)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _plan(layout, path, paths)
+        return plan
+
+    def fd(self, directory: str) -> int | None:
+        """The directory's descriptor, opened now if the budget allows; None: read by path."""
+        fd = self._fds.get(directory)
+        if fd is not None or len(self._fds) >= self.budget:
+            return fd
+        try:
+            fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with self._lock:
+            if directory in self._fds or len(self._fds) >= self.budget:
+                os.close(fd)
+                return self._fds.get(directory)
+            self._fds[directory] = fd
+        return fd
+
+    def stale(self, directory: str, fd: int) -> bool:
+        """Whether `fd` no longer names `directory` (removed, or made again): then it is dropped."""
+        try:
+            same = os.stat(fd).st_ino == os.stat(directory).st_ino
+        except OSError:
+            same = False
+        if not same:
+            self.drop(directory)
+        return not same
+
+    def drop(self, directory: str) -> None:
+        with self._lock:
+            fd = self._fds.pop(directory, None)
+        if fd is not None:
+            os.close(fd)
+
+    def skip(self, directory: str) -> bool:
+        """Whether an absent secondary directory is not to be tried this time."""
+        left = self._absent.get(directory)
+        if left is None:
+            return False
+        if left <= 0:
+            self._absent.pop(directory, None)
+            return False
+        self._absent[directory] = left - 1
+        return True
+
+    def absent(self, directory: str) -> None:
+        self._absent[directory] = self.recheck
+
+    def forget(self, path: str, paths: Mapping[str, str] | None = None) -> None:
+        """A cgroup no longer read (as given to `read_stats`): close its descriptors, drop what
+        was remembered."""
+        plan = self._plans.pop((path, tuple(sorted(paths.items())) if paths else None), None)
+        for directory in plan.dirs.values() if plan is not None else ():
+            self.drop(directory)
+            self._absent.pop(directory, None)
+
+    def held(self) -> int:
+        """Descriptors held now."""
+        return len(self._fds)
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+        self._absent.clear()
+        self._plans.clear()
+
+
 class _Reader:
     """Reads the files of one cgroup across its hierarchy directories, telling a missing
     file on a live cgroup (None) from a cgroup that is gone (WorkloadGone), and an unreadable
@@ -706,7 +1050,20 @@ class _Reader:
     `answered` whether any file was read.
     """
 
-    __slots__ = ("_absent", "_alive", "_failures", "_hierarchy", "_primary", "answered", "error", "failed", "path")
+    __slots__ = (
+        "_absent",
+        "_alive",
+        "_failures",
+        "_handles",
+        "_hierarchy",
+        "_primary",
+        "_secondary",
+        "_with_fd",
+        "answered",
+        "error",
+        "failed",
+        "path",
+    )
 
     def __init__(
         self,
@@ -714,11 +1071,17 @@ class _Reader:
         primary: Iterable[str],
         hierarchy: Mapping[str, str] | None = None,
         failures: FileFailures | None = None,
+        handles: CgroupHandles | None = None,
+        with_fd: Iterable[str] = (),
+        secondary: str | None = None,
     ) -> None:
         self.path = path
         self._primary = list(dict.fromkeys(primary))
         self._hierarchy = hierarchy or {}  # cgroup directory -> its hierarchy's root
         self._failures = failures
+        self._handles = handles
+        self._with_fd = frozenset(with_fd) if handles is not None else frozenset()  # read through a descriptor
+        self._secondary = secondary if handles is not None else None  # absence remembered by `handles`
         self._absent: set[str] = set()
         self._alive = False  # a primary directory was seen to exist after a failed read
         self.error: OSError | None = None
@@ -733,12 +1096,22 @@ class _Reader:
         self.failed = False
         if directory in self._absent:
             return None
+        handles = self._handles
+        if directory == self._secondary and handles is not None and handles.skip(directory):
+            self._absent.add(directory)
+            return None
         hierarchy = self._hierarchy.get(directory, directory)
         if self._failures is not None and self._failures.never(hierarchy, name):
             self.failed = True
             return None
         try:
-            text = _read_file(f"{directory}/{name}")
+            fd = handles.fd(directory) if handles is not None and directory in self._with_fd else None
+            if fd is None:
+                text = _read_file(f"{directory}/{name}")
+            else:
+                text = _read_file(name, fd)
+                if text is None and handles is not None and handles.stale(directory, fd):
+                    text = _read_file(f"{directory}/{name}")  # removed, or made anew: by path
         except OSError as exc:  # not "gone": the file is there and cannot be read
             if self._failures is not None:
                 self._failures.failed(hierarchy, name, f"{directory}/{name}", exc)
@@ -755,6 +1128,8 @@ class _Reader:
         if os.path.isdir(directory):
             return  # the file is absent, the cgroup is not: its field stays None
         self._absent.add(directory)
+        if directory == self._secondary and self._handles is not None:
+            self._handles.absent(directory)
         if self._alive:
             return
         for primary in self._primary:
@@ -787,6 +1162,39 @@ def _cgroup_dirs(
     return dirs, primary
 
 
+def _fd_dirs(layout: CgroupLayout, dirs: Mapping[str, str]) -> list[str]:
+    """The directories `read_stats` reads several files from: worth a descriptor (CgroupHandles)."""
+    if layout.mode is CgroupMode.V2:
+        return [dirs["unified"]] if "unified" in dirs else []
+    return [dirs[c] for c in ("memory", "pids", "blkio") if c in dirs]
+
+
+class _Plan(NamedTuple):
+    """Where `read_stats` reads one cgroup: what depends only on the layout and the paths."""
+
+    path: str  # normalized
+    dirs: dict[str, str]  # controller ("unified" for v2) -> directory
+    primary: list[str]
+    hierarchy: dict[str, str]  # directory -> its hierarchy's root
+    fd_dirs: frozenset[str]  # worth a directory descriptor (CgroupHandles)
+    secondary: str | None  # a hybrid host's unified/<path>
+    controllers: tuple[str, ...]  # the v1 controllers, sorted (for `absent`)
+
+
+def _plan(layout: CgroupLayout, path: str, paths: Mapping[str, str] | None) -> _Plan:
+    path = normalize_path(path)
+    dirs, primary = _cgroup_dirs(layout, path, _normalize_paths(paths))
+    return _Plan(
+        path,
+        dirs,
+        primary,
+        _hierarchies(layout, dirs),
+        frozenset(_fd_dirs(layout, dirs)),
+        dirs.get("unified") if layout.mode is CgroupMode.HYBRID else None,
+        tuple(sorted(layout.v1)),
+    )
+
+
 def _hierarchies(layout: CgroupLayout, dirs: Mapping[str, str]) -> dict[str, str]:
     """{cgroup directory: the root of its hierarchy}, for `dirs` from `_cgroup_dirs`."""
     roots = {**layout.v1, "unified": layout.unified} if layout.unified is not None else dict(layout.v1)
@@ -801,6 +1209,8 @@ def read_stats(
     pressure: bool = True,
     paths: Mapping[str, str] | None = None,
     failures: FileFailures | None = None,
+    cpu_usage: bool = True,
+    handles: CgroupHandles | None = None,
 ) -> CgroupStats:
     """Read one cgroup now. Raises WorkloadGone if it no longer exists in any hierarchy, and
     ValueError for a path with "..".
@@ -814,10 +1224,23 @@ def read_stats(
     holds no value leaves its figures None; `failures` remembers the errors across calls (see
     `FileFailures`). Only when no file at all could be read and one failed is that error raised
     (an OSError): the cgroup is unreadable, not one of its files.
+
+    `cpu_usage=False`: v1's cpuacct.usage (the precise total, `cpu_usage_s`) is read only when
+    cpuacct.stat gives no user/system split (one file less per cgroup for a caller that emits the
+    split). `handles` (kept across calls, see `CgroupHandles`) reads through directory descriptors
+    and skips a hybrid host's absent `unified/<path>` for a while; the figures are the same.
     """
-    path = normalize_path(path)
-    dirs, primary = _cgroup_dirs(layout, path, _normalize_paths(paths))
-    reader = _Reader(path, primary, _hierarchies(layout, dirs), failures if failures is not None else FileFailures())
+    plan = handles.plan(layout, path, paths) if handles is not None else _plan(layout, path, paths)
+    path, dirs, primary = plan.path, plan.dirs, plan.primary
+    reader = _Reader(
+        path,
+        primary,
+        plan.hierarchy,
+        failures if failures is not None else FileFailures(),
+        handles,
+        plan.fd_dirs,
+        plan.secondary,
+    )
     unified = dirs.get("unified")
     values: dict[str, Any] = {}  # CgroupStats fields
 
@@ -825,11 +1248,12 @@ def read_stats(
     # always carries usage/user/system in µs, whether or not the cpu controller is enabled.
     v2_cpu_stat: dict[str, str] | None = None
     if "cpuacct" in dirs:
-        usage = _int_of(reader.read(dirs["cpuacct"], "cpuacct.usage"))
-        values["cpu_usage_s"] = None if usage is None else usage / 1e9
         text = reader.read(dirs["cpuacct"], "cpuacct.stat")
         if text is not None:
             values["cpu_user_s"], values["cpu_system_s"] = parse_cpuacct_stat(text)
+        if cpu_usage or values.get("cpu_user_s") is None or values.get("cpu_system_s") is None:
+            usage = _int_of(reader.read(dirs["cpuacct"], "cpuacct.usage"))
+            values["cpu_usage_s"] = None if usage is None else usage / 1e9
     elif unified is not None:
         text = reader.read(unified, "cpu.stat")
         if text is not None:
@@ -894,7 +1318,7 @@ def read_stats(
             if text is not None:
                 values[f"{resource}_pressure"] = parse_pressure(text)
 
-    absent = tuple(c for c in sorted(layout.v1) if reader.missing(dirs[c]))
+    absent = tuple(c for c in plan.controllers if reader.missing(dirs[c]))
     if absent and not any(os.path.isdir(d) for d in primary):
         # removed while being read: a runtime deletes a container's hierarchies one at a time
         raise WorkloadGone(f"cgroup {path} is gone")
@@ -1027,9 +1451,11 @@ __all__ = [
     "CLK_TCK",
     "DEFAULT_MAX_CGROUPS",
     "DEFAULT_ROOT",
+    "CgroupHandles",
     "CgroupLayout",
     "CgroupMode",
     "CgroupStats",
+    "CgroupTree",
     "DeviceIO",
     "FileFailures",
     "Pressure",

@@ -30,6 +30,12 @@ model), into the plugin contract's two kinds:
 
 All three derive from `ProcError`. A recorded tree needs `<pid>/stat` for the pid to count as
 running. The readers do not cache: each call reads the file again.
+
+Cost: the files a scrape reads every time (`stat`, `statm`, `status`, `smaps_rollup`, a thread's
+`stat`) are each produced by one `show` call in the kernel (`single_open`, fs/seq_file.c), so one
+`read` with a buffer larger than the text returns all of it: they are read with one open, one
+read and one close, parsed with `bytes.split`/`find` (bench/vmm_bench.py). Files of one record per
+line or mapping (`smaps`, `net/dev`) are read to their end.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TypeVar
 
 from uniobs.plugin import SourceUnavailable, WorkloadGone
@@ -230,6 +237,24 @@ def _int(token: bytes, what: str) -> int:
         raise ProcFormatError(f"{what} is not an integer: {token[:40]!r}") from None
 
 
+# The integer fields ProcStat keeps after pid, comm and state, in its order, with their index in
+# the fields after comm (field n of proc(5) is index n - 3).
+_STAT_INTS = {
+    "ppid": 1,
+    "pgrp": 2,
+    "session": 3,
+    "minflt": 7,
+    "majflt": 9,
+    "utime": 11,
+    "stime": 12,
+    "num_threads": 17,
+    "starttime": 19,
+    "vsize": 20,
+    "rss": 21,
+}
+_STAT_FIELDS = itemgetter(*_STAT_INTS.values())
+
+
 def parse_stat(data: bytes, *, hz: int = CLK_TCK, page_size: int = PAGE_SIZE) -> ProcStat:
     """`<pid>/stat`: "pid (comm) state ppid ...", 52 fields since Linux 5.x, 44 in 2.6.
 
@@ -241,27 +266,34 @@ def parse_stat(data: bytes, *, hz: int = CLK_TCK, page_size: int = PAGE_SIZE) ->
     lpar, rpar = data.find(b"("), data.rfind(b")")
     if lpar < 0 or rpar < lpar:
         raise ProcFormatError(f"stat: no '(comm)' in {data[:60]!r}")
-    pid = _int(data[:lpar].strip(), "pid")
     fields = data[rpar + 1 :].split()  # fields[0] is field 3 (state): field n is fields[n - 3]
     if len(fields) < 22:
         raise ProcFormatError(f"stat: {len(fields) + 2} fields, at least 24 expected")
+    try:  # one try for every number: the per-field messages are only needed when one fails
+        ppid, pgrp, session, minflt, majflt, utime, stime, threads, start, vsize, rss = map(int, _STAT_FIELDS(fields))
+        pid = int(data[:lpar])  # int() ignores the space before "(", as strip() would
+    except ValueError:
+        _int(data[:lpar].strip(), "pid")
+        for name, index in _STAT_INTS.items():
+            _int(fields[index], name)
+        raise ProcFormatError(f"stat: does not parse: {data[:60]!r}") from None  # not reached
     return ProcStat(
-        pid=pid,
-        comm=data[lpar + 1 : rpar].decode("utf-8", "replace"),
-        state=fields[0].decode("ascii", "replace"),
-        ppid=_int(fields[1], "ppid"),
-        pgrp=_int(fields[2], "pgrp"),
-        session=_int(fields[3], "session"),
-        minflt=_int(fields[7], "minflt"),
-        majflt=_int(fields[9], "majflt"),
-        utime_ticks=_int(fields[11], "utime"),
-        stime_ticks=_int(fields[12], "stime"),
-        num_threads=_int(fields[17], "num_threads"),
-        starttime=_int(fields[19], "starttime"),
-        vsize=_int(fields[20], "vsize"),
-        rss=_int(fields[21], "rss"),
-        hz=hz,
-        page_size=page_size,
+        pid,
+        data[lpar + 1 : rpar].decode("utf-8", "replace"),
+        fields[0].decode("ascii", "replace"),
+        ppid,
+        pgrp,
+        session,
+        minflt,
+        majflt,
+        utime,
+        stime,
+        threads,
+        start,
+        vsize,
+        rss,
+        hz,
+        page_size,
     )
 
 
@@ -271,7 +303,12 @@ def parse_statm(data: bytes, *, page_size: int = PAGE_SIZE) -> ProcStatm:
     fields = data.split()
     if len(fields) < 7:
         raise ProcFormatError(f"statm: {len(fields)} fields, 7 expected")
-    size, resident, shared, text, lib, data_, dirty = (_int(f, "statm") for f in fields[:7])
+    try:
+        size, resident, shared, text, lib, data_, dirty = map(int, fields[:7])
+    except ValueError:
+        for field in fields[:7]:
+            _int(field, "statm")
+        raise ProcFormatError(f"statm: does not parse: {data[:60]!r}") from None  # not reached
     return ProcStatm(size, resident, shared, text, lib, data_, dirty, page_size=page_size)
 
 
@@ -289,21 +326,30 @@ def _opt_int(value: str) -> int | None:
         return None
 
 
+def _status_line(data: bytes, key: bytes) -> str | None:
+    """The value of the first "key:" line of a status file, stripped; None without one."""
+    if data.startswith(key):
+        start = len(key)
+    else:
+        start = data.find(b"\n" + key)
+        if start < 0:
+            return None
+        start += len(key) + 1
+    end = data.find(b"\n", start)
+    return data[start : end if end >= 0 else len(data)].decode("utf-8", "replace").strip()
+
+
 def parse_status(data: bytes) -> ProcStatus:
     """`<pid>/status`: "Key:<TAB>value" lines (fs/proc/array.c `proc_pid_status`). Never raises:
-    an absent or unparsable line leaves its field None."""
-    found: dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            found.setdefault(key, value.strip())
-    state = found.get("State")
+    an absent or unparsable line leaves its field None. Only the five lines used are looked up
+    (the first of each key), not all 50-odd split."""
+    state = _status_line(data, b"State:")
     return ProcStatus(
-        name=found.get("Name"),
+        name=_status_line(data, b"Name:"),
         state=state[:1] if state else None,  # "S (sleeping)"
-        threads=_opt_int(found.get("Threads", "")),
-        voluntary_ctxt_switches=_opt_int(found.get("voluntary_ctxt_switches", "")),
-        nonvoluntary_ctxt_switches=_opt_int(found.get("nonvoluntary_ctxt_switches", "")),
+        threads=_opt_int(_status_line(data, b"Threads:") or ""),
+        voluntary_ctxt_switches=_opt_int(_status_line(data, b"voluntary_ctxt_switches:") or ""),
+        nonvoluntary_ctxt_switches=_opt_int(_status_line(data, b"nonvoluntary_ctxt_switches:") or ""),
     )
 
 
@@ -399,6 +445,22 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
+def _read_once(path: str) -> bytes:
+    """A file the kernel writes in one `show` (see the module's doc): one read returns it whole
+    unless it fills the buffer, in which case the rest is read as `_read_file` would."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _CHUNK)
+        if len(data) < _CHUNK:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 class ProcFS:
     """Reads the procfs mounted at `root`. `hz` and `page_size` are the units of stat's times
     and rss: this host's, unless a recorded tree comes from a host with others."""
@@ -438,18 +500,31 @@ class ProcFS:
 
     def stat(self, pid: int, *, zombie_ok: bool = False) -> ProcStat:
         """`<pid>/stat`. A zombie raises ProcessGone unless `zombie_ok` (its state is then Z or X)."""
-        st = parse_stat(self._io(pid, "stat", _read_file), hz=self.hz, page_size=self.page_size)
+        st = parse_stat(self._io(pid, "stat", _read_once), hz=self.hz, page_size=self.page_size)
         if st.gone and not zombie_ok:
             raise ProcessGone(pid)
         return st
 
     def statm(self, pid: int) -> ProcStatm:
-        return parse_statm(self._io(pid, "statm", _read_file), page_size=self.page_size)
+        return parse_statm(self._io(pid, "statm", _read_once), page_size=self.page_size)
 
     def task_stat(self, pid: int, tid: int) -> ProcStat:
         """`<pid>/task/<tid>/stat`: one thread's figures. FileNotFoundError if `tid` is not a
         thread of a running `pid` (it may have ended, or be an id from another pid namespace)."""
-        return parse_stat(self._io(pid, f"task/{tid}/stat", _read_file), hz=self.hz, page_size=self.page_size)
+        return parse_stat(self._io(pid, f"task/{tid}/stat", _read_once), hz=self.hz, page_size=self.page_size)
+
+    def task_times(self, pid: int, tid: int) -> tuple[int, int]:
+        """(utime, stime) of one thread, in clock ticks (`hz`), from `<pid>/task/<tid>/stat`
+        (fields 14 and 15): what `task_stat` gives, without the rest. Raises as `task_stat`."""
+        data = self._io(pid, f"task/{tid}/stat", _read_once)
+        rpar = data.rfind(b")")
+        if rpar < 0 or data.find(b"(") < 0:
+            raise ProcFormatError(f"stat: no '(comm)' in {data[:60]!r}")
+        fields = data[rpar + 1 :].split(None, 14)  # fields[11], [12]: fields 14 and 15 of proc(5)
+        try:
+            return int(fields[11]), int(fields[12])
+        except (IndexError, ValueError):
+            raise ProcFormatError(f"stat: no utime/stime in {data[:60]!r}") from None
 
     def tasks(self, pid: int) -> list[int]:
         """The thread ids of the process, ascending."""
@@ -469,14 +544,14 @@ class ProcFS:
         return self._io(pid, "exe", os.readlink).removesuffix(" (deleted)")
 
     def status(self, pid: int) -> ProcStatus:
-        return parse_status(self._io(pid, "status", _read_file))
+        return parse_status(self._io(pid, "status", _read_once))
 
     def memory_rollup(self, pid: int) -> MemoryRollup:
         """PSS, USS and swap from `smaps_rollup`; from the slower `smaps` where that is missing
         (Linux < 4.14) or refused for a running process (ESRCH: one whose mm is being torn down),
         as psutil does."""
         try:
-            data = self._io(pid, "smaps_rollup", _read_file)
+            data = self._io(pid, "smaps_rollup", _read_once)
         except (FileNotFoundError, ProcessLookupError):
             data = self._io(pid, "smaps", _read_file)
         return parse_smaps_rollup(data)

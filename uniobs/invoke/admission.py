@@ -13,6 +13,7 @@ its trace a child of that span (`ColdStart(trace_id=..., parent_span_id=...)`).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,23 +53,47 @@ class Gate(Protocol):
 
 class FixedUpstream:
     """A gate for an instance someone else launched and keeps (`run --function`, `compare`): the
-    first invocation it admits after `ready()` is the instance's cold one."""
+    first invocation it admits after `ready()` is the instance's cold one.
 
-    def __init__(self, host: str, port: int, workload: Workload | None = None) -> None:
+    `ready=False`: the instance is still starting; requests are held (`admit` blocks) until
+    `ready()` is called, and raise Unavailable after `close()` (the instance ended before it was
+    ready, or the run is ending).
+    """
+
+    def __init__(self, host: str, port: int, workload: Workload | None = None, *, ready: bool = True) -> None:
         self._admission = Admission(host, port, workload)
         self._first: Admission | None = None
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closed = False
+        if ready:
+            self._ready.set()
 
     def ready(self, workload: Workload | None, init_ns: int | None) -> None:
         """The instance is ready; its first invocation will carry faas.coldstart and `init_ns`."""
-        self._admission = Admission(self._admission.host, self._admission.port, workload)
-        self._first = Admission(self._admission.host, self._admission.port, workload, True, init_ns)
+        with self._lock:
+            self._admission = Admission(self._admission.host, self._admission.port, workload)
+            self._first = Admission(self._admission.host, self._admission.port, workload, True, init_ns)
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more admissions: requests held, and those to come, raise Unavailable."""
+        self._closed = True
+        self._ready.set()
 
     def warm(self) -> Admission | None:
-        first, self._first = self._first, None  # atomic enough: one event loop thread calls warm()
-        return first or self._admission
+        if self._closed or not self._ready.is_set():
+            return None
+        with self._lock:
+            first, self._first = self._first, None
+            return first or self._admission
 
     def admit(self, trace_id: int, span_id: int) -> Admission:
-        return self.warm() or self._admission
+        self._ready.wait()
+        admission = self.warm()
+        if admission is None:
+            raise Unavailable("the function is not running")
+        return admission
 
     def done(self, admission: Admission) -> None:
         pass

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from uniobs.config import ConfigError, Settings, build, load
+from uniobs.config import DEFAULT_EXPORT, ConfigError, Settings, build, export_specs, load
+from uniobs.host.cgroupfs import CgroupTree
 from uniobs.model import LogEvent, Workload
 from uniobs.pipeline import Pipeline
 from uniobs.plugin import PluginConfig
@@ -62,7 +63,8 @@ class AgentConfig(PluginConfig):
 def load_agent(path: str | None) -> tuple[Settings, AgentConfig]:
     """The settings and the checked [agent] table (file, then UNIOBS__AGENT__* variables)."""
     settings = load(path, extra_tables=("agent",))
-    return settings, build(AgentConfig, settings.extra.get("agent", {}), f"{settings.source}: [agent]")
+    table = settings.extra.get("agent", {})
+    return settings, build(AgentConfig, table, f"{settings.source}: [agent]", settings.table_origins("agent"))
 
 
 class Health:
@@ -88,7 +90,13 @@ class Health:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        except OSError as exc:  # in use, not an address of this host: say which, and what it is for
+            why = exc.strerror or exc
+            raise ConfigError(
+                f"cannot listen on {address} (the agent's health endpoint, [agent] health): {why}"
+            ) from None
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="uniobs-health", daemon=True)
         self.thread.start()
@@ -109,8 +117,8 @@ class Agent:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._started = time.monotonic()
-        self._failing_since: dict[str, float] = {}
         self._containers: Any = None
+        self._cgroup_tree: CgroupTree | None = None  # plain cgroups without container discovery
         self._runtimes = Runtimes(self.pipeline.registry.runtimes)  # which processes are VMMs
         self.health = Health(self.config.health, self.status) if self.config.health else None
         self._stream_retries: dict[tuple[str, str, str], int] = {}  # consoles not reachable yet
@@ -118,7 +126,7 @@ class Agent:
         self._discovery_cpu = 0.0
 
     def _pipeline(self, settings: Settings) -> Pipeline:
-        specs = self.export if self.export else (list(settings.core.export) or ["console"])
+        specs, _chosen_by = export_specs(self.export or (), settings, [DEFAULT_EXPORT])
         return Pipeline(settings, export=specs)
 
     # -- discovery
@@ -140,7 +148,7 @@ class Agent:
             from uniobs.containers.discovery import ContainerDiscovery
 
             if self._containers is None:
-                self._containers = ContainerDiscovery(layout)
+                self._containers = ContainerDiscovery(layout, watch=True)
             try:
                 found += self._containers.discover(self.config.max_workloads)
                 if self._containers.layout == layout:
@@ -152,7 +160,12 @@ class Agent:
 
             claimed = {path for w in found for path in w.cgroup_paths}  # every hierarchy's path
             if walked is None:
-                walked = discovery.discover_cgroups(layout, self.config.max_workloads)
+                if self._cgroup_tree is None or self._cgroup_tree.layout != layout:
+                    if self._cgroup_tree is not None:
+                        self._cgroup_tree.close()
+                    self._cgroup_tree = CgroupTree(layout, self.config.max_workloads)
+                self._cgroup_tree.max_cgroups = self.config.max_workloads
+                walked = discovery.discover_cgroups(layout, tree=self._cgroup_tree)
             found += [w for w in walked if w.cgroup not in claimed]
         unique: dict[tuple[str, str, str], Workload] = {}
         for workload in found:
@@ -233,6 +246,9 @@ class Agent:
         self.pipeline.close(max(0.1, deadline - time.monotonic()))
         if self.health is not None:
             self.health.close()
+        for tree in (self._containers, self._cgroup_tree):
+            if tree is not None:
+                tree.close()  # the inotify watches
         handed = dict(self.pipeline.telemetry.buffer.handed)
         final = {
             name: {"sent": dict(st.sent), "failed": dict(st.failed), "dropped": dict(st.dropped), "handed": handed}
@@ -280,16 +296,29 @@ class Agent:
 
     # -- health
 
+    def _discovery_status(self) -> dict[str, Any]:
+        """Rounds and their CPU (s); the cgroup tree's full walks (the other rounds were answered
+        from inotify events), the CPU of one (ms, mean; None when not watching) and whether it is
+        watched."""
+        trees = [t for t in (getattr(self._containers, "_tree", None), self._cgroup_tree) if t is not None]
+        walks = sum(t.full_walks for t in trees if t.watching)
+        return {
+            "rounds": self._discovery_rounds,
+            "cpu_s": round(self._discovery_cpu, 6),
+            "full_walks": sum(t.full_walks for t in trees),
+            "full_walk_ms": round(sum(t.full_walk_cpu_s for t in trees) / walks * 1e3, 3) if walks else None,
+            "watching": any(t.watching for t in trees),
+        }
+
     def status(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         exporters = {}
         healthy = True
         for name, stats in self.pipeline.telemetry.stats().items():
-            if stats.healthy:
-                self._failing_since.pop(name, None)
-            else:
-                self._failing_since.setdefault(name, now)
-            failing_for = now - self._failing_since[name] if name in self._failing_since else 0.0
+            # since the first failed delivery of the signals failing now (the export threads note
+            # when), not since this poll first saw it: a poll every minute must not read 0 s
+            since = [stats.failing_since[s] for s in stats.failing if s in stats.failing_since]
+            failing_for = max(0.0, now - min(since)) if since and not stats.healthy else 0.0
             ok = failing_for < self.config.unhealthy_after
             healthy = healthy and ok
             worker = next((w for w in self.pipeline.telemetry.workers if w.name == name), None)
@@ -304,7 +333,7 @@ class Agent:
             "status": "ok" if healthy else "exports failing",
             "uptime_s": round(now - self._started, 1),
             "workloads": len(self.workloads),
-            "discovery": {"rounds": self._discovery_rounds, "cpu_s": round(self._discovery_cpu, 6)},
+            "discovery": self._discovery_status(),
             "threads": {t.name: t.native_id for t in threading.enumerate()},  # for per-thread CPU (benches)
             "retiring": self.pipeline.retiring(),
             "buffer": {"used_bytes": buffer.used, "peak_bytes": buffer.peak, "limit_bytes": buffer.budget},

@@ -26,6 +26,8 @@ def discover_cgroups(
     layout: cgroupfs.CgroupLayout,
     max_cgroups: int = cgroupfs.DEFAULT_MAX_CGROUPS,
     identify: Identify | None = None,
+    tree: cgroupfs.CgroupTree | None = None,
+    plain: dict[str, Workload] | None = None,
 ) -> list[Workload]:
     """Every cgroup worth its own resource, as a workload.
 
@@ -38,11 +40,16 @@ def discover_cgroups(
     Leaves are kept even when empty: a container that is created but not started, or
     stopped but not removed, is still a workload, and a leaf costs one read per scrape.
 
-    `identify` (see the module docstring) runs first for each kept path.
+    `identify` (see the module docstring) runs first for each kept path. `tree` (kept across
+    calls, for `layout`) lists the paths from what changed since the last call instead of walking
+    every hierarchy (see `cgroupfs.CgroupTree`); its own `max_cgroups` applies then. `plain`
+    (kept across calls) holds the plain cgroups' Workloads, made once per path: updated here to
+    the paths of this call.
     """
-    paths = cgroupfs.list_cgroups(layout, max_cgroups=max_cgroups)
+    paths = tree.list() if tree is not None else cgroupfs.list_cgroups(layout, max_cgroups=max_cgroups)
     parents = {p.rsplit("/", 1)[0] or "/" for p in paths}  # the paths that have children
     workloads: list[Workload] = []
+    made: dict[str, Workload] = {}
     for path in paths:
         if path == "/":
             continue
@@ -56,8 +63,13 @@ def discover_cgroups(
         if claimed is not None:
             workloads.append(claimed)
             continue
-        workloads.append(
-            Workload(kind=Kind.CGROUP, runtime="cgroup", id=path, name=path.rsplit("/", 1)[-1], cgroup=path)
-        )
+        workload = plain.get(path) if plain is not None else None
+        if workload is None:
+            workload = Workload(kind=Kind.CGROUP, runtime="cgroup", id=path, name=path.rsplit("/", 1)[-1], cgroup=path)
+        made[path] = workload
+        workloads.append(workload)
+    if plain is not None:
+        plain.clear()
+        plain.update(made)
     log.debug("discovered %d cgroups of %d under %s", len(workloads), len(paths), layout.root)
     return workloads

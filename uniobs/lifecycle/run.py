@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from uniobs.coldstart.probes import ProbeRunner, parse_probe
@@ -77,6 +78,8 @@ class Runner:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         propagate_trace: bool = False,
+        parent: tuple[int, int] | None = None,
+        interactive: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.plan = plan
@@ -101,6 +104,11 @@ class Runner:
         self._first_byte_logged = False
         self._stuck = False
         self.coldstart = ColdStart(self.runtime.kind.value, plan.runtime, phases_spec=self.runtime.coldstart_phases)
+        if parent is not None:  # (trace id, span id): the invocation this launch is for (`uniobs serve`)
+            self.coldstart.trace_id, self.coldstart.parent_span_id = parent
+        # the VMM may have our terminal (QEMU's -nographic monitor); not when uniobs serves requests
+        self.interactive = interactive
+        self._stop_requested = False  # stop() was called: the end asked for, not a failure
         self.probe = parse_probe(ready) if ready else None
         self.coldstart.probe = self.probe is not None
         self.request = request
@@ -193,7 +201,7 @@ class Runner:
         self.exec_ns = launch.exec_ns = time.monotonic_ns()
         # The VMM gets our terminal for an interactive console (QEMU's -nographic monitor), and
         # /dev/null otherwise: with no stdin of our own, fd 0 would be whatever we opened first.
-        stdin = None if os.isatty(0) else subprocess.DEVNULL
+        stdin = None if self.interactive and os.isatty(0) else subprocess.DEVNULL
         proc = Child(
             argv, stdin=stdin, stdout=subprocess.PIPE if plan.console_on_stdout else None,
             stderr=subprocess.PIPE if plan.capture_stderr else None, env=self._env, cwd=self.cwd,
@@ -258,8 +266,9 @@ class Runner:
         )
         self._record_usage(workload, proc)
         severity = info.severity()
-        if self._interrupted is not None and info.reason in ("signal", "host-signal", "exit", "guest-shutdown"):
-            severity = Severity.INFO  # the end the user asked for (Ctrl-C, kill): not an error
+        asked = self._interrupted is not None or self._stop_requested
+        if asked and info.reason in ("signal", "host-signal", "exit", "guest-shutdown"):
+            severity = Severity.INFO  # the end the user (or stop()) asked for (Ctrl-C, kill): not an error
         described = info.describe()  # the one wording: this record, the cold-start span, the summary line
         if not self._coldstart_done:
             if self.coldstart.end() is not None:
@@ -268,6 +277,8 @@ class Runner:
                 self.coldstart.complete(self.exit_ns)  # it ran to completion: not a failed cold start
             elif self._interrupted is not None:
                 self.coldstart.fail(f"stopped by {signal_name(self._interrupted)} before ready: {described}")
+            elif self._stop_requested:
+                self.coldstart.fail(f"stopped before ready: {described}")
             else:
                 self.coldstart.fail(f"exited before ready: {described}")
             self._finish_coldstart(self.exit_ns)
@@ -355,11 +366,21 @@ class Runner:
             wait = scheduler.wait_s()
 
     def stop(self) -> None:
-        """Ask the launched command to end (SIGTERM): what `uniobs compare` does after measuring."""
+        """Ask the launched command to end (SIGTERM): what `uniobs compare` does after measuring,
+        and `uniobs serve` after an idle timeout. Its exit is then reported as one asked for."""
+        self._stop_requested = True
         proc = getattr(self, "proc", None)
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL the launched command (one that did not end after `stop()`)."""
+        self._stop_requested = True
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     @property
     def coldstart_done(self) -> bool:
@@ -526,7 +547,7 @@ class Runner:
 
         seen = self.launch.observed.stderr if self.launch is not None else None
 
-        def on_lines(lines: list[ConsoleLine]) -> None:
+        def on_lines(lines: Sequence[ConsoleLine]) -> None:  # a LineBatch
             telemetry.log_batch(
                 workload,
                 [LogEvent(line.time_ns, line.text, attributes=(("log.iostream", "stderr"),)) for line in lines],

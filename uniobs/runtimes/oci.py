@@ -186,6 +186,49 @@ class ContainerLaunch(Launch):
                 log.info("%s: OOM kills cannot be watched: %s", name, exc)
         return workload
 
+    # -- pausing (`uniobs serve --on-idle pause`): the runtime's own `pause`/`resume`, which freeze
+    # the container's cgroup (the v1 freezer's freezer.state, cgroup v2's cgroup.freeze) and record
+    # the state ("paused" in `runc state`)
+
+    def pause_unavailable(self) -> str | None:
+        """Why this container cannot be paused here (None: it can)."""
+        plan = self.plan
+        if not isinstance(plan, ContainerPlan) or plan.runtime not in OCI_RUNTIMES or plan.container_id is None:
+            return f"{plan.executable}: pausing is done with runc/crun's own `pause` (not for this runtime)"
+        return None
+
+    def pause(self) -> None:
+        """`runc|crun [--root R] pause ID`; LaunchError with its message when it fails."""
+        self._runtime_command("pause")
+
+    def resume(self) -> None:
+        """`runc|crun [--root R] resume ID`; LaunchError with its message when it fails."""
+        self._runtime_command("resume")
+
+    def run_state(self) -> str | None:
+        """`runc|crun state ID`'s status ("running", "paused", ...), None when it cannot say."""
+        try:
+            out = self._runtime_command("state")
+            return str(json.loads(out).get("status"))
+        except (LaunchError, ValueError, AttributeError):
+            return None
+
+    def _runtime_command(self, command: str) -> str:
+        import subprocess
+
+        reason = self.pause_unavailable()
+        plan = self.plan
+        if reason is not None or not isinstance(plan, ContainerPlan) or plan.container_id is None:
+            raise LaunchError(reason or "no container id")
+        argv = [plan.argv[0], *(["--root", plan.runtime_root] if plan.runtime_root else []), command, plan.container_id]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LaunchError(f"{' '.join(argv)}: {exc}") from None
+        if done.returncode != 0:
+            raise LaunchError(f"{' '.join(argv)}: {(done.stderr or done.stdout).strip()[-300:] or done.returncode}")
+        return done.stdout
+
     def observe(self, loop: IoLoop) -> None:
         oom = self.oom
         if oom is None:

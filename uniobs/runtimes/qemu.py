@@ -15,6 +15,11 @@ What a launch adds to the user's own command:
 - its stderr (QEMU's own messages) captured as log records, and read for QEMU's own failure;
 - the W3C traceparent on the kernel command line (`-append`), only with `--propagate-trace`.
 
+Pausing (`uniobs serve --on-idle pause`): QMP `stop` and `cont` are sent on the event watcher's
+socket, one of the two uniobs added to a QEMU it launched itself (`QemuLaunch.pause`/`resume`),
+never on a socket it attached to or the user's own `-qmp`. The stats client (`uniobs.runtimes.qmp`)
+stays read-only: these two commands (and `query-status`) are `CONTROL_COMMANDS`, sent only here.
+
 What a running QEMU's command line says (`parse_qemu`): the QMP socket (`-qmp unix:PATH`, or
 `-chardev socket,id=X,path=PATH,server=on` with `-mon chardev=X,mode=control`), the first serial
 port's backend (a socket, a pty, a file, a chardev `logfile=`), the guest image and name
@@ -24,12 +29,14 @@ port's backend (a socket, a pty, a file, a chardev `logfile=`), the guest image 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +49,12 @@ from uniobs.runtimes.common import image_name, own_error
 from uniobs.runtimes.qmp import (
     EVENTS_WATCHED,
     MessageFramer,
+    QmpCommandError,
     QmpError,
     QmpEvent,
+    QmpForbidden,
+    QmpGone,
+    QmpTimeout,
     decode_message,
     event_log,
     parse_event,
@@ -344,15 +355,28 @@ def pty_of(pid: int, proc: str = "/proc") -> str | None:
 # --- one launch: the QMP event channel ------------------------------------------------------
 
 
+# What `QmpEventWatcher.control` may send, on a socket uniobs created (QEMU's qapi/misc.json: `stop`
+# pauses every vCPU, `cont` resumes them; `query-status` reads the run state). Nothing else.
+CONTROL_COMMANDS = frozenset({"stop", "cont", "query-status"})
+CONTROL_TIMEOUT_S = 5.0
+
+
 class QmpEventWatcher:
-    """Reads asynchronous QMP events on the shared I/O loop (its own QMP socket: no queries here).
+    """Reads asynchronous QMP events on the shared I/O loop (its own QMP socket).
 
     It connects as soon as QEMU listens, which also times "QMP ready" for the cold-start trace.
-    The only command it sends is the capabilities handshake.
+    It sends the capabilities handshake and, only through `control` and only when `owned` (the
+    socket is one uniobs added to a QEMU it launched), `CONTROL_COMMANDS`.
     """
 
-    def __init__(self, path: str, loop: IoLoop, on_event: Callable[[QmpEvent], None]) -> None:
+    def __init__(self, path: str, loop: IoLoop, on_event: Callable[[QmpEvent], None], *, owned: bool = False) -> None:
         self.path = path
+        self.owned = owned  # uniobs created this socket (plan_qemu): control commands may go on it
+        self._negotiated = threading.Event()  # the handshake's reply arrived: commands may be sent
+        self._control_lock = threading.Lock()  # one control command at a time
+        self._replies: dict[str, dict[str, Any]] = {}
+        self._replied = threading.Condition()
+        self._next_id = 0
         self.ready_ns: int | None = None
         self.events: list[QmpEvent] = []
         self._loop = loop
@@ -400,6 +424,14 @@ class QmpEventWatcher:
                 self._greeted = True
                 self.ready_ns = arrival_ns
                 sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+            elif ("return" in message or "error" in message) and self._greeted:
+                ident = message.get("id")
+                if isinstance(ident, str):
+                    with self._replied:
+                        self._replies[ident] = message
+                        self._replied.notify_all()
+                else:
+                    self._negotiated.set()  # the handshake's reply (sent without an id)
             elif "event" in message:
                 try:
                     event = parse_event(message, arrival_ns)
@@ -415,6 +447,45 @@ class QmpEventWatcher:
             sock, self._sock = self._sock, None
             self._loop.remove_reader(sock.fileno())
             sock.close()
+        with self._replied:
+            self._replied.notify_all()
+
+    def control(self, command: str, timeout: float = CONTROL_TIMEOUT_S) -> Any:
+        """Send one of `CONTROL_COMMANDS` on this socket and return QEMU's "return" value.
+
+        Raises QmpForbidden (not an owned socket, or not a control command: nothing sent),
+        QmpTimeout (no handshake or reply within `timeout` s), QmpGone (QEMU went away),
+        QmpCommandError (QEMU refused it). Any thread but the I/O loop's (it reads the reply)."""
+        if command not in CONTROL_COMMANDS:
+            raise QmpForbidden(f"QMP command {command!r} is not one uniobs sends to control a VM; nothing was sent")
+        if not self.owned:
+            raise QmpForbidden(f"{self.path}: not a QMP socket uniobs created; {command!r} was not sent")
+        deadline = time.monotonic() + timeout
+        with self._control_lock:
+            if not self._negotiated.wait(timeout):
+                raise QmpTimeout(f"{self.path}: QMP not ready within {timeout:g} s")
+            sock = self._sock
+            if sock is None or self._done.is_set():
+                raise QmpGone(f"{self.path}: QMP connection closed")
+            self._next_id += 1
+            ident = f"uniobs-control-{self._next_id}"
+            try:
+                sock.sendall(json.dumps({"execute": command, "id": ident}).encode() + b"\n")
+            except OSError as exc:
+                raise QmpGone(f"{self.path}: {exc.strerror or exc}") from None
+            with self._replied:
+                while ident not in self._replies:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise QmpTimeout(f"{self.path}: no reply to {command!r} within {timeout:g} s")
+                    if self._done.is_set():
+                        raise QmpGone(f"{self.path}: QMP connection closed before the reply to {command!r}")
+                    self._replied.wait(left)
+                reply = self._replies.pop(ident)
+        if "error" in reply:
+            error = reply["error"] if isinstance(reply["error"], dict) else {}
+            raise QmpCommandError(command, str(error.get("class", "?")), str(error.get("desc", "")))
+        return reply.get("return")
 
     def shutdown_reason(self) -> str | None:
         for event in reversed(self.events):
@@ -436,7 +507,33 @@ class QemuLaunch(Launch):
     def prepare(self, loop: IoLoop, on_event: Callable[[LogEvent], None]) -> None:
         path = self.plan.qmp_events if isinstance(self.plan, QemuPlan) else None
         if path:
-            self.watcher = QmpEventWatcher(path, loop, lambda event: on_event(event_log(event)))
+            # plan_qemu added this socket to the command uniobs launches: it is uniobs' own
+            self.watcher = QmpEventWatcher(path, loop, lambda event: on_event(event_log(event)), owned=True)
+
+    def pause_unavailable(self) -> str | None:
+        """Why this launch cannot be paused (None: it can): pausing needs a QMP socket of uniobs' own."""
+        if self.watcher is None or not self.watcher.owned:
+            return "no QMP socket of uniobs' own to send `stop` on (never one it attached to)"
+        return None
+
+    def pause(self) -> None:
+        """QMP `stop` (every vCPU paused; QEMU answers once they are) on uniobs' own socket. QmpError."""
+        self._control("stop")
+
+    def resume(self) -> None:
+        """QMP `cont` (the vCPUs run again) on uniobs' own socket. QmpError."""
+        self._control("cont")
+
+    def run_state(self) -> str | None:
+        """QMP `query-status`'s `status` ("running", "paused", ...), on uniobs' own socket. QmpError."""
+        ret = self._control("query-status")
+        return str(ret.get("status")) if isinstance(ret, dict) else None
+
+    def _control(self, command: str) -> Any:
+        reason = self.pause_unavailable()
+        if reason is not None or self.watcher is None:
+            raise QmpForbidden(reason or "no QMP socket")
+        return self.watcher.control(command)
 
     def identify(self, proc: subprocess.Popen[bytes], *, name: str, console: str, cgroup: str | None) -> Workload:
         workload = super().identify(proc, name=name, console=console, cgroup=cgroup)

@@ -36,6 +36,7 @@ import contextlib
 import errno
 import json
 import logging
+import select
 import socket
 import struct
 import time
@@ -57,6 +58,7 @@ EVENTS_WATCHED = "uniobs.qmp.events_watched"
 MAX_MESSAGE = 1 << 20  # bytes; QEMU's largest usual reply (query-stats-schemas under KVM) is ~6 KiB
 MAX_EVENTS = 256  # buffered between two drains; the oldest are dropped first
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=) builds one per call
+_DECODE = json.JSONDecoder().raw_decode  # what json.loads calls, without its per-call checks
 
 # The only commands this client sends. All are read-only queries; qmp_capabilities is the
 # handshake that leaves capabilities-negotiation mode (it changes nothing in the VM).
@@ -217,6 +219,9 @@ class MessageFramer:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Append bytes; return the complete messages (without the line end), in order."""
+        if not self._buf and data.endswith(b"\n") and len(data) <= self.max_message:
+            # The usual chunk: whole messages, nothing held back (QEMU writes each as one line).
+            return [line for line in (raw.strip() for raw in data.split(b"\n")) if line]
         scanned = len(self._buf)  # no newline before here, or it would have been cut already
         self._buf += data
         out: list[bytes] = []
@@ -249,6 +254,23 @@ def decode_message(line: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise QmpError(f"QMP peer sent JSON that is not an object: {type(obj).__name__}")
     return obj
+
+
+def decode_messages(lines: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Several QMP messages (lines, as `MessageFramer.feed` gives them) with one `json.loads` of
+    them as one JSON array: what a scrape's round trip returns costs one decoder call, not one per
+    reply. Each must be a JSON object; when the array does not give exactly one object per line,
+    each line is decoded alone (`decode_message`), which names the one that is not one. (Lines
+    made to parse only together, such as '{"a":[1' then '2]}', count as the objects they make:
+    objects still, within the same size bounds.)"""
+    try:
+        text = (b"[" + b",".join(lines) + b"]").decode()  # json.loads(bytes) decodes UTF-8 too
+        objs, end = _DECODE(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        text, objs, end = "", None, -1
+    if end == len(text) and type(objs) is list and len(objs) == len(lines) and all(type(o) is dict for o in objs):
+        return objs
+    return [decode_message(line) for line in lines]
 
 
 def _short(value: Any) -> str:
@@ -446,13 +468,18 @@ def check_allowed(command: str) -> None:
 # --- the client -----------------------------------------------------------------------------
 
 _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN})
+# '{"execute":"<command>","id":"' for each allowed command: a request without arguments is this,
+# its id and '"}' (the bytes _ENCODE gives for {"execute": command, "id": id}).
+_HEADS = {c: _ENCODE({"execute": c, "id": ""})[:-2].encode() for c in ALLOWED_COMMANDS}
 
 
 class QmpClient:
     """One QMP connection over a unix socket. Not thread-safe: one caller at a time.
 
     Connects lazily on the first `execute`. After any failure other than a command error the
-    connection is closed, and the next `execute` reconnects.
+    connection is closed, and the next `execute` reconnects. Once connected the socket is
+    non-blocking and every wait is a poll(2) bounded by the call's deadline; the lines a wait
+    brings are decoded together (`decode_messages`).
     """
 
     def __init__(
@@ -470,7 +497,8 @@ class QmpClient:
         self.max_message = max_message
         self._sock: socket.socket | None = None
         self._framer = MessageFramer(max_message)
-        self._ready: collections.deque[dict[str, Any]] = collections.deque()  # framed, not yet consumed
+        self._ready: collections.deque[bytes] = collections.deque()  # framed lines, not yet consumed
+        self._poller: select.poll | None = None  # the socket, readable (non-blocking once connected)
         self._events: collections.deque[QmpEvent] = collections.deque()
         self._max_events = max_events
         self.dropped_events = 0  # events dropped because the buffer was full, since creation
@@ -508,6 +536,11 @@ class QmpClient:
             if exc.errno in _GONE_ERRNOS:
                 raise QmpGone(f"{self.path}: no QMP server ({exc.strerror})") from None
             raise QmpError(f"{self.path}: cannot connect: {exc.strerror or exc}") from exc
+        # From here the socket is non-blocking and waits are poll(2) with each call's deadline:
+        # a socket timeout would cost a mode change (ioctl) per call and a poll before every recv.
+        sock.setblocking(False)
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
         self._sock = sock
         self._framer = MessageFramer(self.max_message)
         self._ready.clear()
@@ -556,18 +589,17 @@ class QmpClient:
         pending: dict[str, int] = {}
         payload = []
         for index, (command, arguments) in enumerate(calls):
-            self._next_id += 1
-            msg_id = f"uniobs-{self._next_id}"
-            msg: dict[str, Any] = {"execute": command, "id": msg_id}
-            if arguments:
-                msg["arguments"] = dict(arguments)
+            msg_id, request = self._request(command, arguments)
             pending[msg_id] = index
-            payload.append(_ENCODE(msg).encode() + b"\n")
+            payload.append(request)
         self._send(b"".join(payload), deadline)
         results: list[Any] = [None] * len(calls)
+        replies: collections.deque[dict[str, Any]] = collections.deque()
         while pending:
             waiting = calls[min(pending.values())][0]
-            reply = self._next_message(deadline, waiting_for=f"the reply to {waiting}")
+            if not replies:  # at least one line per pending reply will come: decode them together
+                replies.extend(self._next_messages(len(pending), deadline, waiting_for=f"the reply to {waiting}"))
+            reply = replies.popleft()
             if "event" in reply:
                 self._stash([reply])
                 continue
@@ -589,6 +621,7 @@ class QmpClient:
                 results[index] = reply["return"]
             else:
                 self._fail(QmpError(f"{command}: a reply with neither return nor error"))
+        self._stash(replies)  # what came after the last reply (events), in order
         return results
 
     def poll(self) -> None:
@@ -598,17 +631,13 @@ class QmpClient:
         """
         if self._sock is None:
             return
-        self._stash(self._ready)
-        self._ready.clear()
+        self._stash_lines()
         budget = 4 * self.max_message  # an event flood must not keep us here forever
-        while budget > 0:
+        while budget > 0 and self._sock is not None and self._poller is not None:
+            if not self._poller.poll(0):  # nothing to read: cheaper than a recv that fails
+                return
             try:
-                self._sock.setblocking(False)
-                try:
-                    data = self._sock.recv(65536)
-                finally:
-                    if self._sock is not None:
-                        self._sock.settimeout(self.timeout)
+                data = self._sock.recv(65536)  # non-blocking (see connect)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -616,7 +645,9 @@ class QmpClient:
             if not data:
                 self._fail_gone(f"{self.path}: QEMU closed the QMP connection")
             budget -= len(data)
-            self._stash(self._decode_all(data))
+            lines = self._framer_feed(data)
+            if lines:
+                self._stash(self._decode(lines))
 
     def drain_events(self) -> list[QmpEvent]:
         """The events received so far, oldest first; the buffer is emptied."""
@@ -626,6 +657,7 @@ class QmpClient:
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
+        self._poller = None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -640,12 +672,8 @@ class QmpClient:
 
     def _call(self, command: str, arguments: Mapping[str, Any] | None, deadline: float) -> Any:
         check_allowed(command)  # again: _call is reachable from connect() too
-        self._next_id += 1
-        msg_id = f"uniobs-{self._next_id}"
-        msg: dict[str, Any] = {"execute": command, "id": msg_id}
-        if arguments:
-            msg["arguments"] = dict(arguments)
-        self._send(_ENCODE(msg).encode() + b"\n", deadline)
+        msg_id, request = self._request(command, arguments)
+        self._send(request, deadline)
         while True:
             reply = self._next_message(deadline, waiting_for=f"the reply to {command}")
             if "event" in reply:
@@ -666,39 +694,78 @@ class QmpClient:
                 self._fail(QmpError(f"{command}: a reply with neither return nor error"))
             return reply["return"]
 
+    def _request(self, command: str, arguments: Mapping[str, Any] | None) -> tuple[str, bytes]:
+        """A new request id and the line that asks `command` (allowlisted by the caller)."""
+        self._next_id += 1
+        msg_id = f"uniobs-{self._next_id}"
+        if not arguments:
+            return msg_id, b'%s%s"}\n' % (_HEADS[command], msg_id.encode())
+        msg = {"execute": command, "id": msg_id, "arguments": dict(arguments)}
+        return msg_id, _ENCODE(msg).encode() + b"\n"
+
     def _send(self, data: bytes, deadline: float) -> None:
         assert self._sock is not None
-        try:
-            self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            self._sock.sendall(data)
-        except TimeoutError:
-            self._fail(QmpTimeout(f"{self.path}: sending timed out after {self.timeout:g} s"))
-        except OSError as exc:
-            self._harvest()  # the SHUTDOWN QEMU sent before it exited is still readable
-            self._fail_gone(f"{self.path}: connection lost while sending ({exc.strerror or exc})")
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:  # the socket buffer is full: wait until QEMU reads
+                if not self._wait(deadline, select.POLLOUT):
+                    self._fail(QmpTimeout(f"{self.path}: sending timed out after {self.timeout:g} s"))
+                continue
+            except OSError as exc:
+                self._harvest()  # the SHUTDOWN QEMU sent before it exited is still readable
+                self._fail_gone(f"{self.path}: connection lost while sending ({exc.strerror or exc})")
+            view = view[sent:]
+
+    def _wait(self, deadline: float, event: int = select.POLLIN) -> bool:
+        """Wait until the socket is readable (or writable); False at the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        poller = self._poller
+        if event != select.POLLIN or poller is None:
+            assert self._sock is not None
+            poller = select.poll()
+            poller.register(self._sock.fileno(), event)
+        return bool(poller.poll(left * 1000 + 1))  # ms, rounded up: never 0 before the deadline
 
     def _next_message(self, deadline: float, waiting_for: str) -> dict[str, Any]:
-        while not self._ready:
+        return self._next_messages(1, deadline, waiting_for)[0]
+
+    def _next_messages(self, count: int, deadline: float, waiting_for: str) -> list[dict[str, Any]]:
+        """The next `count` messages, waited for until the deadline and decoded together. The
+        caller knows that many will come (one reply per request still unanswered); events
+        among them count."""
+        while len(self._ready) < count:
             assert self._sock is not None
-            left = deadline - time.monotonic()
-            if left <= 0:
+            # Wait first: a reply is never there yet right after the request (QEMU answers one
+            # command per main-loop turn), and poll(2) then recv costs less than a failed recv.
+            if not self._wait(deadline):
                 self._fail(QmpTimeout(f"{self.path}: timed out after {self.timeout:g} s waiting for {waiting_for}"))
             try:
-                self._sock.settimeout(left)
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                self._fail(QmpTimeout(f"{self.path}: timed out after {self.timeout:g} s waiting for {waiting_for}"))
+                data = self._sock.recv(65536)  # non-blocking (see connect)
+            except BlockingIOError:  # readable, then not (spurious wake-up)
+                continue
             except OSError as exc:
                 self._fail_gone(f"{self.path}: connection lost waiting for {waiting_for} ({exc.strerror or exc})")
             if not data:
                 self._fail_gone(f"{self.path}: QEMU closed the connection while we waited for {waiting_for}")
-            self._ready.extend(self._decode_all(data))
-        return self._ready.popleft()
+            self._ready.extend(self._framer_feed(data))
+        lines = [self._ready.popleft() for _ in range(count)]
+        return self._decode(lines)
 
-    def _decode_all(self, data: bytes) -> list[dict[str, Any]]:
+    def _framer_feed(self, data: bytes) -> list[bytes]:
         try:
-            return [decode_message(line) for line in self._framer.feed(data)]
+            return self._framer.feed(data)
         except QmpError as exc:
+            self._fail(exc)
+
+    def _decode(self, lines: Sequence[bytes]) -> list[dict[str, Any]]:
+        try:
+            return decode_messages(lines)
+        except QmpError as exc:
+            self._ready.extendleft(reversed(lines))  # so that _fail keeps the events among them
             self._fail(exc)
 
     def _harvest(self) -> None:
@@ -720,15 +787,21 @@ class QmpClient:
                 self.dropped_events += 1
             self._events.append(event)
 
-    def _fail(self, exc: QmpError) -> NoReturn:
-        self._stash(self._ready)
+    def _stash_lines(self) -> None:
+        """The framed lines not consumed yet: events are kept, the rest dropped."""
+        lines = list(self._ready)
         self._ready.clear()
+        for line in lines:
+            with contextlib.suppress(QmpError):
+                self._stash([decode_message(line)])
+
+    def _fail(self, exc: QmpError) -> NoReturn:
+        self._stash_lines()
         self.close()
         raise exc
 
     def _fail_gone(self, message: str) -> NoReturn:
-        self._stash(self._ready)
-        self._ready.clear()
+        self._stash_lines()
         self.close()
         raise QmpGone(message)
 

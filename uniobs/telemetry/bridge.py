@@ -28,14 +28,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._internal._log_encoder import _encode_log
+from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -52,15 +54,18 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from uniobs import __version__
-from uniobs.metrics import SELF_METRICS
+from uniobs.guest.lines import LineBatch
+from uniobs.metrics import SELF_METRICS, WORKLOADS_KIND
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, SpanEvent, Workload
 from uniobs.plugin import ExporterSinks
 from uniobs.telemetry.encode import MetricsEncoder, resource_metrics
 from uniobs.telemetry.export import (
+    ATTRIBUTE_COST,
     DEFAULT_BUFFER_BYTES,
+    LOG_RECORD_OVERHEAD,
     POINT_COST,
     SIGNALS,
     SPAN_COST,
@@ -71,9 +76,24 @@ from uniobs.telemetry.export import (
     log_cost,
 )  # fmt: skip
 from uniobs.telemetry.logs import encode_log_events
-from uniobs.telemetry.resource import SELF, host_attributes
+from uniobs.telemetry.resource import SELF, host_attributes, instance_id
+from uniobs.telemetry.spans import encode_span_events
 
 log = logging.getLogger("uniobs.telemetry")
+
+
+# SpanEvent.kind -> the OTel span kind (an invocation is a SERVER span; the rest are INTERNAL).
+_SPAN_KINDS = {k.name.lower(): k for k in SpanKind}
+
+
+def _log_events(pairs: Iterable[tuple[Resource, LogEvent | LineBatch]]) -> Iterator[tuple[Resource, LogEvent]]:
+    """A logs batch's records one by one: console lines made records (`LineBatch.log_events`)."""
+    for resource, item in pairs:
+        if isinstance(item, LineBatch):
+            for event in item.log_events():
+                yield resource, event
+        else:
+            yield resource, item
 
 
 class UndeclaredTelemetry(Exception):
@@ -261,27 +281,31 @@ class Telemetry:
         self._workloads: dict[tuple[str, str, str], _WorkloadState] = {}
         self._batch_size = export_batch_size
         self._metrics_batch_points = metrics_batch_points
-        self._open_logs: list[tuple[Resource, LogEvent]] = []
+        self._open_logs: list[tuple[Resource, LogEvent | LineBatch]] = []  # console lines stay a batch
+        self._open_logs_count = 0  # records in _open_logs
         self._open_logs_size = 0
-        self._open_spans: list[ReadableSpan] = []
+        self._open_spans: list[tuple[Resource, SpanEvent]] = []  # SDK spans built per sink, at export
         self._ending: list[_WorkloadState] = []  # forgotten, not yet exported a last time
         self._rejected: dict[str, int] = {}
         self.buffer = ExportBuffer(buffer_bytes)
         self._encoder = MetricsEncoder()
         self._flushes = 0
+        self._said_too_small = False  # the buffer cannot hold one metrics export (warned once)
         converters: dict[str, Callable[[Any], Any]] = {
             "metrics": lambda batch: batch.metrics_data(),
-            "logs": lambda pairs: [self._log_record(resource, event) for resource, event in pairs],
-            "traces": lambda spans: spans,
+            "logs": lambda pairs: [self._log_record(resource, event) for resource, event in _log_events(pairs)],
+            "traces": lambda pairs: [self._readable_span(resource, event) for resource, event in pairs],
         }
         encoded = {**converters, "metrics": lambda batch: batch}  # sinks that take a MetricsBatch
         otlp_logs = self._logs_request  # log sinks that take the OTLP request (`encoded_logs`)
+        otlp_spans = self._spans_request  # span sinks that take the OTLP request (`encoded_traces`)
         self.workers = [
             ExportWorker(
                 name, sinks, self.buffer,
                 {
                     **(encoded if getattr(sinks.metrics, "encoded_metrics", False) else converters),
                     **({"logs": otlp_logs} if getattr(sinks.logs, "encoded_logs", False) else {}),
+                    **({"traces": otlp_spans} if getattr(sinks.spans, "encoded_traces", False) else {}),
                 },
                 retry_initial, retry_max,
             )
@@ -312,6 +336,7 @@ class Telemetry:
         if workload.key == SELF.key:
             attrs["service.name"] = self._self_name
             attrs["service.version"] = __version__
+        attrs["service.instance.id"] = instance_id(workload, attrs)  # one per workload (Prometheus' instance)
         return Resource(attrs)
 
     def _state(self, workload: Workload) -> _WorkloadState:
@@ -391,18 +416,44 @@ class Telemetry:
             resource = self._state(workload).resource
             for event in events:
                 self._open_logs.append((resource, event))
+                self._open_logs_count += 1
                 self._open_logs_size += log_cost(event)
-                if len(self._open_logs) >= self._batch_size:
+                if self._open_logs_count >= self._batch_size:
+                    sealed.append(self._seal_logs())
+        for batch in sealed:
+            self.buffer.add(batch, self._queues["logs"])
+
+    def log_lines(self, workload: Workload, lines: LineBatch) -> None:
+        """Buffer a console chunk's lines as log records, kept as they are (columnar), not one object
+        per line: each becomes the record `LineBatch.log_events` gives (the text as body, its number,
+        and its cut, as attributes) only when exported, written straight into the OTLP request
+        (`uniobs.telemetry.logs.line_records`) or built for an SDK sink. Charged in the buffer as
+        those records would be (`LineBatch.cost`); cut into batches of `export_batch_size` records.
+        """
+        if not self._queues["logs"] or not lines.texts:
+            return
+        sealed = []
+        with self._lock:
+            resource = self._state(workload).resource
+            start, total = 0, len(lines.texts)
+            while start < total:
+                room = self._batch_size - self._open_logs_count
+                part = lines.slice(start, min(total, start + room)) if start or total > room else lines.view()
+                self._open_logs.append((resource, part))
+                self._open_logs_count += len(part.texts)
+                self._open_logs_size += part.cost(LOG_RECORD_OVERHEAD, ATTRIBUTE_COST)
+                start += len(part.texts)
+                if self._open_logs_count >= self._batch_size:
                     sealed.append(self._seal_logs())
         for batch in sealed:
             self.buffer.add(batch, self._queues["logs"])
 
     def _seal_logs(self) -> Batch:  # with _lock held
-        batch = Batch("logs", self._open_logs, len(self._open_logs), self._open_logs_size)
-        self._open_logs, self._open_logs_size = [], 0
+        batch = Batch("logs", self._open_logs, self._open_logs_count, self._open_logs_size)
+        self._open_logs, self._open_logs_count, self._open_logs_size = [], 0, 0
         return batch
 
-    def _logs_request(self, pairs: Sequence[tuple[Resource, LogEvent]]) -> ExportLogsServiceRequest:
+    def _logs_request(self, pairs: Sequence[tuple[Resource, LogEvent | LineBatch]]) -> ExportLogsServiceRequest:
         """The OTLP request of a logs batch, built directly (`uniobs.telemetry.logs`)."""
 
         def sdk(resource: Resource, event: LogEvent) -> Any:
@@ -411,6 +462,7 @@ class Telemetry:
         return encode_log_events(pairs, self.to_epoch_ns, self._self_scope, sdk)
 
     def _log_record(self, resource: Resource, event: LogEvent) -> ReadableLogRecord:
+        """The SDK's record of one event (for the sinks that take SDK records, and over the attribute cap)."""
         context = None
         if event.trace_id and event.span_id:
             span_context = SpanContext(event.trace_id, event.span_id, False, TraceFlags(TraceFlags.SAMPLED))
@@ -428,13 +480,39 @@ class Telemetry:
         )
         return ReadableLogRecord(log_record=record, resource=resource, instrumentation_scope=self._self_scope)
 
+    def exports(self, signal: str) -> bool:
+        """Whether any exporter takes `signal` ("metrics", "logs", "traces"): a producer can skip
+        building records nobody will receive."""
+        return bool(self._queues[signal])
+
     def span(self, workload: Workload, event: SpanEvent) -> None:
+        self.span_batch(workload, (event,))
+
+    def span_batch(self, workload: Workload, events: Sequence[SpanEvent]) -> None:
+        """Buffer several spans of one workload at once (one lock). Spans are kept as they are; each
+        sink gets them as it takes them when they are exported (`_readable_span`, `_spans_request`).
+        Every `export_batch_size` spans make a batch handed to the exporters."""
+        if not self._queues["traces"]:
+            with self._lock:
+                self._state(workload)
+            return
+        sealed = []
         with self._lock:
             resource = self._state(workload).resource
+            for event in events:
+                self._open_spans.append((resource, event))
+                if len(self._open_spans) >= self._batch_size:
+                    sealed.append(self._open_spans)
+                    self._open_spans = []
+        for batch in sealed:
+            self.buffer.add(Batch("traces", batch, len(batch), SPAN_COST * len(batch)), self._queues["traces"])
+
+    def _readable_span(self, resource: Resource, event: SpanEvent) -> ReadableSpan:
+        """The SDK's span of one event (for the sinks that take SDK spans, and the encoder's fallback)."""
         flags = TraceFlags(TraceFlags.SAMPLED)
         parent = SpanContext(event.trace_id, event.parent_span_id, False, flags) if event.parent_span_id else None
         status = Status(StatusCode.ERROR, event.error) if event.error is not None else Status(StatusCode.OK)
-        span = ReadableSpan(
+        return ReadableSpan(
             name=event.name,
             context=SpanContext(event.trace_id, event.span_id, False, flags),
             parent=parent,
@@ -445,16 +523,17 @@ class Telemetry:
             start_time=self.to_epoch_ns(event.start_ns),
             end_time=self.to_epoch_ns(event.end_ns),
             instrumentation_scope=self._self_scope,
+            kind=_SPAN_KINDS.get(event.kind, SpanKind.INTERNAL),
         )
-        if not self._queues["traces"]:
-            return
-        sealed = None
-        with self._lock:
-            self._open_spans.append(span)
-            if len(self._open_spans) >= self._batch_size:
-                sealed, self._open_spans = self._open_spans, []
-        if sealed:
-            self.buffer.add(Batch("traces", sealed, len(sealed), SPAN_COST * len(sealed)), self._queues["traces"])
+
+    def _spans_request(self, pairs: Sequence[tuple[Resource, SpanEvent]]) -> ExportTraceServiceRequest:
+        """The OTLP request of a traces batch, built directly (`uniobs.telemetry.spans`)."""
+
+        def sdk(resource: Resource, event: SpanEvent) -> bytes:
+            encoded: bytes = _encode_span(self._readable_span(resource, event)).SerializeToString()
+            return encoded
+
+        return encode_span_events(pairs, self._epoch_offset_ns, self._self_scope, sdk)
 
     def forget(self, workload: Workload) -> None:
         """The workload is gone: its series are exported one last time, then no more."""
@@ -472,6 +551,8 @@ class Telemetry:
                 stats = worker.stats
                 for outcome, counts in (("sent", stats.sent), ("failed", stats.failed), ("dropped", stats.dropped)):
                     for signal, n in counts.items():
+                        if signal not in worker.queues:
+                            continue  # a signal this exporter does not take (prometheus: logs, traces)
                         a = (("uniobs.exporter", worker.name), ("uniobs.signal", signal), ("uniobs.outcome", outcome))
                         samples.append(Sample("uniobs.exporter.items", n, a))
                 depth = sum(queue.depth() for queue in worker.queues.values())
@@ -487,7 +568,7 @@ class Telemetry:
         for reason, n in rejected:
             samples.append(Sample("uniobs.telemetry.rejected", n, (("uniobs.reason", reason),)))
         for kind, n in kinds.items():
-            samples.append(Sample("uniobs.workloads", n, (("uniobs.workload.kind", kind),)))
+            samples.append(Sample("uniobs.workloads", n, ((WORKLOADS_KIND, kind),)))
         return samples
 
     def metrics_data(self) -> tuple[MetricsData, int]:
@@ -549,6 +630,15 @@ class Telemetry:
         if chunk:
             chunks.append((chunk, points))
         self._flushes += 1
+        total = sum(n for _, n in chunks)
+        if POINT_COST * total > self.buffer.budget and not self._said_too_small:
+            # one flush cannot fit: every flush will lose points. Said once; the drops are counted.
+            self._said_too_small = True
+            log.warning(
+                "one metrics export of %d data points needs ~%d MiB, more than [uniobs] buffer_bytes (%d MiB): "
+                "points will be dropped at every export; raise buffer_bytes to at least %d MiB",
+                total, POINT_COST * total >> 20, self.buffer.budget >> 20, -(-2 * POINT_COST * total >> 20),
+            )  # fmt: skip
         return [
             Batch("metrics", MetricsBatch(self._encoder, c, n, self._flushes, i, len(chunks)), n, POINT_COST * n)
             for i, (c, n) in enumerate(chunks)

@@ -102,6 +102,7 @@ class ExporterStats:
     retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
     errors: dict[str, str] = field(default_factory=dict)  # signal -> the last failure's reason
     failing: set[str] = field(default_factory=set)  # signals whose last attempt failed
+    failing_since: dict[str, float] = field(default_factory=dict)  # signal -> monotonic s of its first failure in a row
     last_error: str = ""
 
     @property
@@ -280,6 +281,7 @@ class SignalQueue:
                         if self.signal in self.stats.failing:
                             log.warning("exporter %s: delivering %s again", self.exporter, self.signal)
                         self.stats.failing.discard(self.signal)
+                        self.stats.failing_since.pop(self.signal, None)
                         self._backoff = 0.0
                         self._not_before = 0.0
                 self._cond.notify_all()
@@ -290,6 +292,7 @@ class SignalQueue:
             log.error("exporter %s: %s export failed, %s: %s", self.exporter, self.signal, what, reason)
         self.stats.errors[self.signal] = reason
         self.stats.failing.add(self.signal)
+        self.stats.failing_since.setdefault(self.signal, time.monotonic())
         self.stats.last_error = reason
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 from uniobs.model import Kind, Workload
 
@@ -30,3 +32,19 @@ def host_attributes() -> dict[str, str]:
 
 
 SELF = Workload(kind=Kind.PROCESS, runtime="uniobs", id="uniobs", name="uniobs", pid=os.getpid())
+
+
+def instance_id(workload: Workload, attributes: Mapping[str, Any]) -> str:
+    """The workload's `service.instance.id`: unique among the resources of one service.name, as
+    the semantic conventions require, and what Prometheus' `instance` label is made of.
+
+    A function instance (unikernel, container), a plain cgroup and a process are told apart by their
+    `Workload.id` (the faas.instance / container.id, the cgroup path, `<executable>-<pid>`), which is
+    unique per kind and runtime and never shared across them. uniobs itself keeps a
+    `service.instance.id` given in `attributes` (OTEL_RESOURCE_ATTRIBUTES), else is
+    `<host.name>:<pid>`: two uniobs processes on one host (an agent and a `uniobs run`) stay apart.
+    """
+    if workload.key == SELF.key:
+        given = attributes.get("service.instance.id")
+        return str(given) if given else f"{attributes.get('host.name') or socket.gethostname()}:{workload.pid}"
+    return workload.id

@@ -144,6 +144,15 @@ class FamilyParser(ConsoleParser):
     def __init__(self) -> None:
         self._seen: set[Milestone] = set()
 
+    def keywords(self) -> tuple[str, ...] | None:
+        """Literal strings (without a newline), one of which is in every line whose `parse` could,
+        in this parser's current state, return an event or change that state; None (the default):
+        every line. A live stream searches a whole chunk for them at C level and gives `parse` only
+        the lines that hold one (`uniobs.guest.parsers.detect.StreamParser.feed_lines`), asking
+        again after each line it gave. Too many is only slower; one missing loses events.
+        """
+        return None
+
     def once(self, milestone: Milestone) -> Milestone | None:
         """`milestone` the first time it is asked for, None afterwards."""
         if milestone in self._seen:

@@ -39,12 +39,13 @@ import dataclasses
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from uniobs.guest.lines import DEFAULT_MAX_LINE, sanitize
+from uniobs.guest.lines import DEFAULT_MAX_LINE, LineBatch, sanitize
 from uniobs.guest.parsers._common import BOOT_PHASE
 from uniobs.plugin import ConsoleLine, ConsoleParser, GuestEvent, Milestone, VmmLogParser
 from uniobs.registry import PluginInfo
@@ -187,6 +188,7 @@ class StreamParser:
         self._vmm = [_VmmLog(name, cls()) for name, cls in vmm_classes.items()]
         self._vmm_prefixes: tuple[str, ...] = ()  # one C-level test of every line against them all
         self._vmm_ask_all = False  # a VMM log parser declares no prefixes: ask it of every line
+        self._vmm_pattern: re.Pattern[str] | None = None  # "\n" then any prefix: built when first needed
         self._vmm_changed()
         self._vmm_stamps = vmm_stamps
         self._limit = limit
@@ -198,22 +200,96 @@ class StreamParser:
     def feed(self, line: ConsoleLine) -> list[GuestEvent]:
         return self._route(line)[1]
 
+    def feed_lines(self, lines: Sequence[ConsoleLine]) -> list[GuestEvent]:
+        """`feed` over a console chunk's lines: their events, in order.
+
+        Given a `LineBatch` once the guest's family is known, only the lines a parser must see reach
+        Python code: those a VMM log's prefix starts, and those holding one of the family parser's
+        `keywords` (`uniobs.guest.parsers._common.FamilyParser.keywords`), found by a few C-level
+        searches of the whole chunk. Anything else (detection, a parser without keywords, a VMM log
+        parser without prefixes) goes line by line.
+        """
+        if not isinstance(lines, LineBatch):
+            return [ev for line in lines for ev in self._route(line)[1]]
+        events: list[GuestEvent] = []
+        i, n = 0, len(lines)
+        while i < n:
+            keywords = self._keywords()
+            if keywords is None:
+                events += self._route(lines.line(i))[1]
+                i += 1
+                continue
+            start, i = i, n
+            for k, guest in self._wanted(lines, start, keywords):
+                events += self._route(lines.line(k), guest)[1]
+                now = self._keywords()
+                if now is not keywords and now != keywords:  # the parser's state changed what it needs: search again
+                    i = k + 1
+                    break
+        return events
+
+    def _keywords(self) -> tuple[str, ...] | None:
+        """What the guest's side needs of the lines now: its parser's keywords (() for nothing),
+        None when every line must be routed one by one."""
+        if self._vmm_ask_all or self.first_guest_ns is None:
+            return None
+        parser = self._parser
+        if parser is None:
+            return () if self.settled else None
+        wanted = getattr(parser, "keywords", None)
+        if wanted is None:
+            return None
+        try:
+            found = wanted()
+        except Exception:
+            return None  # the line-by-line path meets the failure and reports it
+        return found if found is None or type(found) is tuple else tuple(found)
+
+    def _wanted(self, lines: LineBatch, start: int, keywords: tuple[str, ...]) -> list[tuple[int, bool]]:
+        """The lines (index >= start) a VMM log's prefix starts or a keyword is in, in order, each
+        with whether the guest's parser must see it if no VMM log owns it (a keyword is in it)."""
+        text = lines.text
+        pos = lines.start_of(start)
+        vmm: list[int] = []
+        if self._vmm_prefixes:
+            if self._vmm_pattern is None:
+                # One character class for the one-character prefixes (Firecracker's digits): faster.
+                single = "".join(sorted(p for p in self._vmm_prefixes if len(p) == 1))
+                longer = sorted((p for p in self._vmm_prefixes if len(p) > 1), key=len, reverse=True)
+                alternatives = [*(["[" + re.escape(single) + "]"] if single else []), *map(re.escape, longer)]
+                self._vmm_pattern = re.compile("\n(?:" + "|".join(alternatives) + ")")
+            vmm = [m.start() for m in self._vmm_pattern.finditer(text, pos)]
+        found: list[int] = []
+        for keyword in keywords:
+            at = text.find(keyword, pos)
+            while at >= 0:
+                found.append(at)
+                at = text.find(keyword, at + 1)
+        guest = set(lines.index_of(found, start)) if found else set()
+        if not vmm:
+            return [(k, True) for k in sorted(guest)]
+        ordered = sorted(guest.union(lines.index_of(vmm, start)))
+        return [(k, k in guest) for k in ordered]
+
     def feed_tagged(self, line: ConsoleLine) -> list[tuple[str, GuestEvent]]:
         """As `feed`, each event with the name of the parser that found it (a guest family or a VMM log)."""
         source, events = self._route(line)
         return [(source, ev) for ev in events]
 
-    def _route(self, line: ConsoleLine) -> tuple[str, list[GuestEvent]]:
-        """The line's events, all found by one parser, and its name ("" when there are none)."""
+    def _route(self, line: ConsoleLine, guest: bool = True) -> tuple[str, list[GuestEvent]]:
+        """The line's events, all found by one parser, and its name ("" when there are none).
+        Without `guest`, a line no VMM log owns is known to mean nothing to the guest's parser."""
         if self._vmm_ask_all or line.text.startswith(self._vmm_prefixes):
             for vmm in self._vmm:
                 try:
                     owned = vmm.parser.owns(line)
                 except Exception:
                     self._vmm_failed(vmm, "failed to read a line")
-                    return self._route(line)
+                    return self._route(line, guest)
                 if owned:
                     return vmm.name, self._parse_vmm(vmm, line)
+        if not guest:
+            return "", []
         if self.first_guest_ns is None:
             self.first_guest_ns = line.time_ns
         if self._parser is not None:
@@ -256,6 +332,7 @@ class StreamParser:
     def _vmm_changed(self) -> None:
         self._vmm_prefixes = tuple(prefix for vmm in self._vmm for prefix in vmm.parser.prefixes)
         self._vmm_ask_all = any(not vmm.parser.prefixes for vmm in self._vmm)
+        self._vmm_pattern = None
 
     def _decide(self, family: str) -> tuple[str, list[GuestEvent]]:
         self.family, self.settled = family, True

@@ -65,28 +65,45 @@ class FirecrackerParser(VmmLogParser, FamilyParser):
 
     prefixes = (*"0123456789", _HEADER)  # a stamp's first digit, or v1.0-v1.4's unstamped header
 
+    def __init__(self) -> None:
+        super().__init__()
+        # owns, stamp_ns and parse read the same line in turn: its stamp is matched once.
+        self._last: tuple[str, re.Match[str] | None] = ("", None)
+        self._minute: tuple[str, int | None] = ("", None)  # a stamp's minute, and its seconds since the epoch
+
+    def _match(self, text: str) -> re.Match[str] | None:
+        if self._last[0] is not text:
+            cheap = text[:1].isdigit() and text[4:5] == "-" and text[10:11] == "T"  # as _is_log_line
+            self._last = (text, _LOG.match(text) if cheap else None)
+        return self._last[1]
+
     def owns(self, line: ConsoleLine) -> bool:
         text = line.text
-        return _is_log_line(text) or text.startswith(_HEADER)
+        return self._match(text) is not None or text.startswith(_HEADER)
 
     def recognises(self, line: ConsoleLine) -> bool:
         return self.owns(line)
 
     def stamp_ns(self, line: ConsoleLine) -> int | None:
-        m = _LOG.match(line.text)
+        m = self._match(line.text)
         if m is None:
             return None
-        year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-        try:  # a zone-less local time: read as UTC, which keeps the differences between stamps
-            when = datetime(year, month, day, hour, minute, second)
-        except ValueError:  # not a date (month 13): no stamp
+        minute = line.text[:16]  # YYYY-MM-DDTHH:MM: the same for a minute of lines
+        if self._minute[0] != minute:
+            year, month, day, hour, mins = (int(m.group(i)) for i in range(1, 6))
+            try:  # a zone-less local time: read as UTC, which keeps the differences between stamps
+                self._minute = (minute, calendar.timegm(datetime(year, month, day, hour, mins).timetuple()))
+            except ValueError:  # not a date (month 13): no stamp
+                self._minute = (minute, None)
+        base, second = self._minute[1], int(m.group(6))
+        if base is None or second > 59:
             return None
-        return calendar.timegm(when.timetuple()) * 1_000_000_000 + int((m.group(7) or "0").ljust(9, "0"))
+        return (base + second) * 1_000_000_000 + int((m.group(7) or "0").ljust(9, "0"))
 
     def parse(self, line: ConsoleLine) -> Sequence[GuestEvent]:
         text = line.text
         severity = Severity.INFO
-        m = _LOG.match(text) if text[:1].isdigit() else None
+        m = self._match(text) if text[:1].isdigit() else None
         if m is not None:
             text = text[m.end() :]
             for part in m.group(8).split(":", 4)[:4]:  # thread, then the level when it is shown

@@ -33,6 +33,9 @@ _RUN_INIT = re.compile(r"Run (\S{1,128}) as init process")
 _PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
 _KILL_INIT = re.compile(r"Attempted to kill init! exitcode=(0x[0-9a-fA-F]{1,8})")
 _POWER = re.compile(r"reboot: (Power down|System halted|Restarting system)")
+# In every line `parse` reads something from (the patterns above); the parser keeps no other state.
+# No trailing space: a search skips ahead on the needle's last character, and spaces are everywhere.
+_KEYWORDS = ("Linux version", "Freeing unused kernel", " as init process", "Kernel panic - not syncing:", "reboot:")
 
 
 def _stamp(text: str) -> tuple[float | None, str]:
@@ -52,6 +55,9 @@ class LinuxParser(FamilyParser):
         if uptime is not None:
             return not _UNIKRAFT.match(rest)
         return bool(_VERSION.match(text))
+
+    def keywords(self) -> tuple[str, ...]:
+        return _KEYWORDS
 
     def parse(self, line: ConsoleLine) -> Sequence[GuestEvent]:
         _, text = strip_rom_handoff(line.text)
