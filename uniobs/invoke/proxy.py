@@ -544,6 +544,17 @@ class InvocationProxy:
     def _count_bad_request(self) -> None:
         self.bad_requests += 1
 
+    async def _admit_invocation(self, inv: Invocation, deadline: float | None) -> Admission:
+        """`_admit` for one invocation: what its admission paid (a cold start, a resume) goes on its
+        record; an instance that cannot be had is a 503."""
+        try:
+            admission = await self._admit(inv.trace_id, inv.span_id, deadline)
+        except Unavailable:
+            raise _Failure(503, "unavailable") from None
+        inv.workload, inv.coldstart, inv.init_ns = admission.workload, admission.coldstart, admission.init_ns
+        inv.resumed_ns = admission.resumed_ns
+        return admission
+
     async def _admit(self, trace_id: int, span_id: int, deadline: float | None) -> Admission:
         """A slot, then an instance: the gate's fast path, else its blocking admit in a worker thread."""
         assert self._slots is not None
@@ -665,12 +676,7 @@ class InvocationProxy:
         admission: Admission | None = None
         keep = False
         try:
-            try:
-                admission = await self._admit(inv.trace_id, inv.span_id, deadline)
-            except Unavailable:
-                raise _Failure(503, "unavailable") from None
-            inv.workload, inv.coldstart, inv.init_ns = admission.workload, admission.coldstart, admission.init_ns
-            inv.resumed_ns = admission.resumed_ns
+            admission = await self._admit_invocation(inv, deadline)
             keep = await self._forward(conn, req, inv, admission, traceparent, deadline)
         except _Failure as failure:
             inv.status, inv.error_type = failure.status, failure.error_type
@@ -799,12 +805,7 @@ class InvocationProxy:
         deadline = None if self.request_timeout is None else arrival / 1e9 + self.request_timeout
         admission: Admission | None = None
         try:
-            try:
-                admission = await self._admit(inv.trace_id, inv.span_id, deadline)
-            except Unavailable:
-                raise _Failure(503, "unavailable") from None
-            inv.workload, inv.coldstart, inv.init_ns = admission.workload, admission.coldstart, admission.init_ns
-            inv.resumed_ns = admission.resumed_ns
+            admission = await self._admit_invocation(inv, deadline)
             up, _ = await self._connect(admission, deadline)
             try:
                 inv.error_type = await _pipe_both(reader, writer, up.reader, up.writer, deadline)
