@@ -428,6 +428,10 @@ def test_unavailable_is_a_503(rig: Callable[..., Rig]) -> None:
     spans, reports = invocations(signals)
     assert len(spans) == 1 and spans[0]["attributes"]["error.type"] == "unavailable" and len(reports) == 1
     assert counter(signals, "faas.errors", error_type="unavailable") == 1
+    # no instance served it: its memory is unknown (never the figures of uniobs' own process)
+    assert "Memory Size: unknown Max Memory Used: unknown" in reports[0]["body"]
+    assert "uniobs.invocation.max_memory_used" not in reports[0]["attributes"]
+    assert not list(signals.points("faas.mem_usage"))
 
 
 def test_cold_invocation_carries_init_duration(upstream: Upstream, rig: Callable[..., Rig]) -> None:

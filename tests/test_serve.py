@@ -373,6 +373,12 @@ def test_concurrent_first_requests_share_one_launch(tmp_path: Path, serving: lis
     assert len(serve_events(signals, "launch")) == 1
     assert len(coldstart_roots(signals)) == 1
     assert len(signals.events("uniobs.spawned")) == 1
+    # one cold invocation per launch (Lambda's rule); the others waited for that launch and say so
+    spans = invocation_spans(signals)
+    assert len(spans) == 4
+    assert sum(s["attributes"]["faas.coldstart"] for s in spans) == 1
+    waited = [s for s in spans if s["attributes"].get("uniobs.invocation.waited_for_launch")]
+    assert waited and not [s for s in waited if s["attributes"]["faas.coldstart"]]  # (one may come once ready)
 
 
 # --- the QMP rule -------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ class Admission:
     init_ns: int | None = None  # the instance's cold start (exec -> ready), when coldstart; None: unknown
     resumed_ns: int | None = None  # time spent resuming the instance from pause for this invocation
     launched: bool = False  # this invocation's arrival launched the instance (scale from zero)
+    # it waited for a launch another invocation's arrival started: its latency includes part of that
+    # cold start, but it is not the instance's cold invocation (no faas.coldstart, no Init Duration)
+    waited_for_launch: bool = False
 
 
 class Gate(Protocol):

@@ -552,7 +552,7 @@ class InvocationProxy:
         except Unavailable:
             raise _Failure(503, "unavailable") from None
         inv.workload, inv.coldstart, inv.init_ns = admission.workload, admission.coldstart, admission.init_ns
-        inv.resumed_ns = admission.resumed_ns
+        inv.resumed_ns, inv.waited_for_launch = admission.resumed_ns, admission.waited_for_launch
         return admission
 
     async def _admit(self, trace_id: int, span_id: int, deadline: float | None) -> Admission:

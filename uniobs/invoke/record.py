@@ -83,6 +83,7 @@ class Invocation:
     coldstart: bool = False
     init_ns: int | None = None
     resumed_ns: int | None = None  # time the instance took to resume from pause for this invocation
+    waited_for_launch: bool = False  # held for a launch another invocation started (see Admission)
     peer_address: str | None = None
     server_port: int | None = None
     protocol_version: str = ""  # "1.1", "1.0"
@@ -189,7 +190,8 @@ class InvocationRecorder:
             samples = entry[1]
             trigger = (FAAS_TRIGGER, inv.trigger)
             duration_s = (inv.end_ns - inv.start_ns) / 1e9
-            peak = self._peak(workload, key)
+            # no instance served it (it ended before one was ready): its memory is unknown, never uniobs' own
+            peak = self._peak(workload, key) if inv.workload is not None else None
             attrs: tuple[tuple[str, str], ...] = (trigger,)
             samples.append(Sample("faas.invoke_duration", duration_s, attrs))
             counts[self._bump(key, "faas.invocations", attrs)] = None
@@ -204,7 +206,8 @@ class InvocationRecorder:
             if spans:
                 entry[2].append(self._span(inv))
             if reports:
-                entry[3].append(self._report(inv, duration_s, self._memory_size(workload, key), peak))
+                size = self._memory_size(workload, key) if inv.workload is not None else None
+                entry[3].append(self._report(inv, duration_s, size, peak))
         for count_key in counts:
             by_workload[count_key[0]][1].append(Sample(count_key[1], self._counts[count_key], count_key[2]))
         dropped = self._dropped
@@ -274,6 +277,8 @@ class InvocationRecorder:
         )  # fmt: skip
         if inv.resumed_ns is not None:
             attrs += (("uniobs.invocation.resume_duration", inv.resumed_ns / 1e9),)
+        if inv.waited_for_launch:
+            attrs += (("uniobs.invocation.waited_for_launch", True),)
         return SpanEvent(
             name, inv.trace_id, inv.span_id, inv.parent_span_id, inv.start_ns, inv.end_ns, attrs,
             error=inv.error_type, kind="server",
@@ -325,6 +330,8 @@ class InvocationRecorder:
             body += f" Init Duration: {init}"
             if inv.init_ns is not None:
                 attrs.append(("uniobs.invocation.init_duration", inv.init_ns / 1e9))
+        if inv.waited_for_launch:
+            attrs.append(("uniobs.invocation.waited_for_launch", True))
         if inv.resumed_ns is not None:
             body += f" Resume Duration: {inv.resumed_ns / 1e6:.2f} ms"
             attrs.append(("uniobs.invocation.resume_duration", inv.resumed_ns / 1e9))

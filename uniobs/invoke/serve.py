@@ -293,8 +293,8 @@ class FunctionHost:
                     raise Unavailable(f"{self.side.name}: shutting down")
                 if state is State.READY and inst is not None:
                     self._in_flight += 1
-                    cold = waited_for is inst
-                    return self._admission(inst, coldstart=cold, init_ns=inst.init_ns if cold else None)
+                    # a launch another invocation started: only that one is the instance's cold invocation
+                    return self._admission(inst, waited_for_launch=waited_for is inst)
                 if state is State.STOPPED:
                     inst = self._launch((trace_id, span_id))
                     waited_for = inst
@@ -327,11 +327,12 @@ class FunctionHost:
 
     def _admission(
         self, inst: _Instance, *, coldstart: bool = False, init_ns: int | None = None, launched: bool = False,
-        resumed_ns: int | None = None,
+        resumed_ns: int | None = None, waited_for_launch: bool = False,
     ) -> Admission:  # fmt: skip
         spec = inst.spec
         assert spec is not None  # made before the launch, so before it could be ready
-        return Admission(spec.host, spec.port, inst.workload, coldstart, init_ns, resumed_ns, launched)
+        return Admission(spec.host, spec.port, inst.workload, coldstart, init_ns, resumed_ns, launched,
+                         waited_for_launch)  # fmt: skip
 
     # -- launching
 
