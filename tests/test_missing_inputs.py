@@ -148,3 +148,21 @@ def test_compare_builds_the_image_and_without_a_probe_kernel_says_why_it_chose_t
     assert not (tmp_path / "accel-cache" / "accel.json").exists()  # a guess is not cached as a probe
     for name in ("report.html", "report.md", "telemetry.jsonl"):
         assert (out / name).is_file()
+
+
+def test_a_first_side_this_host_cannot_build_names_the_other_sides(tmp_path: Path) -> None:
+    """The first table is the default side of `run --function` and `serve`: when its build says this
+    host cannot build it (status 77), the error names the sides that remain."""
+    path = definition(tmp_path, """
+[nanos]
+shrinkwrap = "unikernel"
+build = ["sh", "-c", "echo 'no Nanos toolchain on this host' >&2; exit 77"]
+image = ["build/fn.img"]
+command = ["true"]
+
+[container]
+command = ["true"]
+""")  # fmt: skip
+    for args in (["run", "--function", str(path)], ["serve", str(path)]):
+        line = one_clear_line(uniobs(*args, tmp_path=tmp_path))
+        assert "no Nanos toolchain on this host" in line and line.endswith("(another side: --as container)"), line

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -324,6 +325,22 @@ def process_definition(tmp: Path, command: list[str], ready: str = "http://127.0
     path = tmp / "function.toml"
     path.write_text(f'name = "pyhttp"\nready = {json.dumps(ready)}\n[unikernel]\ncommand = {json.dumps(command)}\n')
     return path
+
+
+def test_a_listen_address_in_use_is_named_once_with_what_it_is_for(tmp_path: Path) -> None:
+    definition = process_definition(tmp_path, [sys.executable, "-m", "http.server", "{port}"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        at = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "uniobs.cli", "serve", str(definition), "--listen", at,
+             "--export", f"file:{tmp_path / 'out.jsonl'}"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot listen on {at} (serve's listen address, --listen): Address already in use" in done.stderr
+    assert done.stderr.count(at) == 1, done.stderr
 
 
 def test_a_failed_launch_is_a_503_with_the_reason(tmp_path: Path, serving: list[Serve]) -> None:

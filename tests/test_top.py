@@ -290,6 +290,13 @@ def test_live_view_refuses_without_a_terminal() -> None:
     assert done.returncode == 2 and "--once or --json" in done.stderr
 
 
+def test_from_an_endpoint_that_does_not_answer_is_an_error_not_an_empty_table() -> None:
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run(_uniobs("top", "--once", "--from", url), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert "no --from endpoint answered" in done.stderr and "Connection refused" in done.stderr
+
+
 # -- --from: a running uniobs' Prometheus endpoint
 
 

@@ -294,7 +294,8 @@ def scrape_once(
     "--as",
     "shrinkwrap",
     metavar="SIDE",
-    help="With --function: which side of the definition (its table: unikernel, container, nanos, ...).",
+    help="With --function: which side of the definition (its table: unikernel, container, nanos, ...). "
+    "[default: the first table]",
 )
 @click.option(
     "--rundir",

@@ -78,6 +78,10 @@ def serve(
     try:
         fdef = fn.load_definition(definition)
         side = FunctionSide(fdef, shrinkwrap)
+    except fn.SideSkipped as exc:  # the first side, taken by default, cannot be built here
+        others = [other for other in fdef.wraps if other != exc.side] if shrinkwrap is None else []
+        hint = f" (another side: --as {'|'.join(others)})" if others else ""
+        raise click.ClickException(str(exc) + hint) from None
     except fn.DefinitionError as exc:
         raise click.ClickException(str(exc)) from None
     address = _listen(listen, side.public_port)

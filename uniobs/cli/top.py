@@ -61,6 +61,10 @@ def top(
                 click.echo(plain_table(rows))
                 for url, error in getattr(source, "errors", {}).items():
                     click.echo(f"uniobs: {url}: {error}", err=True)
+            errors = getattr(source, "errors", {})
+            if from_urls and len(errors) == len(set(from_urls)):
+                # no endpoint answered: an empty table would read as "no workloads"
+                raise click.ClickException(f"no --from endpoint answered ({', '.join(sorted(errors))})")
             return
         from uniobs.top.app import TopApp
 

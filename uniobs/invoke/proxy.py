@@ -39,6 +39,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import os
 import random
 import re
 import threading
@@ -468,7 +469,8 @@ class InvocationProxy:
             try:
                 self._server = await asyncio.start_server(self._accept, host, port, backlog=1024, reuse_address=True)
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+                # asyncio's message repeats the address; the callers say where and what for
+                raise OSError(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc)) from None
             sock = self._server.sockets[0].getsockname()
             return str(sock[0]), int(sock[1])
 
