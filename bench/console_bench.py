@@ -17,7 +17,11 @@ with the project's line protocol records mixed in, repeated to `--mb` MB.
 Medians of `--rounds` rounds (at least 5); ratios to the baseline measured in the same run and to
 the goals (1 M lines per CPU-second for (b), 200 k lines/s for (c)).
 
-    python bench/console_bench.py [--mb 20] [--export-mb 10] [--rounds 5]
+`--batch-sizes 512,4096` repeats (c) with `[uniobs] export_batch_size` set to each value (512, the
+default and the OpenTelemetry BatchLogRecordProcessor's, comes first); a request is also cut at
+3 MiB of charged records (`LOGS_BATCH_COST`), under a receiver's 4 MiB.
+
+    python bench/console_bench.py [--mb 20] [--export-mb 10] [--rounds 5] [--batch-sizes 512,4096]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from uniobs.telemetry.bridge import Telemetry
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_CAPTURE = 1_000_000  # lines per CPU-second, capture + family parsing (issue 14)
 GOAL_EXPORT = 200_000  # lines per second exported as log records (issue 14)
+DEFAULT_BATCH = 512  # [uniobs] export_batch_size's default, the OTel BatchLogRecordProcessor's (OTEL_BLRP_...)
 
 # The loopback receiver: decodes each request (the real OTLP message) and counts its log records;
 # GET answers the count so far.
@@ -161,11 +166,12 @@ def _received(endpoint: str) -> int:
     return int(requests.get(endpoint, timeout=10).text)
 
 
-def exported(path: Path, endpoint: str) -> tuple[float, float, int, int]:
-    """Wall and CPU seconds until every line is delivered as a log record; lines read, records received."""
+def exported(path: Path, endpoint: str, batch_size: int = DEFAULT_BATCH) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds until every line is delivered as a log record; lines read, records received.
+    `batch_size` is `[uniobs] export_batch_size` (records per request)."""
     before = _received(endpoint)
     sinks = OtlpHttpExporter(OtlpConfig(endpoint=endpoint, signals=("logs",))).sinks()
-    telemetry = Telemetry([("otlp-http", sinks)], buffer_bytes=1 << 30)
+    telemetry = Telemetry([("otlp-http", sinks)], buffer_bytes=1 << 30, export_batch_size=batch_size)
     cpu0, started = time.process_time(), time.perf_counter()
     count, _ = _console(path, telemetry)
     telemetry.shutdown(600)
@@ -180,7 +186,12 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=20)
     parser.add_argument("--export-mb", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--batch-sizes", default=str(DEFAULT_BATCH),
+        help="export_batch_size values for (c), comma-separated (the first is the default, 512)",
+    )  # fmt: skip
     args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     rounds = max(5, args.rounds)
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
     try:
@@ -190,23 +201,25 @@ def main() -> None:
             path, small = Path(tmp) / "console.log", Path(tmp) / "export.log"
             lines, export_lines = make_input(path, args.mb), make_input(small, args.export_mb)
             data, size = path.read_bytes(), os.path.getsize(path)
-            base, cap, ex_wall, ex_cpu, delivered = [], [], [], [], []
+            base, cap, delivered = [], [], []
+            ex_wall: dict[int, list[float]] = {b: [] for b in batch_sizes}
+            ex_cpu: dict[int, list[float]] = {b: [] for b in batch_sizes}
             family = None
             for _ in range(rounds):
                 base.append(baseline(data))
                 cpu, count, family = capture(path)
                 assert count == lines, (count, lines)
                 cap.append(cpu)
-                wall, cpu, count, received = exported(small, endpoint)
-                assert count == export_lines, (count, export_lines)
-                ex_wall.append(wall)
-                ex_cpu.append(cpu)
+                for batch_size in batch_sizes:
+                    wall, cpu, count, received = exported(small, endpoint, batch_size)
+                    assert count == export_lines, (count, export_lines)
+                    ex_wall[batch_size].append(wall)
+                    ex_cpu[batch_size].append(cpu)
                 delivered.append(received)
     finally:
         receiver.terminate()
         receiver.wait()
     b, c = lines / statistics.median(base), lines / statistics.median(cap)
-    w, e = export_lines / statistics.median(ex_wall), export_lines / statistics.median(ex_cpu)
     print(f"console benchmark: {size / 1e6:.0f} MB, {lines:,} lines (transcripts + line protocol), family {family}")
     print(f"  medians of {rounds} rounds; ratios to the baseline of the same run, and to the goal")
     base_name = '(a) baseline: for line in data.split(b"\\n"): decode'
@@ -215,11 +228,14 @@ def main() -> None:
         f"  {'(b) capture + family parsing (no export)':56}{c:>12,.0f} lines/CPU-s  "
         f"{c / b:6.3f}x baseline  {c / GOAL_CAPTURE:5.2f}x goal (1 M/CPU-s)"
     )
-    print(
-        f"  {'(c) exported as log records, otlp-http to loopback':56}{w:>12,.0f} lines/s      "
-        f"{w / b:6.3f}x baseline  {w / GOAL_EXPORT:5.2f}x goal (200 k/s)"
-    )
-    print(f"  {'':56}{e:>12,.0f} lines/CPU-s  ({export_lines:,} lines, {args.export_mb} MB)")
+    for batch_size in batch_sizes:
+        w = export_lines / statistics.median(ex_wall[batch_size])
+        e = export_lines / statistics.median(ex_cpu[batch_size])
+        name = "(c) exported as log records, otlp-http to loopback"
+        if batch_size != DEFAULT_BATCH:
+            name = f"(c) same, export_batch_size = {batch_size} (set by the user)"
+        print(f"  {name:56}{w:>12,.0f} lines/s      {w / b:6.3f}x baseline  {w / GOAL_EXPORT:5.2f}x goal (200 k/s)")
+        print(f"  {'':56}{e:>12,.0f} lines/CPU-s  ({export_lines:,} lines, {args.export_mb} MB)")
     print(f"  log records received per round (median): {statistics.median(delivered):,.0f} (lines + events)")
 
 

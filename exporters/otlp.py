@@ -266,6 +266,7 @@ class _Sink:
         self._send = send
         self._encode = encode
         self.encoded_metrics = signal == "metrics"  # takes the bridge's MetricsBatch (see _encoder)
+        self.otlp_metrics_only = self.encoded_metrics  # ... and reads only its OTLP bytes (and length)
         self.encoded_logs = signal == "logs"  # takes the bridge's ExportLogsServiceRequest (see _encoder)
         self.encoded_traces = signal == "traces"  # takes the bridge's ExportTraceServiceRequest (see _encoder)
 

@@ -114,3 +114,47 @@ def test_lines_held_as_a_batch_reach_an_sdk_sink_as_records() -> None:
         {"uniobs.console.line": 5},
     ]
     assert [r.timestamp for r in records] == [telemetry.to_epoch_ns(t) for t in (1_000,) * 4 + (1_000,)]
+
+
+class _Requests:
+    """A logs sink like the OTLP exporters': it takes the bridge's ExportLogsServiceRequest."""
+
+    encoded_logs = True
+
+    def __init__(self) -> None:
+        self.requests: list[object] = []
+
+    def export(self, batch: object, *args: object, **kwargs: object) -> object:
+        self.requests.append(batch)
+        return None
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def test_a_logs_request_stays_under_a_receivers_4_mib_whatever_the_batch_size() -> None:
+    """16 KiB console lines with export_batch_size raised to 100,000: each request is sealed by its
+    charge (`LOGS_BATCH_COST`) before it reaches a receiver's default 4 MiB; no line lost or reordered."""
+    sink = _Requests()
+    sinks = ExporterSinks(logs=sink)  # type: ignore[arg-type]  # duck-typed, as the OTLP sinks
+    telemetry = Telemetry([("otlp", sinks)], export_batch_size=100_000, buffer_bytes=256 << 20)
+    workload = Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="w", name="fn")
+    splitter = LineSplitter(max_line=16 << 10)
+    for chunk in range(20):
+        telemetry.log_lines(
+            workload, splitter.feed(b"".join(b"%05d" % (chunk * 50 + i) + b"y" * 16_000 + b"\n" for i in range(50)), 1)
+        )
+    telemetry.flush(10)
+    telemetry.shutdown(10)
+    sizes = [request.ByteSize() for request in sink.requests]  # type: ignore[attr-defined]
+    assert len(sizes) >= 4 and max(sizes) < 4 << 20, sizes
+    bodies = [
+        record.body.string_value[:5]
+        for request in sink.requests
+        for rl in request.resource_logs  # type: ignore[attr-defined]
+        for record in rl.scope_logs[0].log_records
+    ]
+    assert bodies == [f"{i:05d}" for i in range(1000)]

@@ -401,12 +401,21 @@ def test_refused_and_5xx_are_errors(upstream: Upstream, rig: Callable[..., Rig])
     assert counter(signals, "faas.errors", error_type="connection_refused") == 1
     r = rig(upstream.port)
     conn = r.conn()
-    conn.request("GET", "/status/500")
-    assert conn.getresponse().status == 500
+    for path, status in (("/status/500", 500), ("/status/404", 404)):
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == status
+        response.read()
     signals = r.signals()
     spans, reports = invocations(signals)
-    assert spans[0]["attributes"]["error.type"] == "500" and counter(signals, "faas.errors", error_type="500") == 1
-    assert reports[0]["severity"] == "WARN"
+    by_status = {span["attributes"]["http.response.status_code"]: span for span in spans}
+    assert by_status[500]["attributes"]["error.type"] == "500"
+    assert counter(signals, "faas.errors", error_type="500") == 1
+    assert [r["severity"] for r in reports if "500" in str(r["attributes"].get("error.type"))] == ["WARN"]
+    assert by_status[500]["status"].get("code") == 2  # STATUS_CODE_ERROR
+    # HTTP conventions: a SERVER span answered below 500 leaves its status unset (neither OK nor ERROR)
+    assert "error.type" not in by_status[404]["attributes"]
+    assert by_status[404].get("status", {}).get("code", 0) == 0, by_status[404]  # STATUS_CODE_UNSET
 
 
 class NoInstance:

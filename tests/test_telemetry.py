@@ -422,6 +422,87 @@ def test_the_direct_otlp_encoding_is_the_sdk_encoding_of_the_same_points() -> No
     t.shutdown(2)
 
 
+def _is_self(rm: Any) -> bool:
+    """uniobs' own resource (service.name "uniobs"), whose exporter counts differ between two bridges."""
+    return any(kv.key == "service.name" and kv.value.string_value == "uniobs" for kv in rm.resource.attributes)
+
+
+class WireMetrics:
+    """A metrics sink like the OTLP exporters': it reads only the batch's OTLP bytes, so the bridge
+    writes them at the snapshot, straight from the live series."""
+
+    encoded_metrics = True
+    otlp_metrics_only = True
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+
+    def export(self, batch: Any, *args: Any, **kwargs: Any) -> MetricExportResult:
+        self.batches.append(batch)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_otlp_written_at_the_snapshot_is_the_sdk_encoding_of_the_same_points() -> None:
+    """Every metrics sink only sends OTLP: the request is written under the lock from the live series
+    (one metric's constant part kept on its series). Byte for byte the rows path's request, and the
+    SDK's encode_metrics of the rows' MetricsData, over several flushes: single and several series per
+    metric, int and double (switching), an int past int64, a reset, histograms, a metric whose encoding is
+    over 127 bytes (two-byte lengths), a series added between flushes."""
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    long = MetricSpec("test.long", Instrument.UPDOWN_COUNTER, "{x}", "A long description. " * 8, ("k", "j"))
+    wire_sink, rows = WireMetrics(), MemoryMetrics()
+    wired = Telemetry([("otlp", ExporterSinks(metrics=wire_sink))])  # type: ignore[arg-type]  # duck-typed, as the OTLP sinks
+    plain = Telemetry([("mem", ExporterSinks(metrics=rows))])
+    assert wired._wire_only and not plain._wire_only
+    for t in (wired, plain):
+        t.declare([COUNTER, GAUGE, HIST, long], scope="uniobs.collectors.test")
+    rounds = [
+        (
+            VM,
+            [
+                Sample("test.work", 5, (("cpu.mode", "user"),)),
+                Sample("test.level", (1 << 64) - 1),
+                Sample("test.long", 1, (("k", "x"),)),
+            ],
+        ),
+        (CT, [Sample("test.level", 2.5), Sample("test.latency", 0.02), Sample("test.long", -3, (("k", "v" * 90),))]),
+        (
+            VM,
+            [
+                Sample("test.work", 3, (("cpu.mode", "user"),)),
+                Sample("test.work", 0.5, (("cpu.mode", "system"),)),
+                Sample("test.long", 2, (("k", "x"),)),
+            ],
+        ),
+        (CT, [Sample("test.level", 7), Sample("test.latency", 7.0), Sample("test.long", 4, (("j", "w"),))]),
+    ]
+    for i, (workload, samples) in enumerate(rounds):
+        for t in (wired, plain):
+            t.record(workload, samples, now_ns=1_000 + i)
+        # uniobs' own samples differ between the two (their exporters' counts): compare the rest
+        wired.flush(2)
+        plain.flush(2)
+        direct = ExportMetricsServiceRequest.FromString(wire_sink.batches[-1].otlp_bytes())
+        sdk = encode_metrics(rows.batches[-1])
+        mine = [rm for rm in direct.resource_metrics if not _is_self(rm)]
+        theirs = [rm for rm in sdk.resource_metrics if not _is_self(rm)]
+        assert mine == theirs and len(mine) == (1 if i == 0 else 2)
+        assert len(direct.resource_metrics) == len(sdk.resource_metrics) == len(mine) + 1
+        assert wire_sink.batches[-1].request() == direct
+        with pytest.raises(TypeError):
+            wire_sink.batches[-1].metrics_data()
+    for t in (wired, plain):
+        t.shutdown(2)
+
+
 def test_a_buffer_too_small_for_one_metrics_export_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     """10,000 workloads overflow the default budget: every export would lose points; the user is told
     what to set, once (the drops themselves are counted as always)."""
@@ -448,3 +529,23 @@ def test_a_buffer_too_small_for_one_metrics_export_is_said_once(caplog: pytest.L
         roomy.flush(2)
     assert not [r for r in caplog.records if "buffer_bytes" in r.getMessage()]
     roomy.shutdown(2)
+
+
+def test_what_a_backend_still_down_at_exit_did_not_take_is_failed_with_its_reason() -> None:
+    """Not "dropped": dropped is the budget making room (or an exit before a healthy backend was
+    reached); a backend that kept refusing failed the data, and its last reason is kept."""
+
+    class Down(MemoryMetrics):
+        def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> MetricExportResult:
+            raise ExportError("http://127.0.0.1:4999/v1/metrics: ConnectionError: refused", retryable=True)
+
+    t = Telemetry([("down", ExporterSinks(metrics=Down()))], retry_initial=0.05, retry_max=0.1)
+    t.declare([GAUGE], scope="test")
+    for i in range(3):
+        t.record(VM, [Sample("test.level", i)])
+        t.flush(0.2)
+    t.shutdown(0.5)
+    stats = t.stats()["down"]
+    assert stats.failed["metrics"] > 0 and stats.dropped["metrics"] == 0, stats
+    assert "ConnectionError" in stats.errors["metrics"]
+    assert stats.sent["metrics"] + stats.failed["metrics"] == t.buffer.handed["metrics"]

@@ -14,7 +14,10 @@ serialised OTLP `ExportMetricsServiceRequest` written directly from the snapshot
 (`uniobs.telemetry.encode`, which keeps each workload's encoded resource and each series'
 encoded attributes). A metrics sink with a true `encoded_metrics` attribute receives the
 `MetricsBatch` itself (`otlp_bytes()`, `request()`, `metrics_data()`); any other sink receives
-the SDK's `MetricsData`, as before.
+the SDK's `MetricsData`, as before. When every metrics sink also says `otlp_metrics_only` (the
+OTLP exporters: they read only the request), the snapshot is the request itself, written under
+the lock from the live series (each workload's series are kept grouped by scope and metric, and a
+lone series' constant bytes are shared): no row per point, ~5x cheaper at 10,000 workloads.
 
 Counters: collectors report the source's cumulative value. A value lower than the previous one
 means the source restarted (a workload restarted, a counter wrapped); the series then gets a
@@ -66,6 +69,7 @@ from uniobs.telemetry.export import (
     ATTRIBUTE_COST,
     DEFAULT_BUFFER_BYTES,
     LOG_RECORD_OVERHEAD,
+    LOGS_BATCH_COST,
     POINT_COST,
     SIGNALS,
     SPAN_COST,
@@ -108,6 +112,9 @@ class _Number:
     start_ns: int
     time_ns: int
     value: float | int
+    counter: bool = False  # a monotonic sum: a lower value is a reset
+    attributes: Attributes = ()
+    wire: bytes = b""  # its encoding's constant part when alone in its metric (shared: MetricsEncoder.metrics)
 
 
 @dataclass(slots=True)
@@ -119,6 +126,7 @@ class _Hist:
     count: int = 0
     min: float = float("inf")
     max: float = float("-inf")
+    attributes: Attributes = ()
 
 
 @dataclass
@@ -126,6 +134,11 @@ class _WorkloadState:
     workload: Workload
     resource: Resource
     series: dict[tuple[str, Attributes], _Number | _Hist] = field(default_factory=dict)
+    # The same series objects grouped as a flush exports them: scope name -> (scope, metric name ->
+    # (spec, its series)), in first-seen order, so a snapshot is a walk, not a regrouping.
+    groups: dict[str, tuple[InstrumentationScope, dict[str, tuple[MetricSpec, list[Any]]]]] = field(
+        default_factory=dict
+    )
     encoded_resource: bytes | None = None  # ResourceMetrics.resource, encoded once
 
 
@@ -139,14 +152,15 @@ _ResourceRows = tuple[_WorkloadState, list[tuple[InstrumentationScope, list[tupl
 class MetricsBatch:
     """One flush's series (or a part of them: whole resources), for every metrics exporter.
 
-    Built under the bridge's lock as plain tuples; converted lazily, once, in an export thread:
+    Built under the bridge's lock as plain tuples (or, `encoded`, as each resource's OTLP bytes,
+    which only `otlp_bytes()` and `request()` serve); converted lazily, once, in an export thread:
     `otlp_bytes()` is the serialised `ExportMetricsServiceRequest`, `request()` that message
     parsed back, `metrics_data()` the SDK's `MetricsData`. A flush too big for one request is
     several batches: `part` of `parts` of the flush numbered `flush` (a pull exporter serves them
     together).
     """
 
-    __slots__ = ("_bytes", "_encoder", "_lock", "_sdk", "flush", "part", "parts", "points", "resources")
+    __slots__ = ("_bytes", "_encoder", "_lock", "_sdk", "encoded", "flush", "part", "parts", "points", "resources")
 
     def __init__(
         self, encoder: MetricsEncoder, resources: list[_ResourceRows], points: int,
@@ -159,6 +173,9 @@ class MetricsBatch:
         self._lock = threading.Lock()
         self._bytes: bytes | None = None
         self._sdk: MetricsData | None = None
+        # Written at the snapshot (only OTLP sinks take metrics): each resource's entry is then
+        # (state, its encoded ResourceMetrics, points), and only otlp_bytes()/request() serve it.
+        self.encoded = bool(resources) and isinstance(resources[0][1], bytes)
 
     @property
     def resource_metrics(self) -> list[_ResourceRows]:
@@ -176,6 +193,8 @@ class MetricsBatch:
         return ExportMetricsServiceRequest.FromString(self.otlp_bytes())
 
     def _encode(self) -> bytes:
+        if self.encoded:
+            return b"".join([encoded for _, encoded, _ in self.resources])  # type: ignore[misc]
         enc = self._encoder
         number_point = enc.number_point
         parts = []
@@ -197,6 +216,8 @@ class MetricsBatch:
         return b"".join(parts)
 
     def metrics_data(self) -> MetricsData:
+        if self.encoded:
+            raise TypeError("this MetricsBatch was written as OTLP at the snapshot: use otlp_bytes() or request()")
         with self._lock:
             if self._sdk is None:
                 self._sdk = MetricsData(
@@ -249,6 +270,19 @@ class _Declared:
     allowed: frozenset[str]
 
 
+def _add_series(state: _WorkloadState, declared: _Declared, key: tuple[str, Attributes], series: Any) -> None:
+    """A new series, in the workload's table and in its scope's and metric's group (with _lock held)."""
+    state.series[key] = series
+    scope = declared.scope
+    scoped = state.groups.get(scope.name)
+    if scoped is None:
+        scoped = state.groups[scope.name] = (scope, {})
+    metric = scoped[1].get(key[0])
+    if metric is None:
+        metric = scoped[1][key[0]] = (declared.spec, [])
+    metric[1].append(series)
+
+
 # --- the bridge -----------------------------------------------------------------------------
 
 
@@ -289,6 +323,11 @@ class Telemetry:
         self._rejected: dict[str, int] = {}
         self.buffer = ExportBuffer(buffer_bytes)
         self._encoder = MetricsEncoder()
+        # When every metrics sink only sends the OTLP request (`otlp_metrics_only`: the OTLP exporters),
+        # a flush writes it straight from the live series (no row per point: ~3x cheaper, and much
+        # less for the garbage collector to walk); otherwise it takes rows every sink can read.
+        metric_sinks = [sinks.metrics for _, sinks in exporters if sinks.metrics is not None]
+        self._wire_only = bool(metric_sinks) and all(getattr(m, "otlp_metrics_only", False) for m in metric_sinks)
         self._flushes = 0
         self._said_too_small = False  # the buffer cannot hold one metrics export (warned once)
         converters: dict[str, Callable[[Any], Any]] = {
@@ -360,9 +399,22 @@ class Telemetry:
 
     def record(self, workload: Workload, samples: Iterable[Sample], now_ns: int | None = None) -> None:
         now = time.time_ns() if now_ns is None else now_ns
+        number = _Number
         with self._lock:
             state = self._state(workload)
+            known = state.series.get
             for sample in samples:
+                series = known((sample.metric, sample.attributes))
+                if series.__class__ is number:
+                    # A series seen before (so declared, with declared attributes): just its value.
+                    value = sample.value
+                    if series.counter and value < series.value:
+                        # The source restarted after the last observation: a new start time, just
+                        # after it, marks the reset (OTLP data model); rates never go negative.
+                        series.start_ns = series.time_ns + 1
+                    series.value = value
+                    series.time_ns = now
+                    continue
                 declared = self._declared.get(sample.metric)
                 if declared is None:
                     self._reject("undeclared_metric", f"metric {sample.metric!r} is not declared")
@@ -371,17 +423,18 @@ class Telemetry:
                     bad = [k for k, _ in sample.attributes if k not in declared.allowed]
                     self._reject("undeclared_attribute", f"metric {sample.metric}: undeclared attributes {bad}")
                     continue
-                self._update(state, declared.spec, sample, now)
+                self._update(state, declared, sample, now)
 
     @staticmethod
-    def _update(state: _WorkloadState, spec: MetricSpec, sample: Sample, now: int) -> None:
+    def _update(state: _WorkloadState, declared: _Declared, sample: Sample, now: int) -> None:
+        spec = declared.spec
         key = (spec.name, sample.attributes)
         series = state.series.get(key)
         value = sample.value
         if spec.instrument is Instrument.HISTOGRAM:
             if not isinstance(series, _Hist):
-                series = _Hist(now, now, [0] * (len(spec.buckets) + 1))
-                state.series[key] = series
+                series = _Hist(now, now, [0] * (len(spec.buckets) + 1), attributes=sample.attributes)
+                _add_series(state, declared, key, series)
             series.counts[bisect.bisect_left(spec.buckets, value)] += 1
             series.total += value
             series.count += 1
@@ -390,12 +443,12 @@ class Telemetry:
             series.time_ns = now
             return
         if not isinstance(series, _Number):
-            state.series[key] = _Number(now, now, value)
+            _add_series(
+                state, declared, key, _Number(now, now, value, spec.instrument is Instrument.COUNTER, sample.attributes)
+            )
             return
-        if spec.instrument is Instrument.COUNTER and value < series.value:
-            # The source restarted after the last observation: a new start time, just after
-            # it, marks the reset (OTLP data model); downstream rates never go negative.
-            series.start_ns = series.time_ns + 1
+        if series.counter and value < series.value:
+            series.start_ns = series.time_ns + 1  # a reset (see record)
         series.value = value
         series.time_ns = now
 
@@ -418,7 +471,7 @@ class Telemetry:
                 self._open_logs.append((resource, event))
                 self._open_logs_count += 1
                 self._open_logs_size += log_cost(event)
-                if self._open_logs_count >= self._batch_size:
+                if self._open_logs_count >= self._batch_size or self._open_logs_size >= LOGS_BATCH_COST:
                     sealed.append(self._seal_logs())
         for batch in sealed:
             self.buffer.add(batch, self._queues["logs"])
@@ -428,7 +481,8 @@ class Telemetry:
         per line: each becomes the record `LineBatch.log_events` gives (the text as body, its number,
         and its cut, as attributes) only when exported, written straight into the OTLP request
         (`uniobs.telemetry.logs.line_records`) or built for an SDK sink. Charged in the buffer as
-        those records would be (`LineBatch.cost`); cut into batches of `export_batch_size` records.
+        those records would be (`LineBatch.cost`); cut into batches of `export_batch_size` records, or
+        fewer when their charge reaches `LOGS_BATCH_COST` (the request stays under a receiver's 4 MiB).
         """
         if not self._queues["logs"] or not lines.texts:
             return
@@ -443,7 +497,7 @@ class Telemetry:
                 self._open_logs_count += len(part.texts)
                 self._open_logs_size += part.cost(LOG_RECORD_OVERHEAD, ATTRIBUTE_COST)
                 start += len(part.texts)
-                if self._open_logs_count >= self._batch_size:
+                if self._open_logs_count >= self._batch_size or self._open_logs_size >= LOGS_BATCH_COST:
                     sealed.append(self._seal_logs())
         for batch in sealed:
             self.buffer.add(batch, self._queues["logs"])
@@ -511,7 +565,9 @@ class Telemetry:
         """The SDK's span of one event (for the sinks that take SDK spans, and the encoder's fallback)."""
         flags = TraceFlags(TraceFlags.SAMPLED)
         parent = SpanContext(event.trace_id, event.parent_span_id, False, flags) if event.parent_span_id else None
-        status = Status(StatusCode.ERROR, event.error) if event.error is not None else Status(StatusCode.OK)
+        # HTTP semantic conventions: a SERVER span's status stays unset unless it failed (5xx, no answer)
+        ok = Status(StatusCode.UNSET) if event.kind == "server" else Status(StatusCode.OK)
+        status = Status(StatusCode.ERROR, event.error) if event.error is not None else ok
         return ReadableSpan(
             name=event.name,
             context=SpanContext(event.trace_id, event.span_id, False, flags),
@@ -576,47 +632,54 @@ class Telemetry:
         batch = MetricsBatch(self._encoder, *self._snapshot())
         return batch.metrics_data(), batch.points
 
-    def _snapshot(self) -> tuple[list[_ResourceRows], int]:
-        """Every workload's series as of now (with uniobs' own), grouped by scope and metric."""
+    def _snapshot(self, wire: bool = False) -> tuple[list[_ResourceRows], int]:
+        """Every workload's series as of now (with uniobs' own), grouped by scope and metric: as rows,
+        or (`wire`) as each workload's encoded OTLP ResourceMetrics (see `MetricsBatch`)."""
         self.record(SELF, self._self_samples())
         points = 0
         resources: list[_ResourceRows] = []
-        declared_of = self._declared
         gauge = Instrument.GAUGE
         hist = Instrument.HISTOGRAM
         with self._lock:
             states, self._ending = [*self._ending, *self._workloads.values()], []
             for state in states:
-                by_scope: dict[str, tuple[InstrumentationScope, dict[str, tuple[MetricSpec, list[_Row]]]]] = {}
-                for (name, attributes), series in state.series.items():
-                    declared = declared_of[name]
-                    spec = declared.spec
-                    scoped = by_scope.get(declared.scope.name)
-                    if scoped is None:
-                        scoped = by_scope[declared.scope.name] = (declared.scope, {})
-                    metric = scoped[1].get(name)
-                    if metric is None:
-                        metric = scoped[1][name] = (spec, [])
-                    if spec.instrument is hist:
-                        assert isinstance(series, _Hist)
-                        copy = _Hist(series.start_ns, series.time_ns, list(series.counts), series.total,
-                                     series.count, series.min, series.max)  # fmt: skip
-                        metric[1].append((attributes, series.start_ns, series.time_ns, copy))
-                    else:
-                        assert isinstance(series, _Number)
-                        start = 0 if spec.instrument is gauge else series.start_ns
-                        metric[1].append((attributes, start, series.time_ns, series.value))
-                if state.series:
-                    n = len(state.series)
+                n = len(state.series)
+                if not n:
+                    continue
+                if wire:
+                    resources.append((state, self._encode_state(state), n))  # type: ignore[arg-type]
                     points += n
-                    scopes = [(scope, list(metrics.values())) for scope, metrics in by_scope.values()]
-                    resources.append((state, scopes, n))
+                    continue
+                scopes = []
+                for scope, metrics in state.groups.values():
+                    rows: list[tuple[MetricSpec, list[_Row]]] = []
+                    for spec, table in metrics.values():
+                        instrument = spec.instrument
+                        if instrument is gauge:
+                            rows.append((spec, [(s.attributes, 0, s.time_ns, s.value) for s in table]))
+                        elif instrument is hist:
+                            rows.append((spec, [(s.attributes, s.start_ns, s.time_ns, _Hist(
+                                s.start_ns, s.time_ns, list(s.counts), s.total, s.count, s.min, s.max
+                            )) for s in table]))  # fmt: skip
+                        else:
+                            rows.append((spec, [(s.attributes, s.start_ns, s.time_ns, s.value) for s in table]))
+                    scopes.append((scope, rows))
+                points += n
+                resources.append((state, scopes, n))
         return resources, points
+
+    def _encode_state(self, state: _WorkloadState) -> bytes:  # with _lock held
+        """The workload's ResourceMetrics, written from its live series (`uniobs.telemetry.encode`)."""
+        enc = self._encoder
+        if state.encoded_resource is None:
+            state.encoded_resource = enc.resource(state.resource)
+        scopes = [(enc.scope(scope), (enc.metrics(metrics),)) for scope, metrics in state.groups.values()]
+        return resource_metrics(state.encoded_resource, scopes)
 
     def _metric_batches(self) -> list[Batch]:
         """The current state as batches of whole resources, each up to `metrics_batch_points`
         points (a receiver refuses requests over 4 MiB by default)."""
-        resources, _ = self._snapshot()
+        resources, _ = self._snapshot(self._wire_only)
         chunks: list[tuple[list[_ResourceRows], int]] = []
         chunk: list[_ResourceRows] = []
         points = 0

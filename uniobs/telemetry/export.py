@@ -38,6 +38,10 @@ LOG_RECORD_OVERHEAD = 300
 ATTRIBUTE_COST = 120
 SPAN_COST = 2_000
 POINT_COST = 400
+# A logs batch is also sealed once charged this much, whatever export_batch_size says: a record's
+# charge (above) exceeds its OTLP encoding, so the request stays under a receiver's default 4 MiB
+# (16 KiB console lines, or a raised export_batch_size, would pass it otherwise).
+LOGS_BATCH_COST = 3 << 20
 
 
 def log_cost(event: LogEvent) -> int:
@@ -93,8 +97,9 @@ def classify(result: Any) -> tuple[ExportOutcome, str, float | None]:
 @dataclass
 class ExporterStats:
     """Per exporter and signal, final outcomes: every item handed over ends in exactly one of
-    sent, failed (the backend refused it, or gave no retryable answer) or dropped (the budget
-    made room for newer data, or shutdown came first). `queued` is what is still held."""
+    sent, failed (the backend refused it, gave no retryable answer, or was still failing when
+    uniobs stopped) or dropped (the budget made room for newer data, or shutdown came before a
+    healthy exporter could send it). `queued` is what is still held."""
 
     sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
     failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
@@ -296,13 +301,15 @@ class SignalQueue:
         self.stats.last_error = reason
 
     def close(self) -> None:
-        """Stop (with cond held): what is still queued is dropped, counted; a batch being sent
-        now is settled by the thread when its answer comes."""
+        """Stop (with cond held): what is still queued is counted, failed if the backend was
+        failing (its reason stays the last error), else dropped; a batch being sent now is settled
+        by the thread when its answer comes."""
         self._closed = True
         inflight = self._queue[0] if self._busy and self._queue else None
+        lost = self.stats.failed if self.signal in self.stats.failing else self.stats.dropped
         for batch in self._queue:
             if batch is not inflight and not batch.evicted and self in batch.holders:
-                self.stats.dropped[self.signal] += batch.items
+                lost[self.signal] += batch.items
                 self._buffer.done(batch, self)
         self._queue = deque([inflight]) if inflight is not None else deque()
         self._cond.notify_all()

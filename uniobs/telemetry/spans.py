@@ -116,7 +116,8 @@ def span_bytes(event: SpanEvent, offset_ns: int) -> bytes | None:
             return None
         parts.append(_field(0x5A, b"\x09" + _pack_q(at + offset_ns) + _field(0x12, name.encode()) + encoded))
     if event.error is None:
-        parts.append(_OK)
+        # a SERVER span's status stays unset unless it failed (HTTP conventions): an empty Status, as the SDK writes
+        parts.append(_OK if event.kind != "server" else b"\x7a\x00")
     else:
         message = _field(0x12, event.error.encode()) if event.error else b""
         parts.append(_field(0x7A, message + b"\x18\x02"))  # STATUS_CODE_ERROR
