@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from otlp_receiver import HttpReceiver
-from support import free_port
+from support import free_port, uniobs_cli
 
 
 @pytest.fixture(autouse=True)
@@ -32,12 +32,7 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def uniobs(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "UNIOBS_"))}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "uniobs.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
+uniobs = uniobs_cli
 
 
 def flat(text: str) -> str:

@@ -6,13 +6,12 @@ precedence flags > file > environment > defaults (docs/configuration.md)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from otlp_receiver import GrpcReceiver, HttpReceiver
+from support import uniobs_cli
 
 from uniobs.config import ConfigError, Settings, export_specs, load
 
@@ -23,13 +22,7 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def uniobs(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The real CLI with exactly the OTEL_*/UNIOBS_* variables given (none leak in from the caller)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "UNIOBS_"))}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "uniobs.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
+uniobs = uniobs_cli
 
 
 def run_true(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,13 @@ __all__ = [
     "scenario_dirs",
     "scenario_params",
 ]
+
+
+def uniobs_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `uniobs` CLI with exactly the OTEL_*/UNIOBS_* variables given (none leak in from
+    the caller's environment)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "UNIOBS_"))}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "uniobs.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )

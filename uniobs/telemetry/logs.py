@@ -99,19 +99,27 @@ def encode_log_bytes(
         record = fallback(resource, item) if len(item.attributes) > MAX_ATTRIBUTES else _event_record(item, to_epoch_ns)
         entry[1].append(_field(0x12, record.SerializeToString()))  # ScopeLogs.log_records (2)
     merged = list({id(entry): entry for entry in by_resource.values()}.values())  # each resource once, in order
-    encoded_scope = _field(0x0A, _encode_instrumentation_scope(scope).SerializeToString())  # ScopeLogs.scope (1)
-    scope_schema = _field(0x1A, scope.schema_url.encode()) if scope.schema_url else b""  # ScopeLogs.schema_url (3)
+    return envelopes(merged, scope)
+
+
+def envelopes(merged: Iterable[tuple[Resource, list[bytes]]], scope: InstrumentationScope) -> bytes:
+    """The body of an OTLP logs or traces export request: for each resource (in order), one
+    ResourceLogs/ResourceSpans holding one ScopeLogs/ScopeSpans of `scope` with its encoded items.
+    Both pairs of messages number their fields alike (resource 1, scope_* 2, schema_url 3; scope 1,
+    items 2, schema_url 3), so one writer serves both."""
+    encoded_scope = _field(0x0A, _encode_instrumentation_scope(scope).SerializeToString())  # Scope*.scope (1)
+    scope_schema = _field(0x1A, scope.schema_url.encode()) if scope.schema_url else b""  # Scope*.schema_url (3)
     out = []
-    for resource, records in merged:
-        scope_logs = b"".join((encoded_scope, *records, scope_schema))
-        resource_logs = b"".join(
+    for resource, items in merged:
+        scoped = b"".join((encoded_scope, *items, scope_schema))
+        per_resource = b"".join(
             (
-                _field(0x0A, _encode_resource(resource).SerializeToString()),  # ResourceLogs.resource (1)
-                _field(0x12, scope_logs),  # ResourceLogs.scope_logs (2)
+                _field(0x0A, _encode_resource(resource).SerializeToString()),  # Resource*.resource (1)
+                _field(0x12, scoped),  # Resource*.scope_logs / scope_spans (2)
                 _field(0x1A, resource.schema_url.encode()) if resource.schema_url else b"",  # schema_url (3)
             )
         )
-        out.append(_field(0x0A, resource_logs))  # ExportLogsServiceRequest.resource_logs (1)
+        out.append(_field(0x0A, per_resource))  # Export*ServiceRequest.resource_logs / resource_spans (1)
     return b"".join(out)
 
 

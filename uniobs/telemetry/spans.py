@@ -21,13 +21,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 
-from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from uniobs.model import SpanEvent
-from uniobs.telemetry.logs import _field, _varint
+from uniobs.telemetry.logs import _field, _varint, envelopes
 
 # The SDK's default cap on a span's attributes (SpanLimits): a span over it, or with a value that
 # is not a str, bool, int or float, is encoded by the SDK's own path (`fallback`).
@@ -144,19 +143,6 @@ def encode_span_events(
         span = span_bytes(event, offset_ns)
         entry[1].append(_field(0x12, span if span is not None else fallback(resource, event)))  # ScopeSpans.spans
     merged = list({id(entry): entry for entry in by_resource.values()}.values())
-    encoded_scope = _field(0x0A, _encode_instrumentation_scope(scope).SerializeToString())  # ScopeSpans.scope (1)
-    scope_schema = _field(0x1A, scope.schema_url.encode()) if scope.schema_url else b""  # ScopeSpans.schema_url (3)
-    out = []
-    for resource, spans in merged:
-        scope_spans = b"".join((encoded_scope, *spans, scope_schema))
-        resource_spans = b"".join(
-            (
-                _field(0x0A, _encode_resource(resource).SerializeToString()),  # ResourceSpans.resource (1)
-                _field(0x12, scope_spans),  # ResourceSpans.scope_spans (2)
-                _field(0x1A, resource.schema_url.encode()) if resource.schema_url else b"",  # schema_url (3)
-            )
-        )
-        out.append(_field(0x0A, resource_spans))  # ExportTraceServiceRequest.resource_spans (1)
     request = ExportTraceServiceRequest()
-    request.ParseFromString(b"".join(out))  # C-level, once
+    request.ParseFromString(envelopes(merged, scope))  # C-level, once
     return request
