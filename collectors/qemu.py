@@ -2,7 +2,7 @@
 
 Applies to every workload with a QMP socket (`Workload.qmp`); give uniobs its own `-qmp`, since
 QEMU serves one client per socket. One connection per VM is kept across scrapes (re-opened when
-it drops). Each scrape sends only read-only queries:
+it drops). It sends only read-only queries (when each is asked: below):
 
 - `query-status`: the run state (`uniobs.vm.status`);
 - `query-cpus-fast`: each vCPU's host thread, whose CPU time is read from
@@ -30,17 +30,32 @@ it listens) is `SourceUnavailable` for that scrape. A socket held by another cli
 greeting: `SourceUnavailable`, retried after `busy_retry` seconds rather than waiting at every
 scrape. Timeouts and protocol errors close the connection and count as errors.
 
-What cannot change without QEMU saying so is asked once per connection: the vCPU list
-(`query-cpus-fast`) and the memory size (`query-memory-size-summary`) are asked again after any
-QMP event (a hot-plug's ACPI_DEVICE_OST, DEVICE_DELETED, RESET, ...), after a reconnect, and
-every `static_refresh` scrapes (a hot-plug by another QMP client on a QEMU that sends no event).
-The queries of a scrape are sent together (`QmpClient.execute_many`): one round trip.
+Only what may have changed is asked; a steady-state scrape of a running VM without disks or KVM
+statistics sends nothing (it reads the events QEMU sent, and the vCPU threads' stat files):
+
+- the vCPU list (`query-cpus-fast`), the memory size (`query-memory-size-summary`) and the
+  balloon level are asked after any QMP event (a hot-plug's ACPI_DEVICE_OST, DEVICE_DELETED,
+  BALLOON_CHANGE, RESET, ...), after a reconnect, and every `static_refresh` scrapes (a hot-plug
+  by another QMP client on a QEMU that sends no event);
+- the run state (`query-status`) after any event, at every scrape while the VM is not running,
+  and every `status_refresh` scrapes while it runs. QEMU leaves `running` only through
+  `vm_stop()`, which sends STOP (and SHUTDOWN, SUSPEND, GUEST_PANICKED... before it), so a
+  running VM's state is known from events; between stopped states QEMU moves without one
+  (`vm_stop_force_state`: paused -> postmigrate). The refresh bounds how long a monitor that
+  stopped answering (a wedged QEMU main loop) goes unnoticed: `status_refresh` scrapes;
+- block counters (`query-blockstats`) at every scrape when the VM has block devices; a VM
+  without one is asked again with the run state (a plugged disk sends no event: QEMU has no
+  DEVICE_ADDED);
+- `query-stats` at every scrape when the accelerator has statistics.
+
+The queries of a scrape are sent together (`QmpClient.execute_many`): one round trip at most.
 
 Cost (QEMU 7.2, TCG, measured): QEMU spends 0.3-0.4 ms of CPU on every QMP command whatever
 it is, so fewer commands per scrape is what saves QEMU's CPU (bench/vmm_bench.py). On the
-client's side a steady-state scrape is one batch of two queries, decoded with one JSON call, and
-one small read per vCPU thread (its stat file, by the thread id QMP gave: the task list is not
-read); the samples that repeat (vCPU count, memory size, run states) are built once.
+client's side a steady-state scrape is one `poll(2)` for events, one batch of the queries above
+when any is due, decoded with one JSON call, and one small read per vCPU thread (its stat file,
+by the thread id QMP gave: the task list is not read); the samples that repeat (vCPU count,
+memory size, run states, balloon) are built once.
 
 No semantic conventions exist for VMs, so the metrics live in one small namespace,
 `uniobs.vm.*`, declared below (the only place their names, units and attributes are written).
@@ -164,11 +179,16 @@ class QemuConfig(CollectorConfig):
     events: bool = True  # hand out QMP events; off when another reader (a launcher's watcher) logs them
     proc: str = "/proc"
     static_refresh: int = 60  # scrapes between re-asking the vCPU list and memory size when no event came
+    # scrapes between asking a running VM's run state (and block device list) when no event came:
+    # bounds how long a monitor that stopped answering, or a disk hot-plugged silently, goes unseen
+    status_refresh: int = 6
 
     def validate(self) -> None:
         super().validate()
         if self.static_refresh < 1:
             raise ValueError("static_refresh: must be >= 1 scrape")
+        if self.status_refresh < 1:
+            raise ValueError("status_refresh: must be >= 1 scrape")
         if self.qmp_timeout <= 0:
             raise ValueError("qmp_timeout: must be > 0 seconds")
         if self.max_devices < 0:
@@ -207,6 +227,11 @@ class _Vm:
     static_samples: tuple[Sample, ...] | None = None  # vCPU count and memory size, since last asked
     status_samples: tuple[str, tuple[Sample, ...]] | None = None  # (the current state, its samples)
     static_age: int = 0  # scrapes since vcpus/memory_total were asked
+    # Known from events between queries (see _scrape): the run state and what else a quiet VM keeps.
+    status: str | None = None  # the run state query-status last gave
+    status_age: int = 0  # scrapes since query-status was asked
+    block_devices: bool = True  # query-blockstats listed a device the last time it was asked
+    balloon_sample: Sample | None = None  # query-balloon's last answer
     # Per connection: what this VM's QEMU offers, learnt once.
     balloon: bool = True
     schemas: dict[tuple[str, str], StatSchema] | None = None  # (target, name) -> schema
@@ -277,16 +302,30 @@ class QemuCollector(Collector):
             self._take_events(vm)  # any event makes the vCPU list and memory size be asked again
         if vm.static_age >= self.config.static_refresh:
             vm.vcpus = None
-        static = vm.vcpus is None
+        static = vm.vcpus is None  # also after any event: _take_events forgets the vCPU list
+        # Only what may have changed is asked (QEMU spends ~0.3 ms of CPU on any command). The run
+        # state: QEMU leaves "running" only through vm_stop(), which sends STOP (with SHUTDOWN,
+        # SUSPEND, GUEST_PANICKED... before it), and any event makes this scrape `static`; a VM
+        # that is not running can move between stopped states silently (vm_stop_force_state:
+        # paused -> postmigrate), so it is asked every scrape. Block devices: their counters move
+        # at every scrape, and a device plugged into a VM without one sends no event (there is no
+        # DEVICE_ADDED), so an empty list is asked again with the run state. The balloon level
+        # changes with a BALLOON_CHANGE event.
+        ask_status = static or vm.status != "running" or vm.status_age >= self.config.status_refresh
+        ask_blocks = ask_status or vm.block_devices
+        ask_balloon = static and vm.balloon
         targets: tuple[str, ...] = ()
         if self.config.kvm_stats and vm.schemas:
             targets = tuple(t for t in ("vm", "vcpu") if any(k == t for k, _ in vm.schemas))
-        keys, calls = _batch(static, vm.balloon, targets)
-        replies = dict(zip(keys, client.execute_many(calls), strict=True))
+        keys, calls = _batch(ask_status, static, ask_balloon, ask_blocks, targets)
+        replies = dict(zip(keys, client.execute_many(calls), strict=True)) if calls else {}
         for key, value in replies.items():
             if isinstance(value, QmpCommandError) and key != "balloon":
                 raise value
-        status = parse_status(replies["status"])
+        if ask_status:
+            vm.status = parse_status(replies["status"]).status
+            vm.status_age = 0
+        vm.status_age += 1
         if static:
             vm.vcpus = parse_cpus_fast(replies["cpus"])
             vm.vcpu_threads = tuple(
@@ -296,22 +335,26 @@ class QemuCollector(Collector):
             vm.static_age = 0
         vm.static_age += 1
         vcpus = vm.vcpus
-        assert vcpus is not None and vm.memory_total is not None
+        assert vcpus is not None and vm.memory_total is not None and vm.status is not None
         if static or vm.static_samples is None:
             vm.static_samples = (
                 Sample("uniobs.vm.vcpu.count", len(vcpus)),
                 Sample("uniobs.vm.memory.size", vm.memory_total),
             )
-        samples = self._status_samples(vm, status.status)
+        samples = self._status_samples(vm, vm.status)
         samples += vm.static_samples
-        if vm.balloon:
+        if ask_balloon:
             balloon = replies["balloon"]
             if isinstance(balloon, QmpCommandError):  # DeviceNotActive: no balloon; CommandNotFound: built without
                 vm.balloon = False
+                vm.balloon_sample = None
                 self._say_once(vm, "balloon", workload, f"no balloon figures ({balloon.error_class})")
             else:
-                samples.append(Sample("uniobs.vm.memory.balloon", parse_balloon(balloon)))
-        samples += self._block_samples(vm, workload, replies["blockstats"])
+                vm.balloon_sample = Sample("uniobs.vm.memory.balloon", parse_balloon(balloon))
+        if vm.balloon_sample is not None:
+            samples.append(vm.balloon_sample)
+        if ask_blocks:
+            samples += self._block_samples(vm, workload, replies["blockstats"])
         if self.config.kvm_stats:
             stats = {t: replies[f"stats:{t}"] for t in targets} if targets else None
             samples += self._kvm_samples(vm, workload, client, vcpus, stats)
@@ -332,6 +375,7 @@ class QemuCollector(Collector):
 
     def _block_samples(self, vm: _Vm, workload: Workload, reply: object) -> list[Sample]:
         devices = parse_blockstats(reply)
+        vm.block_devices = bool(devices)
         if len(devices) > self.config.max_devices:
             self._say_once(
                 vm, "devices", workload, f"{len(devices)} block devices, reporting the first {self.config.max_devices}"
@@ -486,16 +530,19 @@ class QemuCollector(Collector):
 
 @functools.cache
 def _batch(
-    static: bool, balloon: bool, targets: tuple[str, ...]
+    status: bool, static: bool, balloon: bool, blocks: bool, targets: tuple[str, ...]
 ) -> tuple[tuple[str, ...], tuple[tuple[str, Mapping[str, object] | None], ...]]:
-    """A scrape's queries, one batch (one round trip): the reply keys, and the (command,
-    arguments) sent. Built once per combination (a handful exist)."""
-    asked: list[tuple[str, str, Mapping[str, object] | None]] = [("status", "query-status", None)]
+    """A scrape's queries, one batch (one round trip; none when nothing is asked): the reply
+    keys, and the (command, arguments) sent. Built once per combination (a handful exist)."""
+    asked: list[tuple[str, str, Mapping[str, object] | None]] = []
+    if status:
+        asked.append(("status", "query-status", None))
     if static:
         asked += [("cpus", "query-cpus-fast", None), ("memory", "query-memory-size-summary", None)]
     if balloon:
         asked.append(("balloon", "query-balloon", None))
-    asked.append(("blockstats", "query-blockstats", None))
+    if blocks:
+        asked.append(("blockstats", "query-blockstats", None))
     asked += [(f"stats:{t}", "query-stats", {"target": t}) for t in targets]
     return tuple(key for key, _, _ in asked), tuple((command, arguments) for _, command, arguments in asked)
 
