@@ -9,20 +9,22 @@ measures, with time.process_time (this process, every thread), N scrapes of each
 (taking turns in blocks of 20, in a rotating order, so that the rest of the host's load and the
 loop before weigh on each alike):
 
-- uniobs: the `process` collector's and the `qemu` collector's collect() (and the qemu
-  collector's events(), which a pipeline calls after each collect): the client's cost of one
-  VMM workload-scrape. Its parts are timed inside a second such loop (a clock read around each:
-  the process collector; the qemu collector; within it the vCPU threads' reads, its own
-  `_vcpu_times`), the QMP part being the qemu collector less the vCPU threads;
+- uniobs: what a pipeline calls for one VMM workload, in its order: the `qemu` collector's
+  prepare() (it sends the queries due), the `process` collector's collect(), the `qemu`
+  collector's collect() (it reads the replies) and events(): the client's cost of one VMM
+  workload-scrape. Its parts are timed inside a second such loop (a clock read around each: the
+  process collector; the qemu collector's prepare and collect; within it the vCPU threads'
+  reads, its own `_vcpu_times`), the QMP part being the qemu collector less the vCPU threads;
 - plain /proc (the baseline): /proc/<pid>/{stat,statm,status,smaps_rollup}, the fd/ listing and
   each vCPU thread's /proc/<pid>/task/<tid>/stat, each read with os.open/os.read/os.close and
   parsed with split into the same figures the collectors give (checked against them once);
-- plain scrape: those /proc reads, then the QMP exchange the qemu collector has at a steady
-  state, on a raw socket: a poll(2) for events at every scrape, and the queries due (a running
-  VM: query-blockstats at every scrape when it has a disk; query-status, and query-blockstats
-  when it has none, every `status_refresh` scrapes; the vCPU list and memory size are cached,
-  these guests have no balloon and TCG no query-stats), the replies decoded with one
-  json.loads, each part timed (the plain /proc reads are also timed in a loop of their own).
+- plain scrape: the QMP exchange the qemu collector has at a steady state, on a raw socket, in
+  the same order: a poll(2) for events and the queries due sent first (a running VM:
+  query-blockstats at every scrape when it has a disk; query-status, and query-blockstats when
+  it has none, every `status_refresh` scrapes; the vCPU list and memory size are cached, these
+  guests have no balloon and TCG no query-stats), then those /proc reads while QEMU answers,
+  then the replies, decoded with one json.loads; each part timed (the plain /proc reads are also
+  timed in a loop of their own).
 
 - the whole pipeline (`Pipeline.scrape` with the two collectors, no exporter): adds the
   collect workers' hand-off and the bridge's recording, which every collector pays; shown apart.
@@ -149,7 +151,8 @@ class PlainQmp:
             buf += self.sock.recv(65536)
         return buf.split(b"\r\n")[:count]
 
-    def scrape(self) -> list[Any]:
+    def send(self) -> int:
+        """Read the events, send the queries due; the count of replies to read."""
         self.n += 1
         if self.poller.poll(0):  # events (none come from an idle guest)
             self.sock.recv(65536)
@@ -158,10 +161,13 @@ class PlainQmp:
             request += b'{"execute":"query-status","id":"s%d"}\n' % self.n
         if self.disk or request:
             request += b'{"execute":"query-blockstats","id":"b%d"}\n' % self.n
-        if not request:
+        if request:
+            self.sock.send(request)
+        return request.count(b"\n")
+
+    def receive(self, count: int) -> list[Any]:
+        if not count:
             return []
-        count = request.count(b"\n")
-        self.sock.send(request)
         buf = b""
         while buf.count(b"\n") < count:
             self.poller.poll(5000)
@@ -249,7 +255,8 @@ def measure(disk: bool, n: int, rounds: int) -> None:
             assert ours[stable] == plain[stable], (stable, ours[stable], plain[stable])
         plain_qmp = PlainQmp(qmp2, disk=disk, refresh=qemu.config.status_refresh)
 
-        def scrape() -> None:
+        def scrape() -> None:  # in the pipeline's order: prepare() first, the preparing collector last
+            qemu.prepare(workload)
             proc.collect(workload)
             qemu.collect(workload)
             qemu.events(workload)
@@ -270,22 +277,26 @@ def measure(disk: bool, n: int, rounds: int) -> None:
 
         def parts() -> None:
             t0 = time.process_time()
-            proc.collect(workload)
+            qemu.prepare(workload)
             t1 = time.process_time()
+            proc.collect(workload)
+            t2 = time.process_time()
             qemu.collect(workload)
             qemu.events(workload)
-            t2 = time.process_time()
-            spent["process"] += t1 - t0
-            spent["qemu"] += t2 - t1
+            t3 = time.process_time()
+            spent["process"] += t2 - t1
+            spent["qemu"] += t1 - t0 + t3 - t2
 
-        def plain_scrape() -> None:
+        def plain_scrape() -> None:  # the same overlap: send, read /proc while QEMU answers, read the replies
             t0 = time.process_time()
-            plain_proc(pid, vcpus, boot_time)
+            count = plain_qmp.send()
             t1 = time.process_time()
-            plain_qmp.scrape()
+            plain_proc(pid, vcpus, boot_time)
             t2 = time.process_time()
-            spent["plain_proc"] += t1 - t0
-            spent["plain_qmp"] += t2 - t1
+            plain_qmp.receive(count)
+            t3 = time.process_time()
+            spent["plain_proc"] += t2 - t1
+            spent["plain_qmp"] += t1 - t0 + t3 - t2
 
         # Each round runs the loops in blocks of BLOCK scrapes, in turn, so that what else the host
         # does at the time weighs on them alike; a round gives each loop n scrapes.

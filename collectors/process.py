@@ -19,7 +19,8 @@ and its errors would be a second translation beside `procfs`'s. The figures are 
 gives: CPU times are stat's ticks / SC_CLK_TCK, RSS and virtual size statm's (stat's rss is
 approximate on recent kernels, see `procfs.ProcStatm`), threads stat's num_threads (= status'
 Threads), PSS/USS the same smaps_rollup lines, the start time boot time + starttime (taken once
-per process, as psutil caches it).
+per process, as psutil caches it). The four files stay open between scrapes and are read again
+with pread(2) (`ProcFS(keep_open=)`: up to 1,024 files, or an eighth of RLIMIT_NOFILE).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from uniobs.host.procfs import DEFAULT_ROOT, AccessDenied, ProcessGone, ProcFS
+from uniobs.host.procfs import DEFAULT_ROOT, AccessDenied, ProcessGone, ProcFS, keep_open_budget
 from uniobs.metrics import CPU_MODE, PROCESS_CPU_TIME
 from uniobs.model import Instrument, Kind, MetricSpec, Sample, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable
@@ -102,7 +103,8 @@ class ProcessCollector(Collector):
 
     def __init__(self, config: CollectorConfig | None = None) -> None:
         super().__init__(config)
-        self._proc = ProcFS(self.config.proc)
+        # stat, statm, status and smaps_rollup stay open between scrapes (read again with pread)
+        self._proc = ProcFS(self.config.proc, keep_open=keep_open_budget())
         self._started: dict[int, tuple[int, float]] = {}  # pid -> (stat starttime, epoch seconds)
         self._denied: dict[int, list[str]] = {}  # pid -> what the last collect() was not allowed to read
 
@@ -141,6 +143,7 @@ class ProcessCollector(Collector):
             created = self._start(pid, st.starttime)
         except ProcessGone:
             self._started.pop(pid, None)
+            self._proc.forget(pid)
             raise
         samples = [
             Sample("process.cpu.time", st.utime, _USER),
@@ -180,3 +183,7 @@ class ProcessCollector(Collector):
         if workload.pid is not None:
             self._started.pop(workload.pid, None)
             self._denied.pop(workload.pid, None)
+            self._proc.forget(workload.pid)
+
+    def close(self) -> None:
+        self._proc.close()

@@ -70,7 +70,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from uniobs.host.procfs import ProcFS
+from uniobs.host.procfs import ProcFS, keep_open_budget
 from uniobs.model import Attributes, Instrument, LogEvent, MetricSpec, Sample, Severity, Workload
 from uniobs.plugin import Collector, CollectorConfig, SourceUnavailable, WorkloadGone
 from uniobs.runtimes.qmp import (
@@ -219,6 +219,7 @@ class _Vm:
     busy_until: float = 0.0  # another client holds the socket: do not wait for a greeting before this
     busy: str = ""
     # Asked once until an event, a reconnect or `static_refresh` scrapes say otherwise.
+    stale: bool = True  # an event (or a reconnect, a vanished vCPU thread) since they were asked
     vcpus: tuple[Vcpu, ...] | None = None
     # per vCPU of `vcpus`: (thread id, attributes of its user time, of its system time)
     vcpu_threads: tuple[tuple[int, Attributes, Attributes], ...] = ()
@@ -232,6 +233,9 @@ class _Vm:
     status_age: int = 0  # scrapes since query-status was asked
     block_devices: bool = True  # query-blockstats listed a device the last time it was asked
     balloon_sample: Sample | None = None  # query-balloon's last answer
+    ahead: _Plan | None = None  # the queries prepare() sent, to be read by collect()
+    pid: int | None = None  # the VMM whose vCPU threads' stat files are read (kept open)
+    just_read: bool = False  # collect() returned; the events() after it need not poll again
     # Per connection: what this VM's QEMU offers, learnt once.
     balloon: bool = True
     schemas: dict[tuple[str, str], StatSchema] | None = None  # (target, name) -> schema
@@ -249,7 +253,7 @@ class QemuCollector(Collector):
         # Events of forgotten VMs not yet handed out (bounded): another collector may see the VMM
         # gone first, and the pipeline then forgets the workload before our events() is called.
         self._last_words: collections.OrderedDict[tuple[str, str, str], _Vm] = collections.OrderedDict()
-        self._proc = ProcFS(self.config.proc)
+        self._proc = ProcFS(self.config.proc, keep_open=keep_open_budget())  # the vCPU threads' stat files
 
     def applies_to(self, workload: Workload) -> bool:
         return workload.qmp is not None
@@ -268,8 +272,11 @@ class QemuCollector(Collector):
         if vm.client is None and time.monotonic() < vm.busy_until:
             raise SourceUnavailable(vm.busy)  # the same words: the pipeline says it once
         was_connected = vm.client is not None and vm.client.connected
+        vm.just_read = False
         try:
-            return self._scrape(workload, vm)
+            samples = self._scrape(workload, vm)
+            vm.just_read = True
+            return samples
         except QmpGone as exc:
             self._disconnect(vm)
             if not was_connected and workload.pid is not None and self._proc.is_alive(workload.pid):
@@ -290,38 +297,69 @@ class QemuCollector(Collector):
         finally:
             self._take_events(vm)
 
-    def _scrape(self, workload: Workload, vm: _Vm) -> list[Sample]:
-        assert workload.qmp is not None
+    def prepare(self, workload: Workload) -> None:
+        """Send this scrape's due queries now (never waiting), so that QEMU answers while the
+        other collectors read /proc; collect() reads the replies. Only on a connection already
+        open (a first scrape connects in collect())."""
+        vm = self._vms.get(workload.key)
+        if vm is None or vm.ahead is not None or vm.schemas is None:
+            return
         client = vm.client
         if client is None or not client.connected:
-            if client is None:
-                client = vm.client = QmpClient(workload.qmp, timeout=self.config.qmp_timeout)
-            vm.balloon, vm.schemas, vm.vcpus = True, None, None  # a (re)connect: learn it all again
-        else:
-            client.poll()  # the events since the last scrape; QmpGone if QEMU has exited
-            self._take_events(vm)  # any event makes the vCPU list and memory size be asked again
-        if vm.static_age >= self.config.static_refresh:
-            vm.vcpus = None
-        static = vm.vcpus is None  # also after any event: _take_events forgets the vCPU list
-        # Only what may have changed is asked (QEMU spends ~0.3 ms of CPU on any command). The run
-        # state: QEMU leaves "running" only through vm_stop(), which sends STOP (with SHUTDOWN,
-        # SUSPEND, GUEST_PANICKED... before it), and any event makes this scrape `static`; a VM
-        # that is not running can move between stopped states silently (vm_stop_force_state:
-        # paused -> postmigrate), so it is asked every scrape. Block devices: their counters move
-        # at every scrape, and a device plugged into a VM without one sends no event (there is no
-        # DEVICE_ADDED), so an empty list is asked again with the run state. The balloon level
-        # changes with a BALLOON_CHANGE event.
-        ask_status = static or vm.status != "running" or vm.status_age >= self.config.status_refresh
-        ask_blocks = ask_status or vm.block_devices
-        ask_balloon = static and vm.balloon
+            return
+        # Events (or the end) already waiting are read by collect() before the replies: it then
+        # asks again what the events may have changed.
+        plan = self._plan(vm)
+        if plan.calls and client.send_ahead(plan.calls):
+            vm.ahead = plan
+
+    def _plan(self, vm: _Vm) -> _Plan:
+        """What this scrape asks: only what may have changed (QEMU spends ~0.3 ms of CPU on any
+        command). The run state: QEMU leaves "running" only through vm_stop(), which sends STOP
+        (with SHUTDOWN, SUSPEND, GUEST_PANICKED... before it), and any event makes the scrape
+        `static`; a VM that is not running can move between stopped states silently
+        (vm_stop_force_state: paused -> postmigrate), so it is asked every scrape. Block devices:
+        their counters move at every scrape, and a device plugged into a VM without one sends no
+        event (there is no DEVICE_ADDED), so an empty list is asked again with the run state. The
+        balloon level changes with a BALLOON_CHANGE event."""
+        static = vm.stale or vm.vcpus is None or vm.static_age >= self.config.static_refresh
+        status = static or vm.status != "running" or vm.status_age >= self.config.status_refresh
         targets: tuple[str, ...] = ()
         if self.config.kvm_stats and vm.schemas:
             targets = tuple(t for t in ("vm", "vcpu") if any(k == t for k, _ in vm.schemas))
-        keys, calls = _batch(ask_status, static, ask_balloon, ask_blocks, targets)
-        replies = dict(zip(keys, client.execute_many(calls), strict=True)) if calls else {}
+        return _plan_of(status, static, static and vm.balloon, status or vm.block_devices, targets)
+
+    def _scrape(self, workload: Workload, vm: _Vm) -> list[Sample]:
+        assert workload.qmp is not None
+        client = vm.client
+        plan, vm.ahead = vm.ahead, None
+        replies: dict[str, object] | None = None
+        if client is None or not client.connected:
+            if client is None:
+                client = vm.client = QmpClient(workload.qmp, timeout=self.config.qmp_timeout)
+            vm.balloon, vm.schemas, vm.vcpus, vm.stale = True, None, None, True  # a (re)connect: learn it all again
+            plan = None
+        elif plan is not None:  # sent by prepare(): QEMU has answered meanwhile
+            replies = dict(zip(plan.keys, client.execute_many(plan.calls), strict=True))
+            if self._take_events(vm) and not plan.static:
+                replies = None  # something happened before QEMU answered: ask what it may have changed
+        else:
+            client.poll()  # the events since the last scrape; QmpGone if QEMU has exited
+            self._take_events(vm)  # any event makes the vCPU list and memory size be asked again
+        if replies is None:
+            plan = self._plan(vm)
+            replies = dict(zip(plan.keys, client.execute_many(plan.calls), strict=True)) if plan.calls else {}
+        assert plan is not None
         for key, value in replies.items():
             if isinstance(value, QmpCommandError) and key != "balloon":
                 raise value
+        ask_status, static, ask_balloon, ask_blocks, targets = (
+            plan.status,
+            plan.static,
+            plan.balloon,
+            plan.blocks,
+            plan.targets,
+        )
         if ask_status:
             vm.status = parse_status(replies["status"]).status
             vm.status_age = 0
@@ -333,6 +371,7 @@ class QemuCollector(Collector):
             )
             vm.memory_total = parse_memory_size_summary(replies["memory"]).total
             vm.static_age = 0
+            vm.stale = False
         vm.static_age += 1
         vcpus = vm.vcpus
         assert vcpus is not None and vm.memory_total is not None and vm.status is not None
@@ -358,7 +397,7 @@ class QemuCollector(Collector):
         if self.config.kvm_stats:
             stats = {t: replies[f"stats:{t}"] for t in targets} if targets else None
             samples += self._kvm_samples(vm, workload, client, vcpus, stats)
-        pid = workload.pid or client.peer_pid
+        pid = vm.pid = workload.pid or client.peer_pid
         if pid is not None:
             samples += self._vcpu_times(vm, workload, pid)
         return samples
@@ -382,13 +421,13 @@ class QemuCollector(Collector):
             )
         samples = []
         for dev in devices[: self.config.max_devices]:
-            name = dev.device[:_MAX_TEXT]
+            read, write, flush = _device_attributes(dev.device[:_MAX_TEXT])
             samples += [
-                Sample("uniobs.vm.disk.io", dev.rd_bytes, ((DIRECTION, "read"), (DEVICE, name))),
-                Sample("uniobs.vm.disk.io", dev.wr_bytes, ((DIRECTION, "write"), (DEVICE, name))),
-                Sample("uniobs.vm.disk.operations", dev.rd_operations, ((DIRECTION, "read"), (DEVICE, name))),
-                Sample("uniobs.vm.disk.operations", dev.wr_operations, ((DIRECTION, "write"), (DEVICE, name))),
-                Sample("uniobs.vm.disk.operations", dev.flush_operations, ((DIRECTION, "flush"), (DEVICE, name))),
+                Sample("uniobs.vm.disk.io", dev.rd_bytes, read),
+                Sample("uniobs.vm.disk.io", dev.wr_bytes, write),
+                Sample("uniobs.vm.disk.operations", dev.rd_operations, read),
+                Sample("uniobs.vm.disk.operations", dev.wr_operations, write),
+                Sample("uniobs.vm.disk.operations", dev.flush_operations, flush),
             ]
         return samples
 
@@ -439,7 +478,7 @@ class QemuCollector(Collector):
                 utime, stime = self._proc.task_times(pid, tid)  # ProcessGone once the VMM has exited
             except (FileNotFoundError, ProcessLookupError):
                 if vm.static_age > 1:  # from a cached vCPU list: a vCPU unplugged quietly? ask again
-                    vm.vcpus = None
+                    vm.stale = True
                 # QEMU's thread ids are in its own pid namespace; ours may differ (QEMU in a container).
                 self._say_once(vm, "threads", workload, f"vCPU thread {tid} is not a thread of pid {pid}")
                 continue
@@ -453,7 +492,10 @@ class QemuCollector(Collector):
         vm = self._vms.get(workload.key) or self._last_words.pop(workload.key, None)
         if vm is None:
             return ()
-        self._poll(vm)
+        if vm.just_read:  # collect() has just read the socket: its events are taken
+            vm.just_read = False
+        else:
+            self._poll(vm)
         report = self.config.events and workload.labels.get(EVENTS_WATCHED) != "true"
         out = [event_log(e) for e in vm.events] if report else []
         vm.events.clear()
@@ -471,19 +513,22 @@ class QemuCollector(Collector):
             vm.dropped = 0
         return out
 
-    def _take_events(self, vm: _Vm) -> None:
+    def _take_events(self, vm: _Vm) -> bool:
+        """The client's events into the VM's buffer; True when any came (or were dropped)."""
         client = vm.client
         if client is None:
-            return
+            return False
         events = client.drain_events()
-        if events or client.dropped_events != vm.dropped_seen:
-            vm.vcpus = None  # something happened (a hot-plug, a reset...): ask what it has again
+        happened = bool(events) or client.dropped_events != vm.dropped_seen
+        if happened:
+            vm.stale = True  # something happened (a hot-plug, a reset...): ask what it has again
         for event in events:
             if len(vm.events) == vm.events.maxlen:
                 vm.dropped += 1
             vm.events.append(event)
         vm.dropped += client.dropped_events - vm.dropped_seen
         vm.dropped_seen = client.dropped_events
+        return happened
 
     def _poll(self, vm: _Vm) -> None:
         """Pick up what QEMU sent since the last call, e.g. the SHUTDOWN before it exited."""
@@ -495,6 +540,7 @@ class QemuCollector(Collector):
         self._take_events(vm)
 
     def _disconnect(self, vm: _Vm) -> None:
+        vm.ahead = None
         if vm.client is not None:
             self._take_events(vm)
             vm.client.close()
@@ -510,6 +556,8 @@ class QemuCollector(Collector):
         vm = self._vms.pop(workload.key, None)
         if vm is None:
             return
+        if vm.pid is not None:
+            self._proc.forget(vm.pid)
         self._poll(vm)
         self._disconnect(vm)
         if vm.events or vm.dropped:
@@ -523,17 +571,29 @@ class QemuCollector(Collector):
                 vm.client.close()
         self._vms.clear()
         self._last_words.clear()
+        self._proc.close()
 
 
 # --- helpers (pure) -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A scrape's queries (one batch, one round trip; none when nothing is due): what is asked,
+    the reply keys, and the (command, arguments) sent."""
+
+    status: bool
+    static: bool  # the vCPU list and memory size
+    balloon: bool
+    blocks: bool
+    targets: tuple[str, ...]  # query-stats targets
+    keys: tuple[str, ...]
+    calls: tuple[tuple[str, Mapping[str, object] | None], ...]
+
+
 @functools.cache
-def _batch(
-    status: bool, static: bool, balloon: bool, blocks: bool, targets: tuple[str, ...]
-) -> tuple[tuple[str, ...], tuple[tuple[str, Mapping[str, object] | None], ...]]:
-    """A scrape's queries, one batch (one round trip; none when nothing is asked): the reply
-    keys, and the (command, arguments) sent. Built once per combination (a handful exist)."""
+def _plan_of(status: bool, static: bool, balloon: bool, blocks: bool, targets: tuple[str, ...]) -> _Plan:
+    """Built once per combination (a handful exist)."""
     asked: list[tuple[str, str, Mapping[str, object] | None]] = []
     if status:
         asked.append(("status", "query-status", None))
@@ -544,7 +604,18 @@ def _batch(
     if blocks:
         asked.append(("blockstats", "query-blockstats", None))
     asked += [(f"stats:{t}", "query-stats", {"target": t}) for t in targets]
-    return tuple(key for key, _, _ in asked), tuple((command, arguments) for _, command, arguments in asked)
+    keys = tuple(key for key, _, _ in asked)
+    return _Plan(status, static, balloon, blocks, targets, keys, tuple((c, a) for _, c, a in asked))
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: device names come from QEMU, i.e. from whoever configured it
+def _device_attributes(name: str) -> tuple[Attributes, Attributes, Attributes]:
+    """The read, write and flush attributes of one block device's samples, built once."""
+    return (
+        ((DIRECTION, "read"), (DEVICE, name)),
+        ((DIRECTION, "write"), (DEVICE, name)),
+        ((DIRECTION, "flush"), (DEVICE, name)),
+    )
 
 
 def select_stats(schemas: Iterable[StatSchema], limit: int) -> dict[tuple[str, str], StatSchema]:

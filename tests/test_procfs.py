@@ -563,3 +563,78 @@ def test_live_access_denied_for_another_user_s_process() -> None:
         said = f.read().decode()
     os.waitpid(pid, 0)
     assert said == "AccessDenied:True,AccessDenied:True,alive:True"
+
+
+# --- files kept open between reads (ProcFS(keep_open=)) -------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_kept_files_are_read_again_fresh_and_bounded() -> None:
+    """A kept file read again gives what the kernel says now (pread at 0 runs `show` again);
+    no more than `keep_open` files are held; forget() and close() give them back."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nx = []\nfor line in sys.stdin:\n    x.append(bytearray(8 << 20))"],
+        stdin=subprocess.PIPE,
+    )
+    assert child.stdin is not None
+    try:
+        proc = ProcFS(keep_open=3)
+        before = open_fds()
+        first = proc.statm(child.pid).rss_bytes
+        proc.status(child.pid)
+        proc.memory_rollup(child.pid)
+        proc.stat(child.pid)  # a fourth file: over the budget, read by path
+        assert open_fds() == before + 3
+        for _ in range(3):
+            child.stdin.write(b"grow\n")
+            child.stdin.flush()
+        deadline = time.monotonic() + 10
+        while proc.statm(child.pid).rss_bytes < first + (20 << 20):  # the same kept descriptor, fresh figures
+            assert time.monotonic() < deadline, "RSS read through the kept file never grew"
+            time.sleep(0.02)
+        assert proc.memory_rollup(child.pid).pss > first
+        assert open_fds() == before + 3
+        proc.forget(child.pid)
+        assert open_fds() == before
+        proc.statm(child.pid)
+        proc.close()
+        assert open_fds() == before
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_kept_file_of_a_process_that_exec_d_or_exited() -> None:
+    """smaps_rollup holds the memory map it was opened on: after an exec its kept descriptor
+    answers ESRCH, and the file is read again by path (the new program's). After the exit, the
+    process is gone, as without kept files."""
+    child = subprocess.Popen(["sh", "-c", "read line; exec sleep 60"], stdin=subprocess.PIPE)
+    assert child.stdin is not None
+    try:
+        proc = ProcFS(keep_open=16)
+        proc.memory_rollup(child.pid)
+        proc.stat(child.pid)
+        assert proc.stat(child.pid).comm == "sh"
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 10
+        while proc.stat(child.pid).comm != "sleep":  # the kept stat follows the exec
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert proc.memory_rollup(child.pid).pss > 0  # ESRCH on the kept one: read by path
+        assert proc.stat(child.pid).comm == "sleep"
+        child.kill()
+        child.wait()
+        with pytest.raises(ProcessGone):
+            proc.stat(child.pid)
+        with pytest.raises(ProcessGone):
+            proc.memory_rollup(child.pid)
+        proc.close()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -323,6 +323,70 @@ def test_only_what_may_have_changed_is_asked(sock_path: str) -> None:
     server.close()
 
 
+def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str) -> None:
+    """prepare() sends the scrape's due queries without waiting and collect() reads the replies.
+    When an event arrives before them, what the prepared batch left out may have changed:
+    collect() asks again at once (here the run state of a VM paused meanwhile)."""
+    asked: list[str] = []
+    state = {"status": "running", "event": False}
+    stop = {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}
+    device = recorded("tcg-devices-query-blockstats.json")["return"][0]
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        while True:
+            cmd = peer.read_command()
+            name = cmd["execute"]
+            asked.append(name)
+            if state["event"]:
+                state["event"] = False
+                peer.send(line(stop))
+            value: Any
+            if name == "query-status":
+                value = {"status": state["status"], "running": state["status"] == "running", "singlestep": False}
+            elif name == "query-blockstats":
+                value = [device]
+            else:
+                value = recorded(f"tcg-{name}.json")["return"] if name != "query-balloon" else {"actual": 1}
+                if name == "query-cpus-fast":
+                    value = [{**cpu, "thread-id": os.getpid()} for cpu in value]
+            peer.send(line({"return": value, "id": cmd["id"]}))
+
+    server = FakeQmp(sock_path, script)
+    collector = QemuCollector()
+    workload = Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="fake", qmp=sock_path)
+    collector.prepare(workload)  # not connected yet: nothing sent
+    assert asked == []
+    list(collector.collect(workload))
+
+    def answered(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(asked) < count:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+
+    def status_of(samples: Iterable[Any]) -> list[str]:
+        return [dict(s.attributes)[VM_STATUS] for s in samples if s.metric == VM_STATUS and s.value == 1]
+
+    asked.clear()
+    collector.prepare(workload)
+    answered(1)
+    assert asked == ["query-blockstats"]  # the disk's counters, sent ahead
+    samples = list(collector.collect(workload))
+    assert asked == ["query-blockstats"] and status_of(samples) == ["running"]  # read, not asked again
+    assert {dict(s.attributes)["uniobs.vm.device"] for s in samples if s.metric == "uniobs.vm.disk.io"} == {"d0"}
+    asked.clear()
+    state["status"], state["event"] = "paused", True  # STOP before the prepared reply
+    collector.prepare(workload)
+    answered(1)
+    samples = list(collector.collect(workload))
+    assert asked[0] == "query-blockstats" and {"query-status", "query-cpus-fast"} <= set(asked[1:])
+    assert status_of(samples) == ["paused"]
+    assert [e.event_name for e in collector.events(workload)] == ["qemu.stop"]
+    collector.close()
+    server.close()
+
+
 def test_a_refusing_socket_is_gone_only_when_the_vmm_is(sock_path: str) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(sock_path)  # bound, not listening: a QEMU about to listen, or a SIGKILLed one's leftover

@@ -388,6 +388,70 @@ def test_a_batch_is_sent_at_once_and_answered_in_order(serve: Callable[..., Fake
             client.execute_many([("query-status", None), ("quit", None)])  # nothing is sent
 
 
+def test_a_batch_sent_ahead_is_answered_while_the_caller_works(serve: Callable[..., FakeQmp], sock_path: str) -> None:
+    """`send_ahead` sends without waiting; the `execute_many` of the same calls reads the replies
+    and sends nothing again. A poll() in between keeps the replies for it (and the events); a
+    batch sent ahead but then not asked for is read and ignored by its ids."""
+    reset = recorded("tcg-events-guest-reset-loop.json")[0]
+    asked: list[str] = []
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        while True:
+            cmd = peer.read_command()
+            asked.append(cmd["execute"])
+            if cmd["execute"] == "query-status":
+                peer.send(line(reset))  # an event before the reply
+            peer.send(line({"return": ret(f"tcg-{cmd['execute']}.json"), "id": cmd["id"]}))
+
+    serve(script)
+    calls = [("query-status", None), ("query-blockstats", None)]
+    with QmpClient(sock_path) as client:
+        assert not client.send_ahead(calls)  # not connected: nothing sent, nothing waited for
+        client.connect()
+        assert client.send_ahead(calls)
+        assert not client.send_ahead(calls)  # one batch ahead at a time
+        deadline = time.monotonic() + 5
+        while not client.readable():  # the server answers meanwhile
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        client.poll()  # the replies stay for execute_many
+        status, blocks = client.execute_many(calls)
+        assert parse_status(status).status == "running" and blocks == []
+        assert asked == ["query-status", "query-blockstats"]  # sent once
+        assert [e.name for e in client.drain_events()] == ["RESET"]
+        assert client.send_ahead(calls)
+        assert client.execute_many(calls[1:]) == [[]]  # not what was sent ahead: asked anew
+        assert client.execute("query-status")["status"] == "running"
+        assert asked == ["query-status", "query-blockstats"] * 2 + ["query-blockstats", "query-status"]
+        assert not client.send_ahead([("query-status", None), ("quit", None)])  # the allowlist: nothing sent
+        assert client.execute("query-blockstats") == []
+        assert asked[-1] == "query-blockstats"
+
+
+def test_a_failed_send_ahead_is_raised_by_the_call_that_reads_it(
+    serve: Callable[..., FakeQmp], sock_path: str
+) -> None:
+    closed = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.send(line(recorded("tcg-events-sigterm.json")[0]))
+        peer.conn.shutdown(socket.SHUT_RDWR)
+        closed.set()
+
+    serve(script)
+    client = QmpClient(sock_path)
+    client.connect()
+    assert closed.wait(5)
+    time.sleep(0.05)
+    # Sent (the kernel may take it) or failed (EPIPE, kept): either way the reading call says gone.
+    assert client.send_ahead([("query-status", None)])
+    with pytest.raises(QmpGone):
+        client.execute_many([("query-status", None)])
+    assert [e.data["reason"] for e in client.drain_events()] == ["host-signal"]  # the last words are kept
+
+
 def test_a_command_error_keeps_the_connection(serve: Callable[..., FakeQmp], sock_path: str) -> None:
     def script(peer: Peer) -> None:
         peer.handshake()

@@ -134,6 +134,58 @@ def test_a_late_tick_does_not_make_up_missed_scrapes() -> None:
     pipeline.close(1)
 
 
+class Preparing(Counting):
+    """Counting, with a prepare() that records its calls (and with `fails`, raises)."""
+
+    def __init__(self, name: str, calls: list[tuple[str, str, str]], fails: bool = False, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.order, self.fails = calls, fails
+
+    def prepare(self, workload: Workload) -> None:
+        self.order.append(("prepare", self.name, workload.name))
+        if self.fails:
+            raise RuntimeError("a broken prepare")
+
+    def collect(self, workload: Workload) -> Iterable[Sample]:
+        self.order.append(("collect", self.name, workload.name))
+        return super().collect(workload)
+
+
+def test_prepare_comes_first_and_the_preparing_collectors_last(caplog: pytest.LogCaptureFixture) -> None:
+    """prepare() of every (collector, workload) pair before any collect(); the collectors that
+    prepare are collected after the others, so their sources answer meanwhile. A pair whose last
+    collect() has not returned is not prepared; a prepare() that raises is said once and the
+    collect() still happens."""
+    order: list[tuple[str, str, str]] = []
+    ahead = Preparing("ahead", order, timeout=0.2, hangs=True)
+    broken = Preparing("broken", order, fails=True)
+
+    class Plain(Counting):
+        def collect(self, workload: Workload) -> Iterable[Sample]:
+            order.append(("collect", self.name, workload.name))
+            return super().collect(workload)
+
+    pipeline = pipeline_with(ahead, Plain("plain"), broken)
+    a, b = workload("a"), workload("b")
+    caplog.set_level(logging.INFO, logger="uniobs.pipeline")
+    try:
+        pipeline.scrape([a, b])
+        kinds = [(kind, name) for kind, name, _ in order]
+        assert kinds[:4] == [("prepare", "ahead")] * 2 + [("prepare", "broken")] * 2
+        assert [name for _, name in kinds[4:]] == ["plain"] * 2 + ["ahead"] * 2 + ["broken"] * 2
+        stuck = workload("stuck")
+        pipeline.scrape([stuck, a])  # ahead's collect() of `stuck` hangs
+        order.clear()
+        pipeline.scrape([stuck, a])
+        assert ("prepare", "ahead", "stuck") not in order and ("prepare", "ahead", "a") in order
+        assert broken.calls == {"a": 3, "b": 1, "stuck": 2}  # collected although prepare() raised
+        said = [r for r in caplog.records if "prepare() failed" in r.getMessage()]
+        assert len(said) == 1 and "a broken prepare" in caplog.text
+    finally:
+        ahead.gate.set()
+        pipeline.close(1)
+
+
 def test_a_hung_collect_is_bounded_counted_and_not_piled_up(caplog: pytest.LogCaptureFixture) -> None:
     hang, other = Counting("hang", timeout=0.2, hangs=True), Counting("other")
     pipeline = pipeline_with(hang, other)

@@ -7,6 +7,7 @@ produce these values, and `uniobs.telemetry` alone turns them into OpenTelemetry
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,8 +65,8 @@ class Workload:
     # different places in different ones (a nested memory cgroup, a systemd scope in unified).
     cgroups: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
-    @property
-    def key(self) -> tuple[str, str, str]:
+    @functools.cached_property
+    def key(self) -> tuple[str, str, str]:  # computed once: looked up several times per workload and scrape
         return (self.kind.value, self.runtime, self.id)
 
     def cgroup_of(self, controller: str) -> str | None:

@@ -146,6 +146,7 @@ class Pipeline:
         self._errors: dict[tuple[str, str], int] = {}
         self._samples: dict[str, int] = {}
         self._durations: dict[str, float] = {}
+        self._prepare_failed: set[str] = set()  # collectors whose prepare() raised (said once)
         self._pool = CollectPool()  # threads start at the first scrape
 
     def describe_exporters(self) -> list[str]:
@@ -211,7 +212,7 @@ class Pipeline:
         hangs costs this scrape at most that long, and is counted as error.type "timeout"."""
         workloads = list(workloads)
         total = 0
-        for collector in self.collectors if collectors is None else collectors:
+        for collector in self._prepared(workloads, self.collectors if collectors is None else collectors):
             started = time.perf_counter()
             total += self._collect(collector, [w for w in workloads if collector.applies_to(w)])
             self._durations[collector.name] = time.perf_counter() - started
@@ -220,6 +221,27 @@ class Pipeline:
         self.settle()
         self.telemetry.record(SELF, self._self_samples())
         return total
+
+    def _prepared(self, workloads: list[Workload], collectors: Iterable[Collector]) -> list[Collector]:
+        """Call `prepare()` of the collectors that have one (not for a pair whose last collect()
+        has not returned: it still holds that workload's state); return the collectors in the
+        order to collect them, the preparing ones last so their sources answer meanwhile."""
+        collectors = list(collectors)
+        preparing = [c for c in collectors if type(c).prepare is not Collector.prepare]
+        if not preparing:
+            return collectors
+        hung = self._pool.hung_keys()
+        for collector in preparing:
+            for workload in workloads:
+                if (collector.name, workload.key) in hung or not collector.applies_to(workload):
+                    continue
+                try:
+                    collector.prepare(workload)
+                except Exception:  # the contract says never; collect() then does the whole work
+                    if collector.name not in self._prepare_failed:  # said once: it would repeat every scrape
+                        self._prepare_failed.add(collector.name)
+                        log.exception("%s: prepare() failed for %s", collector.name, workload.display_name)
+        return [c for c in collectors if c not in preparing] + preparing
 
     def _collect(self, collector: Collector, workloads: list[Workload]) -> int:
         """One collector over its workloads, on the worker pool, each call bounded."""

@@ -90,6 +90,16 @@ class Collector(abc.ABC):
     def applies_to(self, workload: Workload) -> bool:
         """Whether this collector has anything to read for this workload."""
 
+    def prepare(self, workload: Workload) -> None:
+        """Start what `collect()` would wait for, and return at once: e.g. send a request whose
+        answer `collect()` then reads (the qemu collector's QMP queries), so that the source
+        works while the other collectors read theirs. Called at the start of a scrape for every
+        workload the collector applies to, on the scraping thread; a collector that overrides it
+        is collected after those that do not. Must not block. An exception is logged, and
+        `collect()` does the whole work. Default: nothing.
+        """
+        return None
+
     @abc.abstractmethod
     def collect(self, workload: Workload) -> Iterable[Sample]:
         """Read the workload's sources now. Raise WorkloadGone or SourceUnavailable as they apply."""

@@ -41,6 +41,7 @@ line or mapping (`smaps`, `net/dev`) are read to their end.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -461,17 +462,118 @@ def _read_once(path: str) -> bytes:
         os.close(fd)
 
 
+def _pread_whole(fd: int) -> bytes:
+    """The file behind a kept descriptor, produced again from offset 0 (seq_file: a read at 0
+    runs `show` anew)."""
+    data = os.pread(fd, _CHUNK, 0)
+    if len(data) < _CHUNK:
+        return data
+    chunks = [data]
+    offset = len(data)
+    while chunk := os.pread(fd, _CHUNK, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def keep_open_budget(limit: int = 1024) -> int:
+    """How many files a reader may keep open: `limit`, and at most an eighth of the soft
+    RLIMIT_NOFILE (the rest is for sockets, cgroup directories and exporters)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return limit if soft == resource.RLIM_INFINITY else max(0, min(limit, soft // 8))
+
+
 class ProcFS:
     """Reads the procfs mounted at `root`. `hz` and `page_size` are the units of stat's times
-    and rss: this host's, unless a recorded tree comes from a host with others."""
+    and rss: this host's, unless a recorded tree comes from a host with others.
 
-    def __init__(self, root: str = DEFAULT_ROOT, *, hz: int = CLK_TCK, page_size: int = PAGE_SIZE) -> None:
+    `keep_open`: how many of the files read at every scrape (`stat`, `statm`, `status`,
+    `smaps_rollup`, a thread's `stat`) stay open between reads, to be read again with pread(2)
+    at offset 0 (as Netdata's procfile does): the open(2) and close(2) are saved, ~4 µs per
+    file measured here. 0 (the default): every read opens the file. A kept descriptor stays
+    bound to the process it was opened for: once that process has exited (its pid perhaps
+    reused) or exec'd (`smaps_rollup` holds the old memory map), it answers ESRCH; it is then
+    closed and the file read by path, as without it. `forget(pid)` closes a process's files.
+    Thread-safe (a collector reads different pids from several threads).
+    """
+
+    def __init__(
+        self, root: str = DEFAULT_ROOT, *, hz: int = CLK_TCK, page_size: int = PAGE_SIZE, keep_open: int = 0
+    ) -> None:
         self.root = root.rstrip("/") or "/"
         self.hz = hz
         self.page_size = page_size
+        self.keep_open = keep_open
+        self._kept: dict[tuple[int, str], int] = {}  # (pid, file relative to <pid>/) -> descriptor
+        self._busy: dict[int, int] = {}  # kept descriptor -> readers using it now
+        self._doomed: set[int] = set()  # descriptors forgotten while in use: closed by their last reader
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ProcFS({self.root!r})"
+
+    def forget(self, pid: int) -> None:
+        """Close the files kept open for `pid`."""
+        with self._lock:
+            for key in [key for key in self._kept if key[0] == pid]:
+                self._discard(key)
+
+    def close(self) -> None:
+        with self._lock:
+            for key in list(self._kept):
+                self._discard(key)
+
+    def _discard(self, key: tuple[int, str]) -> None:
+        """Under the lock: forget a kept descriptor; close it now, or when its last reader is done
+        (closing it under a reader would let the number name another file)."""
+        fd = self._kept.pop(key)
+        if fd in self._busy:
+            self._doomed.add(fd)
+        else:
+            os.close(fd)
+
+    def _read_kept(self, path: str, pid: int, rel: str) -> bytes:
+        """`_read_once` of `path` (`<root>/<pid>/<rel>`), through a kept descriptor when there is
+        one, and keeping the one opened now while the budget allows."""
+        key = (pid, rel)
+        with self._lock:
+            fd = self._kept.get(key)
+            if fd is not None:
+                self._busy[fd] = self._busy.get(fd, 0) + 1
+        if fd is not None:
+            try:
+                return _pread_whole(fd)
+            except OSError:  # exited, exec'd, or the pid reused: read by path, as without it
+                with self._lock:
+                    if self._kept.get(key) == fd:
+                        self._discard(key)
+            finally:
+                with self._lock:
+                    left = self._busy.pop(fd) - 1
+                    if left:
+                        self._busy[fd] = left
+                    elif fd in self._doomed:
+                        self._doomed.discard(fd)
+                        os.close(fd)
+        if len(self._kept) >= self.keep_open:
+            return _read_once(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = _pread_whole(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._lock:
+            if key in self._kept or len(self._kept) >= self.keep_open:
+                os.close(fd)
+            else:
+                self._kept[key] = fd
+        return data
+
+    def _io_kept(self, pid: int, rel: str) -> bytes:
+        return self._io(pid, rel, lambda path: self._read_kept(path, pid, rel))
 
     # -- the one place OSErrors are translated
 
@@ -500,23 +602,23 @@ class ProcFS:
 
     def stat(self, pid: int, *, zombie_ok: bool = False) -> ProcStat:
         """`<pid>/stat`. A zombie raises ProcessGone unless `zombie_ok` (its state is then Z or X)."""
-        st = parse_stat(self._io(pid, "stat", _read_once), hz=self.hz, page_size=self.page_size)
+        st = parse_stat(self._io_kept(pid, "stat"), hz=self.hz, page_size=self.page_size)
         if st.gone and not zombie_ok:
             raise ProcessGone(pid)
         return st
 
     def statm(self, pid: int) -> ProcStatm:
-        return parse_statm(self._io(pid, "statm", _read_once), page_size=self.page_size)
+        return parse_statm(self._io_kept(pid, "statm"), page_size=self.page_size)
 
     def task_stat(self, pid: int, tid: int) -> ProcStat:
         """`<pid>/task/<tid>/stat`: one thread's figures. FileNotFoundError if `tid` is not a
         thread of a running `pid` (it may have ended, or be an id from another pid namespace)."""
-        return parse_stat(self._io(pid, f"task/{tid}/stat", _read_once), hz=self.hz, page_size=self.page_size)
+        return parse_stat(self._io_kept(pid, f"task/{tid}/stat"), hz=self.hz, page_size=self.page_size)
 
     def task_times(self, pid: int, tid: int) -> tuple[int, int]:
         """(utime, stime) of one thread, in clock ticks (`hz`), from `<pid>/task/<tid>/stat`
         (fields 14 and 15): what `task_stat` gives, without the rest. Raises as `task_stat`."""
-        data = self._io(pid, f"task/{tid}/stat", _read_once)
+        data = self._io_kept(pid, f"task/{tid}/stat")
         rpar = data.rfind(b")")
         if rpar < 0 or data.find(b"(") < 0:
             raise ProcFormatError(f"stat: no '(comm)' in {data[:60]!r}")
@@ -544,14 +646,14 @@ class ProcFS:
         return self._io(pid, "exe", os.readlink).removesuffix(" (deleted)")
 
     def status(self, pid: int) -> ProcStatus:
-        return parse_status(self._io(pid, "status", _read_once))
+        return parse_status(self._io_kept(pid, "status"))
 
     def memory_rollup(self, pid: int) -> MemoryRollup:
         """PSS, USS and swap from `smaps_rollup`; from the slower `smaps` where that is missing
         (Linux < 4.14) or refused for a running process (ESRCH: one whose mm is being torn down),
         as psutil does."""
         try:
-            data = self._io(pid, "smaps_rollup", _read_once)
+            data = self._io_kept(pid, "smaps_rollup")
         except (FileNotFoundError, ProcessLookupError):
             data = self._io(pid, "smaps", _read_file)
         return parse_smaps_rollup(data)

@@ -397,7 +397,9 @@ def parse_blockstats(ret: Any) -> tuple[BlockStats, ...]:
         stats = _as_dict(d.get("stats"), "query-blockstats stats")
         name = next((v for k in ("device", "qdev", "node-name") if isinstance(v := d.get(k), str) and v), f"#{i}")
         # every counter is mandatory in BlockDeviceStats: a missing one is not 0 (a false reset)
-        counters = (_as_int(stats.get(k), k) for k in _BLOCK_COUNTERS)
+        counters: list[Any] = [stats.get(k) for k in _BLOCK_COUNTERS]
+        if not all(type(c) is int for c in counters):  # the usual case checked at once; else say which
+            counters = [_as_int(stats.get(k), k) for k in _BLOCK_COUNTERS]
         return BlockStats(name, *counters)
 
     return tuple(_each(list(enumerate(_as_list(ret, "query-blockstats"))), "query-blockstats", device))
@@ -473,6 +475,17 @@ _GONE_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, er
 _HEADS = {c: _ENCODE({"execute": c, "id": ""})[:-2].encode() for c in ALLOWED_COMMANDS}
 
 
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A batch `send_ahead` sent: its calls, request ids (id -> index), bytes still to send, or
+    the error sending met."""
+
+    calls: tuple[tuple[str, Mapping[str, Any] | None], ...]
+    pending: Mapping[str, int]
+    unsent: bytes
+    error: OSError | None
+
+
 class QmpClient:
     """One QMP connection over a unix socket. Not thread-safe: one caller at a time.
 
@@ -505,6 +518,7 @@ class QmpClient:
         self.greeting: QmpGreeting | None = None
         self.peer_pid: int | None = None  # the process that created the listening socket (SO_PEERCRED)
         self._next_id = 0
+        self._ahead: _Ahead | None = None  # a batch sent by send_ahead, its replies not read yet
 
     # -- public API
 
@@ -567,9 +581,45 @@ class QmpClient:
         QmpGone (the VMM went away), QmpTimeout or QmpError (connection closed).
         """
         check_allowed(command)
+        self._ahead = None  # the replies to a batch sent ahead are read and ignored (their ids)
         if self._sock is None:
             self.connect()
         return self._call(command, arguments, time.monotonic() + self.timeout)
+
+    def readable(self) -> bool:
+        """Whether QEMU sent something not read yet (an event, or the end of the connection)."""
+        return bool(self._ready) or (self._poller is not None and bool(self._poller.poll(0)))
+
+    def send_ahead(self, calls: Sequence[tuple[str, Mapping[str, Any] | None]]) -> bool:
+        """Send a batch now and return without waiting: the next `execute_many` of the same calls
+        reads its replies instead of sending it again, so QEMU answers while the caller does
+        other work (a scrape reads /proc meanwhile). Never blocks and never raises: False (nothing
+        sent) when not connected, when a batch sent ahead is still unread, when the socket is not
+        writable at once, or for a command outside the allowlist; a failure to send is raised by
+        that `execute_many`, as it would have been."""
+        if self._sock is None or self._ahead is not None or not calls:
+            return False
+        try:
+            for command, _ in calls:
+                check_allowed(command)
+        except QmpForbidden:
+            return False
+        pending: dict[str, int] = {}
+        payload = []
+        for index, (command, arguments) in enumerate(calls):
+            msg_id, request = self._request(command, arguments)
+            pending[msg_id] = index
+            payload.append(request)
+        data = b"".join(payload)
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:  # QEMU is not reading (its socket buffer is full): ask at collect time
+            return False
+        except OSError as exc:
+            self._ahead = _Ahead(tuple(calls), pending, b"", exc)
+            return True
+        self._ahead = _Ahead(tuple(calls), pending, data[sent:], None)
+        return True
 
     def execute_many(self, calls: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[Any]:
         """Run several allowlisted commands in one round trip (sent together, answered in order).
@@ -577,22 +627,32 @@ class QmpClient:
         Returns one entry per call: its "return" value, or the QmpCommandError QEMU answered it
         with (the others still ran; still connected). Other failures raise as in `execute`.
         QEMU reads a client's requests in order and queues up to 8 before it pauses reading, so
-        a batch needs no capability; it only saves the waits between them.
+        a batch needs no capability; it only saves the waits between them. When the same calls
+        were sent by `send_ahead`, their replies are read (and nothing is sent but what was left).
         """
         for command, _ in calls:
             check_allowed(command)
+        ahead, self._ahead = self._ahead, None
         if not calls:
             return []
         if self._sock is None:
             self.connect()
         deadline = time.monotonic() + self.timeout
-        pending: dict[str, int] = {}
-        payload = []
-        for index, (command, arguments) in enumerate(calls):
-            msg_id, request = self._request(command, arguments)
-            pending[msg_id] = index
-            payload.append(request)
-        self._send(b"".join(payload), deadline)
+        if ahead is not None and ahead.calls == tuple(calls):
+            if ahead.error is not None:
+                self._harvest()  # the SHUTDOWN QEMU sent before it exited is still readable
+                self._fail_gone(f"{self.path}: connection lost while sending ({ahead.error.strerror or ahead.error})")
+            pending = dict(ahead.pending)
+            if ahead.unsent:
+                self._send(ahead.unsent, deadline)
+        else:  # a batch sent ahead but not asked for: its replies are read and ignored (their ids)
+            pending = {}
+            payload = []
+            for index, (command, arguments) in enumerate(calls):
+                msg_id, request = self._request(command, arguments)
+                pending[msg_id] = index
+                payload.append(request)
+            self._send(b"".join(payload), deadline)
         results: list[Any] = [None] * len(calls)
         replies: collections.deque[dict[str, Any]] = collections.deque()
         while pending:
@@ -631,7 +691,8 @@ class QmpClient:
         """
         if self._sock is None:
             return
-        self._stash_lines()
+        if self._ahead is None:
+            self._stash_lines()
         budget = 4 * self.max_message  # an event flood must not keep us here forever
         while budget > 0 and self._sock is not None and self._poller is not None:
             if not self._poller.poll(0):  # nothing to read: cheaper than a recv that fails
@@ -646,7 +707,9 @@ class QmpClient:
                 self._fail_gone(f"{self.path}: QEMU closed the QMP connection")
             budget -= len(data)
             lines = self._framer_feed(data)
-            if lines:
+            if lines and self._ahead is not None:  # replies to the batch sent ahead among them: kept for it
+                self._ready.extend(lines)
+            elif lines:
                 self._stash(self._decode(lines))
 
     def drain_events(self) -> list[QmpEvent]:
@@ -658,6 +721,7 @@ class QmpClient:
     def close(self) -> None:
         sock, self._sock = self._sock, None
         self._poller = None
+        self._ahead = None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
