@@ -221,6 +221,28 @@ def test_decode_messages_gives_what_decoding_each_line_gives() -> None:
         decode_messages([b'{"return": "\xff"}', lines[0]])  # not UTF-8
 
 
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        (b'{"return": 18446744073709551615}', 2**64 - 1),  # uint64: what QEMU's counters hold
+        (b'{"return": 18446744073709551616}', 2**64),  # beyond: exact still (orjson would make it a float)
+        (b'{"return": -9223372036854775809}', -(2**63) - 1),
+        (b'{"return": ' + b"9" * 400 + b"}", int("9" * 400)),
+        (b'{"return": NaN}', None),  # refused by orjson, read by the standard library as before
+        (b'{"return": "\\ud800"}', "\\ud800"),  # a lone surrogate escape, likewise
+    ],
+)
+def test_decoding_is_the_standard_librarys_whatever_the_fast_path(line: bytes, value: Any) -> None:
+    """QMP replies are decoded with orjson where it reads what `json.loads` reads, else with it."""
+    expected = json.loads(line)
+    for got in (decode_message(line), decode_messages([line, b'{"return": {}}'])[0]):
+        assert got.keys() == expected.keys()
+        if value is None:  # NaN != NaN
+            assert str(got["return"]) == "nan"
+        else:
+            assert got == expected and type(got["return"]) is type(expected["return"])
+
+
 def test_framer_whole_chunks_and_split_ones_give_the_same_lines() -> None:
     stream = b'{"a": 1}\r\n\r\n{"b": "x\\ny"}\r\n{"c": 3}\r\n'
     whole = MessageFramer(max_message=100).feed(stream)

@@ -476,6 +476,16 @@ def _pread_whole(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _is_procfs(root: str) -> bool:
+    """Whether `root` is a procfs mount, whose files are made anew at each read (its `stat` has
+    size 0), and not a recorded tree, whose files a test may replace: only procfs files are kept
+    open."""
+    try:
+        return os.stat(f"{root}/stat").st_size == 0
+    except OSError:
+        return False
+
+
 def keep_open_budget(limit: int = 1024) -> int:
     """How many files a reader may keep open: `limit`, and at most an eighth of the soft
     RLIMIT_NOFILE (the rest is for sockets, cgroup directories and exporters)."""
@@ -505,7 +515,7 @@ class ProcFS:
         self.root = root.rstrip("/") or "/"
         self.hz = hz
         self.page_size = page_size
-        self.keep_open = keep_open
+        self.keep_open = keep_open if keep_open and _is_procfs(self.root) else 0
         self._kept: dict[tuple[int, str], int] = {}  # (pid, file relative to <pid>/) -> descriptor
         self._busy: dict[int, int] = {}  # kept descriptor -> readers using it now
         self._doomed: set[int] = set()  # descriptors forgotten while in use: closed by their last reader

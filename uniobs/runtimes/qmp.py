@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 
+import orjson
+
 from uniobs.model import AttributeValue, LogEvent, Severity
 from uniobs.plugin import WorkloadGone
 
@@ -58,7 +60,6 @@ EVENTS_WATCHED = "uniobs.qmp.events_watched"
 MAX_MESSAGE = 1 << 20  # bytes; QEMU's largest usual reply (query-stats-schemas under KVM) is ~6 KiB
 MAX_EVENTS = 256  # buffered between two drains; the oldest are dropped first
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=) builds one per call
-_DECODE = json.JSONDecoder().raw_decode  # what json.loads calls, without its per-call checks
 
 # The only commands this client sends. All are read-only queries; qmp_capabilities is the
 # handshake that leaves capabilities-negotiation mode (it changes nothing in the VM).
@@ -244,10 +245,28 @@ class MessageFramer:
         return out
 
 
+def _loads(text: bytes) -> Any:
+    """JSON from bytes: orjson (~2-3x faster here on QMP replies) when it reads them as the
+    standard library would, else `json.loads`. orjson turns integers beyond 64 bits into floats,
+    where these parsers promise them exact: text with a run of 19 digits (2**64 has 20, -2**63
+    19) goes to the standard library; so does whatever orjson refuses (NaN, lone surrogates, deep nesting),
+    which `json.loads` accepts or refuses as before."""
+    if _LONG_NUMBER not in text.translate(_DIGITS):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
+_DIGITS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))  # digits -> "0", the rest -> " "
+_LONG_NUMBER = b"0" * 19
+
+
 def decode_message(line: bytes) -> dict[str, Any]:
     """One QMP message: a JSON object. Anything else is a protocol violation."""
     try:
-        obj = json.loads(line)
+        obj = _loads(line)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested arrays
         snippet = line[:60].decode("utf-8", "replace")
         raise QmpError(f"QMP peer sent something that is not JSON ({type(exc).__name__}): {snippet!r}") from None
@@ -259,16 +278,15 @@ def decode_message(line: bytes) -> dict[str, Any]:
 def decode_messages(lines: Sequence[bytes]) -> list[dict[str, Any]]:
     """Several QMP messages (lines, as `MessageFramer.feed` gives them) with one `json.loads` of
     them as one JSON array: what a scrape's round trip returns costs one decoder call, not one per
-    reply. Each must be a JSON object; when the array does not give exactly one object per line,
+    reply (`_loads`). Each must be a JSON object; when the array does not give exactly one object per line,
     each line is decoded alone (`decode_message`), which names the one that is not one. (Lines
     made to parse only together, such as '{"a":[1' then '2]}', count as the objects they make:
     objects still, within the same size bounds.)"""
     try:
-        text = (b"[" + b",".join(lines) + b"]").decode()  # json.loads(bytes) decodes UTF-8 too
-        objs, end = _DECODE(text)
+        objs = _loads(b"[" + b",".join(lines) + b"]")
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        text, objs, end = "", None, -1
-    if end == len(text) and type(objs) is list and len(objs) == len(lines) and all(type(o) is dict for o in objs):
+        objs = None
+    if type(objs) is list and len(objs) == len(lines) and all(type(o) is dict for o in objs):
         return objs
     return [decode_message(line) for line in lines]
 
@@ -638,7 +656,8 @@ class QmpClient:
         if self._sock is None:
             self.connect()
         deadline = time.monotonic() + self.timeout
-        if ahead is not None and ahead.calls == tuple(calls):
+        answered = ahead is not None and (ahead.calls is calls or ahead.calls == tuple(calls))
+        if ahead is not None and answered:
             if ahead.error is not None:
                 self._harvest()  # the SHUTDOWN QEMU sent before it exited is still readable
                 self._fail_gone(f"{self.path}: connection lost while sending ({ahead.error.strerror or ahead.error})")
@@ -658,7 +677,9 @@ class QmpClient:
         while pending:
             waiting = calls[min(pending.values())][0]
             if not replies:  # at least one line per pending reply will come: decode them together
-                replies.extend(self._next_messages(len(pending), deadline, waiting_for=f"the reply to {waiting}"))
+                what = f"the reply to {waiting}"
+                replies.extend(self._next_messages(len(pending), deadline, waiting_for=what, answered=answered))
+                answered = False
             reply = replies.popleft()
             if "event" in reply:
                 self._stash([reply])
@@ -797,16 +818,21 @@ class QmpClient:
     def _next_message(self, deadline: float, waiting_for: str) -> dict[str, Any]:
         return self._next_messages(1, deadline, waiting_for)[0]
 
-    def _next_messages(self, count: int, deadline: float, waiting_for: str) -> list[dict[str, Any]]:
+    def _next_messages(
+        self, count: int, deadline: float, waiting_for: str, *, answered: bool = False
+    ) -> list[dict[str, Any]]:
         """The next `count` messages, waited for until the deadline and decoded together. The
         caller knows that many will come (one reply per request still unanswered); events
-        among them count."""
+        among them count. `answered`: the requests went out a while ago (send_ahead), so the
+        replies are likely there: read before waiting."""
+        wait = not answered
         while len(self._ready) < count:
             assert self._sock is not None
             # Wait first: a reply is never there yet right after the request (QEMU answers one
             # command per main-loop turn), and poll(2) then recv costs less than a failed recv.
-            if not self._wait(deadline):
+            if wait and not self._wait(deadline):
                 self._fail(QmpTimeout(f"{self.path}: timed out after {self.timeout:g} s waiting for {waiting_for}"))
+            wait = True
             try:
                 data = self._sock.recv(65536)  # non-blocking (see connect)
             except BlockingIOError:  # readable, then not (spurious wake-up)
