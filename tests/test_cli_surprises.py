@@ -5,6 +5,7 @@ still reads of a root-owned process (docs/agent.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -158,7 +159,13 @@ def test_scrape_once_honours_its_timeout() -> None:
     server.bind(("127.0.0.1", 0))
     server.listen(16)
     held: list[socket.socket] = []
-    threading.Thread(target=lambda: [held.append(server.accept()[0]) for _ in range(16)], daemon=True).start()
+
+    def hold() -> None:  # accept and never answer, until the server is closed at the end
+        with contextlib.suppress(OSError):
+            for _ in range(16):
+                held.append(server.accept()[0])
+
+    threading.Thread(target=hold, daemon=True).start()
     port = server.getsockname()[1]
     started = time.monotonic()
     try:

@@ -451,9 +451,7 @@ def test_a_batch_sent_ahead_is_answered_while_the_caller_works(serve: Callable[.
         assert asked[-1] == "query-blockstats"
 
 
-def test_a_failed_send_ahead_is_raised_by_the_call_that_reads_it(
-    serve: Callable[..., FakeQmp], sock_path: str
-) -> None:
+def test_a_failed_send_ahead_is_raised_by_the_call_that_reads_it(serve: Callable[..., FakeQmp], sock_path: str) -> None:
     closed = threading.Event()
 
     def script(peer: Peer) -> None:
