@@ -341,8 +341,12 @@ class QemuCollector(Collector):
             plan = None
         elif plan is not None:  # sent by prepare(): QEMU has answered meanwhile
             replies = dict(zip(plan.keys, client.execute_many(plan.calls), strict=True))
-            if self._take_events(vm) and not plan.static:
-                replies = None  # something happened before QEMU answered: ask what it may have changed
+            if not plan.static and (client.events_waiting or client.dropped_events != vm.dropped_seen):
+                # Something happened (before the replies, or just after): ask what it may have changed.
+                self._take_events(vm)
+                replies = None
+            # (A static plan asked it all; its events are taken after the replies are used, in
+            # collect(), so that the next scrape asks again: some may have come after them.)
         else:
             client.poll()  # the events since the last scrape; QmpGone if QEMU has exited
             self._take_events(vm)  # any event makes the vCPU list and memory size be asked again

@@ -328,7 +328,7 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
     When an event arrives before them, what the prepared batch left out may have changed:
     collect() asks again at once (here the run state of a VM paused meanwhile)."""
     asked: list[str] = []
-    state = {"status": "running", "event": False}
+    state: dict[str, Any] = {"status": "running", "event": False, "after": ""}
     stop = {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}
     device = recorded("tcg-devices-query-blockstats.json")["return"][0]
 
@@ -341,6 +341,7 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
             if state["event"]:
                 state["event"] = False
                 peer.send(line(stop))
+            after = state.get("after") == name
             value: Any
             if name == "query-status":
                 value = {"status": state["status"], "running": state["status"] == "running", "singlestep": False}
@@ -350,7 +351,11 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
                 value = recorded(f"tcg-{name}.json")["return"] if name != "query-balloon" else {"actual": 1}
                 if name == "query-cpus-fast":
                     value = [{**cpu, "thread-id": os.getpid()} for cpu in value]
-            peer.send(line({"return": value, "id": cmd["id"]}))
+            reply = line({"return": value, "id": cmd["id"]})
+            if after:  # an event just after the reply, in the same write
+                state["after"] = ""
+                reply += line(stop)
+            peer.send(reply)
 
     server = FakeQmp(sock_path, script)
     collector = QemuCollector()
@@ -383,6 +388,26 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
     assert asked[0] == "query-blockstats" and {"query-status", "query-cpus-fast"} <= set(asked[1:])
     assert status_of(samples) == ["paused"]
     assert [e.event_name for e in collector.events(workload)] == ["qemu.stop"]
+    # An event just after the replies, in the same read, counts too: asked again at once, or,
+    # after a batch that asked it all, at the next scrape.
+    state["status"], state["after"] = "running", "query-blockstats"
+    collector.prepare(workload)
+    answered(1)
+    asked.clear()
+    samples = list(collector.collect(workload))
+    assert "query-status" in asked and status_of(samples) == ["running"]
+    list(collector.events(workload))
+    assert collector._vms[workload.key].stale is False
+    asked.clear()
+    collector._vms[workload.key].static_age = 10**6  # this scrape asks it all (static_refresh)
+    state["status"], state["after"] = "paused", "query-blockstats"
+    collector.prepare(workload)
+    answered(5)
+    samples = list(collector.collect(workload))
+    assert status_of(samples) == ["paused"] and collector._vms[workload.key].stale is True
+    asked.clear()
+    list(collector.collect(workload))
+    assert {"query-status", "query-cpus-fast"} <= set(asked)  # the next scrape asks it all again
     collector.close()
     server.close()
 

@@ -733,6 +733,11 @@ class QmpClient:
             elif lines:
                 self._stash(self._decode(lines))
 
+    @property
+    def events_waiting(self) -> int:
+        """Events received and not drained yet."""
+        return len(self._events)
+
     def drain_events(self) -> list[QmpEvent]:
         """The events received so far, oldest first; the buffer is emptied."""
         events = list(self._events)
