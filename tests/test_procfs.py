@@ -7,10 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -638,3 +640,23 @@ def test_a_kept_file_of_a_process_that_exec_d_or_exited() -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@pytest.mark.parametrize(("soft", "hard"), [(256, 4096), (256, 256), (1024, None)])
+def test_the_open_files_budget_is_within_the_raised_limit(soft: int, hard: int | None) -> None:
+    """The soft RLIMIT_NOFILE is raised to the hard one, once; kept /proc files take at most an
+    eighth of it, and 1,024 at most (in a child, whose limits this test may lower; None: this
+    host's hard limit, which only a privileged process may raise)."""
+    hard = hard or resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    budget = min(1024, hard // 8)
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))
+        from uniobs.host import open_files_limit
+        from uniobs.host.procfs import keep_open_budget
+        print(open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0], keep_open_budget())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert [int(x) for x in out] == [hard, hard, budget]

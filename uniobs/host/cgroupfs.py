@@ -54,6 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from uniobs.host import open_files_limit
 from uniobs.plugin import WorkloadGone
 
 log = logging.getLogger("uniobs.cgroupfs")
@@ -940,17 +941,7 @@ class CgroupHandles:
 
     def __init__(self, budget: int | None = None, recheck: int = 30) -> None:
         if budget is None:
-            import resource
-
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            if hard == resource.RLIM_INFINITY or hard > soft:
-                try:
-                    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-                    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                    soft = target
-                except (ValueError, OSError):
-                    pass
-            budget = max(0, soft // 2 - 256)
+            budget = max(0, open_files_limit() // 2 - 256)
         self.budget = budget
         self.recheck = recheck
         self._lock = threading.Lock()

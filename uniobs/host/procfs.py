@@ -41,12 +41,14 @@ line or mapping (`smaps`, `net/dev`) are read to their end.
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import TypeVar
 
+from uniobs.host import open_files_limit
 from uniobs.plugin import SourceUnavailable, WorkloadGone
 
 _T = TypeVar("_T")
@@ -488,10 +490,9 @@ def _is_procfs(root: str) -> bool:
 
 def keep_open_budget(limit: int = 1024) -> int:
     """How many files a reader may keep open: `limit`, and at most an eighth of the soft
-    RLIMIT_NOFILE (the rest is for sockets, cgroup directories and exporters)."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    RLIMIT_NOFILE (raised to the hard one: `open_files_limit`); the rest is for sockets, cgroup
+    directories and exporters."""
+    soft = open_files_limit()
     return limit if soft == resource.RLIM_INFINITY else max(0, min(limit, soft // 8))
 
 
