@@ -236,40 +236,56 @@ def test_status_history_device_cap_and_event_flood(sock_path: str, caplog: pytes
     server.close()
 
 
-def test_only_what_may_have_changed_is_asked(sock_path: str) -> None:
-    """What each scrape asks (QEMU spends ~0.3 ms of CPU per command): the vCPU list, memory size
-    and balloon after an event, a reconnect or `static_refresh` scrapes; the run state after an
-    event, at every scrape while not running, and every `status_refresh` scrapes while running;
-    block counters at every scrape once a device exists (a plugged disk sends no event), an empty
-    list with the run state. A quiet running VM without disks is asked nothing."""
-    asked: list[str] = []
-    state = {"status": "running", "disks": 0, "event_with": ""}
-    reset = recorded("tcg-events-guest-reset-loop.json")[0]
-    device = recorded("tcg-devices-query-blockstats.json")["return"][0]
+class ScriptedVm:
+    """A fake QEMU answering every query from what a test sets: the run state, the block devices,
+    and an event (a STOP, or whichever) sent before or just after the reply to a given command;
+    `asked` records the commands, in order."""
 
-    def script(peer: Peer) -> None:
+    def __init__(self, status: str = "running", disks: int = 0) -> None:
+        self.status, self.disks = status, disks
+        self.event: dict[str, Any] = {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}
+        self.before = ""  # the command whose reply the event comes before
+        self.after = ""  # the command whose reply the event comes just after, in the same write
+        self.asked: list[str] = []
+        self._device = recorded("tcg-devices-query-blockstats.json")["return"][0]
+
+    def __call__(self, peer: Peer) -> None:
         peer.handshake()
         while True:
             cmd = peer.read_command()
             name = cmd["execute"]
-            asked.append(name)
-            if state["event_with"] == name:  # an event arrives among this scrape's replies
-                state["event_with"] = ""
-                peer.send(line(reset))
+            self.asked.append(name)
             value: Any
             if name == "query-status":
-                value = {"status": state["status"], "running": state["status"] == "running", "singlestep": False}
+                value = {"status": self.status, "running": self.status == "running", "singlestep": False}
             elif name == "query-blockstats":
-                value = [{**device, "device": f"disk{i}"} for i in range(int(state["disks"]))]
+                value = [{**self._device, "device": f"disk{i}"} for i in range(self.disks)]
             elif name == "query-balloon":
                 value = {"actual": 64 << 20}
             else:
                 value = recorded(f"tcg-{name}.json")["return"]
                 if name == "query-cpus-fast":  # threads of ours (the server's peer pid): their times are read
                     value = [{**cpu, "thread-id": os.getpid()} for cpu in value]
-            peer.send(line({"return": value, "id": cmd["id"]}))
+            reply = line({"return": value, "id": cmd["id"]})
+            if self.before == name:
+                self.before = ""
+                reply = line(self.event) + reply
+            if self.after == name:
+                self.after = ""
+                reply += line(self.event)
+            peer.send(reply)
 
-    server = FakeQmp(sock_path, script, connections=2)
+
+def test_only_what_may_have_changed_is_asked(sock_path: str) -> None:
+    """What each scrape asks (QEMU spends ~0.3 ms of CPU per command): the vCPU list, memory size
+    and balloon after an event, a reconnect or `static_refresh` scrapes; the run state after an
+    event, at every scrape while not running, and every `status_refresh` scrapes while running;
+    block counters at every scrape once a device exists (a plugged disk sends no event), an empty
+    list with the run state. A quiet running VM without disks is asked nothing."""
+    vm = ScriptedVm()
+    vm.event = recorded("tcg-events-guest-reset-loop.json")[0]
+    asked = vm.asked
+    server = FakeQmp(sock_path, vm, connections=2)
     collector = QemuCollector(QemuConfig(static_refresh=9, status_refresh=3))
     workload = Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="fake", qmp=sock_path)
     reported: dict[str, Any] = {}
@@ -292,22 +308,22 @@ def test_only_what_may_have_changed_is_asked(sock_path: str) -> None:
     assert scrape() == set()  # running, no disk, no event: nothing to ask
     assert scrape() == set()
     assert scrape() == {"query-status", "query-blockstats"}  # status_refresh = 3 scrapes
-    state["disks"] = 1  # plugged without an event: seen at the refresh
+    vm.disks = 1  # plugged without an event: seen at the refresh
     assert scrape() == set() and reported["disks"] == set()
     assert scrape() == set()
     assert scrape() == {"query-status", "query-blockstats"} and reported["disks"] == {"disk0"}
     assert scrape() == {"query-blockstats"}  # a disk's counters move: asked every scrape
-    state["event_with"] = "query-blockstats"
+    vm.before = "query-blockstats"
     assert scrape() == {"query-blockstats"}  # the RESET arrives with this scrape's replies...
     assert scrape() == everything  # ...so the next one asks it all again
-    state["status"] = "paused"  # paused by another client: STOP comes first
-    state["event_with"] = "query-blockstats"
+    vm.status = "paused"  # paused by another client: an event comes first
+    vm.before = "query-blockstats"
     assert scrape() == {"query-blockstats"} and reported["status"] == {"running"}
     assert scrape() == everything and reported["status"] == {"paused"}
-    state["status"] = "postmigrate"  # stopped states change without an event: asked every scrape
+    vm.status = "postmigrate"  # stopped states change without an event: asked every scrape
     assert scrape() == {"query-status", "query-blockstats"} and reported["status"] == {"postmigrate"}
-    state["status"] = "running"
-    state["disks"] = 0
+    vm.status = "running"
+    vm.disks = 0
     assert scrape() == {"query-status", "query-blockstats"} and reported["status"] == {"running"}
     assert reported["disks"] == set()
     assert scrape() == set()
@@ -327,37 +343,9 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
     """prepare() sends the scrape's due queries without waiting and collect() reads the replies.
     When an event arrives before them, what the prepared batch left out may have changed:
     collect() asks again at once (here the run state of a VM paused meanwhile)."""
-    asked: list[str] = []
-    state: dict[str, Any] = {"status": "running", "event": False, "after": ""}
-    stop = {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}
-    device = recorded("tcg-devices-query-blockstats.json")["return"][0]
-
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        while True:
-            cmd = peer.read_command()
-            name = cmd["execute"]
-            asked.append(name)
-            if state["event"]:
-                state["event"] = False
-                peer.send(line(stop))
-            after = state.get("after") == name
-            value: Any
-            if name == "query-status":
-                value = {"status": state["status"], "running": state["status"] == "running", "singlestep": False}
-            elif name == "query-blockstats":
-                value = [device]
-            else:
-                value = recorded(f"tcg-{name}.json")["return"] if name != "query-balloon" else {"actual": 1}
-                if name == "query-cpus-fast":
-                    value = [{**cpu, "thread-id": os.getpid()} for cpu in value]
-            reply = line({"return": value, "id": cmd["id"]})
-            if after:  # an event just after the reply, in the same write
-                state["after"] = ""
-                reply += line(stop)
-            peer.send(reply)
-
-    server = FakeQmp(sock_path, script)
+    vm = ScriptedVm(disks=1)
+    asked = vm.asked
+    server = FakeQmp(sock_path, vm)
     collector = QemuCollector()
     workload = Workload(kind=Kind.UNIKERNEL, runtime="qemu", id="fake", qmp=sock_path)
     collector.prepare(workload)  # not connected yet: nothing sent
@@ -379,9 +367,9 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
     assert asked == ["query-blockstats"]  # the disk's counters, sent ahead
     samples = list(collector.collect(workload))
     assert asked == ["query-blockstats"] and status_of(samples) == ["running"]  # read, not asked again
-    assert {dict(s.attributes)["uniobs.vm.device"] for s in samples if s.metric == "uniobs.vm.disk.io"} == {"d0"}
+    assert {dict(s.attributes)["uniobs.vm.device"] for s in samples if s.metric == "uniobs.vm.disk.io"} == {"disk0"}
     asked.clear()
-    state["status"], state["event"] = "paused", True  # STOP before the prepared reply
+    vm.status, vm.before = "paused", "query-blockstats"  # STOP before the prepared reply
     collector.prepare(workload)
     answered(1)
     samples = list(collector.collect(workload))
@@ -390,7 +378,7 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
     assert [e.event_name for e in collector.events(workload)] == ["qemu.stop"]
     # An event just after the replies, in the same read, counts too: asked again at once, or,
     # after a batch that asked it all, at the next scrape.
-    state["status"], state["after"] = "running", "query-blockstats"
+    vm.status, vm.after = "running", "query-blockstats"
     collector.prepare(workload)
     answered(1)
     asked.clear()
@@ -400,7 +388,7 @@ def test_prepared_queries_are_answered_before_collect_reads_them(sock_path: str)
     assert collector._vms[workload.key].stale is False
     asked.clear()
     collector._vms[workload.key].static_age = 10**6  # this scrape asks it all (static_refresh)
-    state["status"], state["after"] = "paused", "query-blockstats"
+    vm.status, vm.after = "paused", "query-blockstats"
     collector.prepare(workload)
     answered(5)
     samples = list(collector.collect(workload))
