@@ -357,14 +357,8 @@ class QemuCollector(Collector):
         for key, value in replies.items():
             if isinstance(value, QmpCommandError) and key != "balloon":
                 raise value
-        ask_status, static, ask_balloon, ask_blocks, targets = (
-            plan.status,
-            plan.static,
-            plan.balloon,
-            plan.blocks,
-            plan.targets,
-        )
-        if ask_status:
+        static, targets = plan.static, plan.targets
+        if plan.status:
             vm.status = parse_status(replies["status"]).status
             vm.status_age = 0
         vm.status_age += 1
@@ -386,7 +380,7 @@ class QemuCollector(Collector):
             )
         samples = self._status_samples(vm, vm.status)
         samples += vm.static_samples
-        if ask_balloon:
+        if plan.balloon:
             balloon = replies["balloon"]
             if isinstance(balloon, QmpCommandError):  # DeviceNotActive: no balloon; CommandNotFound: built without
                 vm.balloon = False
@@ -396,7 +390,7 @@ class QemuCollector(Collector):
                 vm.balloon_sample = Sample("uniobs.vm.memory.balloon", parse_balloon(balloon))
         if vm.balloon_sample is not None:
             samples.append(vm.balloon_sample)
-        if ask_blocks:
+        if plan.blocks:
             samples += self._block_samples(vm, workload, replies["blockstats"])
         if self.config.kvm_stats:
             stats = {t: replies[f"stats:{t}"] for t in targets} if targets else None

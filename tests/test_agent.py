@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 from otlp_receiver import HttpReceiver
 from otlpfile import Signals
-from support import ROOT, free_port, requires_qemu
+from support import ROOT, free_port, idle_node_bundle, requires_qemu
 
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
-CONTAINER = ROOT / "examples" / "hello-node" / "container"
 
 pytestmark = [pytest.mark.qemu, requires_qemu]
 
@@ -101,14 +100,7 @@ def guest(tmp_path: Path, append: str) -> subprocess.Popen[bytes]:
 def container_bundle(tmp_path: Path) -> Iterator[Path]:
     if shutil.which("runc") is None or os.geteuid() != 0 or shutil.which("node") is None:
         pytest.skip("needs runc, root and node")
-    subprocess.run(["make", "-s", "-C", str(CONTAINER)], check=True, capture_output=True)
-    config = json.loads((CONTAINER / "build" / "bundle-hostnet" / "config.json").read_text())
-    config["root"]["path"] = str(CONTAINER / "build" / "bundle" / "rootfs")
-    config["process"]["args"] = ["/usr/bin/node", "-e", "setInterval(() => {}, 1000)"]
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "config.json").write_text(json.dumps(config))
-    yield bundle
+    yield idle_node_bundle(tmp_path)
 
 
 def test_agent_picks_up_and_lets_go_of_guests_and_containers(tmp_path: Path, container_bundle: Path) -> None:

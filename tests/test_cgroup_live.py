@@ -15,7 +15,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from support import remove_cgroups, v1_cgroup_layout
 
 from uniobs.collectors.cgroup import CgroupCollector, CgroupConfig
 from uniobs.host import cgroupfs
@@ -70,32 +70,9 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def _rmdir(directory: str, deadline: float) -> None:
-    while True:
-        try:
-            os.rmdir(directory)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:  # EBUSY while the killed child is still being reaped
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 @pytest.fixture
 def live_cgroup() -> Iterator[LiveCgroup]:
-    if os.geteuid() != 0:
-        pytest.skip("creating cgroups needs root")
-    try:
-        layout = cgroupfs.detect_layout(ROOT)
-    except OSError as exc:
-        pytest.skip(f"no cgroup hierarchy under {ROOT}: {exc}")
-    if layout.mode is cgroupfs.CgroupMode.V2:
-        pytest.skip("pure cgroup v2 host: this test creates v1 cgroups")
-    missing = [c for c in ("memory", "cpuacct", "pids") if c not in layout.v1]
-    if missing:
-        pytest.skip(f"v1 controllers not mounted under {ROOT}: {', '.join(missing)}")
+    layout = v1_cgroup_layout(("memory", "cpuacct", "pids"), ROOT)
     path = f"/uniobs-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     dirs: list[str] = []
     try:
@@ -113,9 +90,7 @@ def live_cgroup() -> Iterator[LiveCgroup]:
         _write(f"{layout.v1['memory']}{path}/memory.limit_in_bytes", str(256 * MiB))
         yield LiveCgroup(layout, path, dirs)
     finally:
-        deadline = time.monotonic() + 5
-        for directory in reversed(dirs):
-            _rmdir(directory, deadline)
+        remove_cgroups(reversed(dirs), timeout=5)
 
 
 def _start_child(cg: LiveCgroup) -> subprocess.Popen[str]:
@@ -183,9 +158,7 @@ def test_a_removed_cgroup_is_workload_gone(live_cgroup: LiveCgroup) -> None:
     workload = Workload(kind=Kind.CGROUP, runtime="cgroup", id=cg.path, cgroup=cg.path)
     assert list(collector.collect(workload))  # alive: figures come
     _stop(child)
-    deadline = time.monotonic() + 5
-    for directory in reversed(cg.dirs):
-        _rmdir(directory, deadline)
+    remove_cgroups(reversed(cg.dirs), timeout=5)
     with pytest.raises(WorkloadGone):
         collector.collect(workload)
     with pytest.raises(WorkloadGone):
@@ -265,9 +238,7 @@ def unified_cgroup() -> Iterator[UnifiedCgroup]:
     try:
         yield cg
     finally:
-        deadline = time.monotonic() + 5
-        for directory in reversed(cg.made):
-            _rmdir(directory, deadline)
+        remove_cgroups(reversed(cg.made), timeout=5)
 
 
 def test_a_threaded_cgroup_has_no_processes_of_its_own_and_discovery_goes_on(unified_cgroup: UnifiedCgroup) -> None:
@@ -345,9 +316,7 @@ def test_a_cgroup_made_anew_at_the_same_path_is_read_anew(live_cgroup: LiveCgrou
     assert limit() == 256 * MiB
     handles = collector._handles
     assert handles is not None and handles.held() >= 1  # the memory directory, at least
-    deadline = time.monotonic() + 5
-    for directory in reversed(cg.dirs):
-        _rmdir(directory, deadline)
+    remove_cgroups(reversed(cg.dirs), timeout=5)
     for directory in cg.dirs:
         os.mkdir(directory)
     _write(f"{cg.layout.v1['memory']}{cg.path}/memory.limit_in_bytes", str(128 * MiB))

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, free_port
+from support import ROOT, free_port, remove_cgroups
 
 from uniobs.collectors.cgroup import CgroupCollector
 from uniobs.collectors.netns import NetnsCollector
@@ -360,22 +360,6 @@ def test_a_container_killed_and_deleted_mid_scrape(bundle: Path, launcher: Launc
 # --- a launcher nested in the memory hierarchy only (issue 10, part 5) ---------------------------
 
 
-def _rmdirs(directories: list[str], timeout: float = 10.0) -> None:
-    """Remove cgroup directories, deepest first; EBUSY while a killed init is being reaped."""
-    deadline = time.monotonic() + timeout
-    for directory in directories:
-        while True:
-            try:
-                os.rmdir(directory)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-
 @pytest.mark.cgroup
 def test_runc_from_a_nested_memory_cgroup(bundle: Path, launcher: Launcher, caplog: pytest.LogCaptureFixture) -> None:
     """runc started by a launcher that sits at <parent> in every hierarchy but memory, where it
@@ -465,7 +449,7 @@ def test_runc_from_a_nested_memory_cgroup(bundle: Path, launcher: Launcher, capl
             pipeline.close(2)
         if cid:
             _runc_remove(cid)  # before its memory cgroup's parents can go
-        _rmdirs([memory_root + nested, memory_root + nest])
+        remove_cgroups([memory_root + nested, memory_root + nest])
 
 
 # --- Podman -------------------------------------------------------------------------------------

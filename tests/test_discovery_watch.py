@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import remove_cgroups, v1_cgroup_layout
 
 from uniobs.host import cgroupfs
 
@@ -51,17 +52,7 @@ class Base:
 
 @pytest.fixture
 def base() -> Iterator[Base]:
-    if os.geteuid() != 0:
-        pytest.skip("creating cgroups needs root")
-    try:
-        layout = cgroupfs.detect_layout(ROOT)
-    except OSError as exc:
-        pytest.skip(f"no cgroup hierarchy under {ROOT}: {exc}")
-    if layout.mode is cgroupfs.CgroupMode.V2:
-        pytest.skip("pure cgroup v2 host: this test makes v1 cgroups")
-    missing = [c for c in ("memory", "cpuacct") if c not in layout.v1]
-    if missing:
-        pytest.skip(f"v1 controllers not mounted under {ROOT}: {', '.join(missing)}")
+    layout = v1_cgroup_layout(("memory", "cpuacct"), ROOT)
     if layout.v1["memory"] == layout.v1["cpuacct"]:
         pytest.skip("memory and cpuacct share a hierarchy here")
     b = Base(layout, f"/uniobs-watch-{os.getpid()}-{uuid.uuid4().hex[:8]}", [])
@@ -70,18 +61,7 @@ def base() -> Iterator[Base]:
             b.mkdir(controller, b.path)
         yield b
     finally:
-        deadline = time.monotonic() + 10
-        for directory in sorted(b.made, key=lambda d: d.count("/"), reverse=True):
-            while True:
-                try:
-                    os.rmdir(directory)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:  # EBUSY while a killed process is reaped
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
+        remove_cgroups(sorted(b.made, key=lambda d: d.count("/"), reverse=True))
 
 
 def watches(tree: cgroupfs.CgroupTree) -> int:

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, free_port, requires_qemu
+from support import ROOT, free_port, idle_node_bundle, requires_qemu
 
 KERNEL = ROOT / "examples" / "minikernel" / "build" / "minikernel.elf"
-CONTAINER = ROOT / "examples" / "hello-node" / "container"
 QEMU = ["qemu-system-x86_64", "-machine", "microvm", "-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none",
         "-no-reboot"]  # fmt: skip
 
@@ -60,13 +59,7 @@ def workloads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workloads]:
 
     tmp = tmp_path_factory.mktemp("top")
     subprocess.run(["make", "-s", "-C", str(KERNEL.parent.parent)], check=True)
-    subprocess.run(["make", "-s", "-C", str(CONTAINER)], check=True, capture_output=True)
-    config = json.loads((CONTAINER / "build" / "bundle-hostnet" / "config.json").read_text())
-    config["root"]["path"] = str(CONTAINER / "build" / "bundle" / "rootfs")
-    config["process"]["args"] = ["/usr/bin/node", "-e", "setInterval(() => {}, 1000)"]
-    bundle = tmp / "bundle"
-    bundle.mkdir()
-    (bundle / "config.json").write_text(json.dumps(config))
+    bundle = idle_node_bundle(tmp)
     tag = secrets.token_hex(3)
     found = Workloads(tag, f"top-{tag}-vm", f"top-{tag}-ct")
     vm = subprocess.Popen(

@@ -7,11 +7,14 @@ there). One place for each, so a test file never copies a helper or hard-codes a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import pytest
 from support.golden import Golden, scenario_dirs, scenario_params
 from support.paths import ROOT, TESTDATA, UNIKERNELS
 from support.sinks import MemoryMetrics, MemorySinks
+from uniobs.host import cgroupfs
 
 
 def free_port() -> int:
@@ -102,3 +106,55 @@ def uniobs_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     return subprocess.run(
         [sys.executable, "-m", "uniobs.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+# --- live cgroups -------------------------------------------------------------------------------
+
+
+def v1_cgroup_layout(controllers: Iterable[str], root: str = "/sys/fs/cgroup") -> cgroupfs.CgroupLayout:
+    """This host's cgroup layout (`uniobs.host.cgroupfs.CgroupLayout`) for a test that makes v1
+    cgroups with these controllers: skipped, with the reason, where that cannot be done here
+    (not root, no hierarchy, a pure v2 host, a controller not mounted)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating cgroups needs root")
+    try:
+        layout = cgroupfs.detect_layout(root)
+    except OSError as exc:
+        pytest.skip(f"no cgroup hierarchy under {root}: {exc}")
+    if layout.mode is cgroupfs.CgroupMode.V2:
+        pytest.skip("pure cgroup v2 host: this test makes v1 cgroups")
+    missing = [c for c in controllers if c not in layout.v1]
+    if missing:
+        pytest.skip(f"v1 controllers not mounted under {root}: {', '.join(missing)}")
+    return layout
+
+
+def remove_cgroups(directories: Iterable[str], timeout: float = 10.0) -> None:
+    """Remove cgroup directories in the order given (deepest first), waiting out the EBUSY of a
+    killed process still being reaped; one already gone is fine."""
+    deadline = time.monotonic() + timeout
+    for directory in directories:
+        while True:
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+
+def idle_node_bundle(directory: Path) -> Path:
+    """An OCI bundle in `directory/bundle` of the example container's image running an idle node
+    (a long-lived container with the example's rootfs and host network), built first if needed."""
+    container = ROOT / "examples" / "hello-node" / "container"
+    subprocess.run(["make", "-s", "-C", str(container)], check=True, capture_output=True)
+    config = json.loads((container / "build" / "bundle-hostnet" / "config.json").read_text())
+    config["root"]["path"] = str(container / "build" / "bundle" / "rootfs")
+    config["process"]["args"] = ["/usr/bin/node", "-e", "setInterval(() => {}, 1000)"]
+    bundle = directory / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle

@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import click
 
@@ -17,6 +17,9 @@ from uniobs import __version__
 from uniobs.config import DEFAULT_EXPORT, ConfigError, Settings, export_specs, load
 from uniobs.model import MetricSpec
 from uniobs.registry import PluginError, Registry
+
+if TYPE_CHECKING:
+    from uniobs.compare.function import SideSkipped  # imported where used: compare is heavy to load
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -124,6 +127,14 @@ def _registry() -> Registry:
         return Registry()
     except PluginError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def side_skipped(exc: SideSkipped, wraps: Iterable[str], asked: str | None) -> click.ClickException:
+    """A function's side that cannot be built here (`SideSkipped`), as a CLI error; when the side
+    was taken by default (no --as), the other sides the definition has are named."""
+    others = [other for other in wraps if other != exc.side] if asked is None else []
+    hint = f" (another side: --as {'|'.join(others)})" if others else ""
+    return click.ClickException(str(exc) + hint)
 
 
 def say_undelivered(pipeline: Any) -> list[str]:
@@ -356,10 +367,8 @@ def run(
                                   request_timeout)  # fmt: skip
             elif listen is not None or request_timeout is not None:
                 raise fn.DefinitionError(f"{fdef.path}: [{side.side}] is not proxied (proxy = false, or no port)")
-        except fn.SideSkipped as exc:  # the first side, taken by default, cannot be built here
-            others = [other for other in fdef.wraps if other != exc.side] if shrinkwrap is None else []
-            hint = f" (another side: --as {'|'.join(others)})" if others else ""
-            raise click.ClickException(str(exc) + hint) from None
+        except fn.SideSkipped as exc:
+            raise side_skipped(exc, fdef.wraps, shrinkwrap) from None
         except fn.DefinitionError as exc:
             raise click.ClickException(str(exc)) from None
         command = tuple(spec.command)

@@ -20,6 +20,7 @@ from uniobs.cli.main import (
     load_settings,
     main,
     say_undelivered,
+    side_skipped,
     telemetry_goes,
 )
 from uniobs.config import ConfigError
@@ -79,9 +80,7 @@ def serve(
         fdef = fn.load_definition(definition)
         side = FunctionSide(fdef, shrinkwrap)
     except fn.SideSkipped as exc:  # the first side, taken by default, cannot be built here
-        others = [other for other in fdef.wraps if other != exc.side] if shrinkwrap is None else []
-        hint = f" (another side: --as {'|'.join(others)})" if others else ""
-        raise click.ClickException(str(exc) + hint) from None
+        raise side_skipped(exc, fdef.wraps, shrinkwrap) from None
     except fn.DefinitionError as exc:
         raise click.ClickException(str(exc)) from None
     address = _listen(listen, side.public_port)

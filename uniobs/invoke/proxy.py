@@ -686,14 +686,19 @@ class InvocationProxy:
             conn.writer.write(_local_response(failure.status))
             keep = False
         finally:
-            if admission is not None:
-                assert self._slots is not None
-                self._slots.release()
-                self.gate.done(admission)
-            inv.end_ns = time.monotonic_ns()
-            self._in_flight -= 1
-            self.recorder.submit(inv)
+            self._finish(inv, admission)
         return keep
+
+    def _finish(self, inv: Invocation, admission: Admission | None) -> None:
+        """An invocation is over, however it ended: its slot and admission are given back and it
+        is handed to the recorder."""
+        if admission is not None:
+            assert self._slots is not None
+            self._slots.release()
+            self.gate.done(admission)
+        inv.end_ns = time.monotonic_ns()
+        self._in_flight -= 1
+        self.recorder.submit(inv)
 
     async def _forward(
         self, conn: _Connection, req: _Request, inv: Invocation, admission: Admission, traceparent: bytes,
@@ -818,13 +823,7 @@ class InvocationProxy:
             inv.error_type, inv.timeout = failure.error_type, failure.error_type == "timeout"
         finally:
             writer.close()
-            if admission is not None:
-                assert self._slots is not None
-                self._slots.release()
-                self.gate.done(admission)
-            inv.end_ns = time.monotonic_ns()
-            self._in_flight -= 1
-            self.recorder.submit(inv)
+            self._finish(inv, admission)
 
 
 async def _pipe_both(

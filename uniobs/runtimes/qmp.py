@@ -604,10 +604,6 @@ class QmpClient:
             self.connect()
         return self._call(command, arguments, time.monotonic() + self.timeout)
 
-    def readable(self) -> bool:
-        """Whether QEMU sent something not read yet (an event, or the end of the connection)."""
-        return bool(self._ready) or (self._poller is not None and bool(self._poller.poll(0)))
-
     def send_ahead(self, calls: Sequence[tuple[str, Mapping[str, Any] | None]]) -> bool:
         """Send a batch now and return without waiting: the next `execute_many` of the same calls
         reads its replies instead of sending it again, so QEMU answers while the caller does
