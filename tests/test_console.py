@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -153,3 +154,39 @@ def test_a_100_mb_flood_without_newlines_keeps_memory_bounded() -> None:
     assert [line.truncated for line in got] == [True, False]
     assert got[-1].text == "after the flood"
     assert stats.dropped_bytes == stats.bytes - 8192 - len(b"after the flood") - 2
+
+
+def test_a_console_on_a_reused_descriptor_number_is_read_as_it_comes() -> None:
+    """Found by a new user's compare: a descriptor closed without `remove_reader` (a container's
+    OOM watch) left its number registered; the next console given that number was refused by
+    the selector and read only at its end (every boot milestone after readiness). The loop now
+    reads the new one as it comes."""
+    loop = IoLoop().start()
+    try:
+        stale_r, stale_w = os.pipe()
+        loop.add_reader(stale_r, lambda _fd, _t: True)
+        seen = threading.Event()
+        loop.call_soon(seen.set)
+        assert seen.wait(5)  # registered
+        number = stale_r
+        os.close(stale_r)  # closed without remove_reader
+        os.close(stale_w)
+        r, w = os.pipe()
+        if r != number:  # the kernel gives the lowest free number; make sure it is that one
+            os.dup2(r, number)
+            os.close(r)
+            r = number
+        got: list[ConsoleLine] = []
+        arrived = threading.Event()
+
+        def on_lines(lines: Any) -> None:
+            got.extend(lines)
+            arrived.set()
+
+        ConsoleStream(f"fd:{r}", on_lines).start(loop)
+        os.write(w, b"ready\n")  # the writer stays open: only a live read sees this line
+        assert arrived.wait(5), "the line was not read while its writer was open"
+        assert [line.text for line in got] == ["ready"]
+        os.close(w)
+    finally:
+        loop.stop()

@@ -55,7 +55,13 @@ class IoLoop:
         os.set_blocking(fd, False)
 
         def register() -> None:
-            self._selector.register(fd, selectors.EVENT_READ, handler)
+            try:
+                self._selector.register(fd, selectors.EVENT_READ, handler)
+            except KeyError:
+                # The number is still registered for a descriptor closed without remove_reader,
+                # and reused: the new one must be read, not refused (it would be read only at its end).
+                self._selector.unregister(fd)
+                self._selector.register(fd, selectors.EVENT_READ, handler)
 
         self.call_soon(register)
 

@@ -138,6 +138,7 @@ class ContainerLaunch(Launch):
     def __init__(self, runtime: Runtime, plan: LaunchPlan) -> None:
         super().__init__(runtime, plan)
         self.oom: OomWatch | None = None  # on the container's memory cgroup
+        self._watched: tuple[IoLoop, int] | None = None  # the loop reading the OOM watch's descriptor
 
     def identify(self, proc: subprocess.Popen[bytes], *, name: str, console: str, cgroup: str | None) -> Workload:
         """Find the container the runtime is creating: its id, init pid and cgroup. The output
@@ -236,10 +237,15 @@ class ContainerLaunch(Launch):
         fd = oom.fileno()
         if fd is not None:
             loop.add_reader(fd, lambda _fd, _t: oom.check() >= 0)
+            self._watched = (loop, fd)
         else:
             loop.every(0.02, lambda _t: oom.check() >= 0)
 
     def close(self) -> None:
+        if self._watched is not None:  # before the descriptor is closed and its number reused
+            loop, fd = self._watched
+            self._watched = None
+            loop.remove_reader(fd)
         if self.oom is not None:
             self.oom.close()
 
