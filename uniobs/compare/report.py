@@ -269,6 +269,30 @@ def phase_rows(results: Mapping[str, Any]) -> list[tuple[str, list[float | None]
     return out
 
 
+def phase_cells(results: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """`phase_rows` as table cells: a median that covers fewer cold starts than the side had (a
+    phase some runs did not show) says over how many, "25.0 ms (2 of 3 runs)": medians over
+    different runs do not add up to the cold start's."""
+    counts = []
+    for side in results["sides"]:
+        coldstart = side.get("coldstart") or {}
+        runs = len(coldstart.get("samples_s") or ())
+        phases = coldstart.get("phases") or {}
+        counts.append((runs, {name: len(p.get("samples_s") or ()) for name, p in phases.items()}))
+    out = []
+    for name, medians in phase_rows(results):
+        cells = []
+        for m, (runs, seen) in zip(medians, counts, strict=True):
+            if m is None:
+                cells.append(MISSING)
+            elif 0 < seen.get(name, runs) < runs:
+                cells.append(f"{fmt_seconds(m)} ({seen[name]} of {runs} runs)")
+            else:
+                cells.append(fmt_seconds(m))
+        out.append((name, cells))
+    return out
+
+
 def _plural(n: Any, what: str, many: str | None = None) -> str:
     return f"{n:,} {what if n == 1 else many or what + 's'}"
 
@@ -418,11 +442,11 @@ def terminal_table(results: Mapping[str, Any], color: bool) -> str:
     for note in notes(results):
         out += [style(_DIM, line) for line in _wrap(note, 100, "  ")]
 
-    phases = phase_rows(results)
+    phases = phase_cells(results)
     if phases:
         out.append("")
         out.append(style(_BOLD, "cold-start phases, median per side"))
-        pbody = [[name] + [MISSING if m is None else fmt_seconds(m) for m in medians] for name, medians in phases]
+        pbody = [[name, *cells] for name, cells in phases]
         out += _grid(["phase", *labels], pbody, lambda r, c, t: style(_DIM, t) if t.strip() == MISSING else t)
     return "\n".join(out) + "\n"
 
@@ -458,10 +482,10 @@ def markdown(results: Mapping[str, Any]) -> str:
     out += _md_table(["figure", *labels], body)
     out.append("")
     out += [f"- {_md(n)}" for n in notes(results)]
-    phases = phase_rows(results)
+    phases = phase_cells(results)
     if phases:
         out += ["", "## Cold-start phases (median)", ""]
-        pbody = [[f"`{_md(name)}`"] + [MISSING if m is None else fmt_seconds(m) for m in ms] for name, ms in phases]
+        pbody = [[f"`{_md(name)}`", *cells] for name, cells in phases]
         out += _md_table(["phase", *labels], pbody)
     out += ["", "## How each figure was measured", ""]
     for title, entries in methods(results):
@@ -910,15 +934,14 @@ def html(results: Mapping[str, Any]) -> str:
         out.append(f'<figure class="card"><h3>{_e(title)}</h3>{svg}<figcaption>{caption}</figcaption></figure>')
     out.append("</div>")
 
-    phases = phase_rows(results)
+    phases = phase_cells(results)
     if phases:
         out.append('<h2>Cold-start phases, median</h2><div class="card"><table><thead><tr><th>phase</th>')
         out += [f"<th>{_e(label)}</th>" for label in labels]
         out.append("</tr></thead><tbody>")
-        for name, medians in phases:
+        for name, texts in phases:
             cells = "".join(
-                f'<td class="missing">{MISSING}</td>' if m is None else f"<td>{_e(fmt_seconds(m))}</td>"
-                for m in medians
+                f'<td class="missing">{MISSING}</td>' if t == MISSING else f"<td>{_e(t)}</td>" for t in texts
             )
             out.append(f"<tr><td><code>{_e(name)}</code></td>{cells}</tr>")
         out.append("</tbody></table></div>")
